@@ -1,0 +1,34 @@
+"""The record of one evaluated candidate, shared by strategies, the store and reports.
+
+A trial keeps raw accuracy and latency (never only the reward) so any reward can be recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mnas.space import Architecture
+
+STATUSES = ("pending", "running", "done", "failed")
+
+
+@dataclass
+class Trial:
+    trial_id: int
+    arch: Architecture
+    step: int = 0
+    strategy: str = ""
+    tokens: list[int] = field(default_factory=list)
+    status: str = "pending"
+    accuracy: float | None = None
+    latency_ms: float | None = None
+    reward: float | None = None
+    seconds: float | None = None
+    error: str | None = None
+    worker: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done" and self.reward is not None
