@@ -1,0 +1,234 @@
+"""The search configuration: one YAML file, validated by pydantic models that forbid unknown keys.
+
+A typo in a key or a bad value must stop the run before any trial is spent, with one line that
+names the file and the key's path in it (``quick.yaml: reward.target_ms: Input should be greater
+than 0``), so every section is a strict model and `load_config` turns pydantic's errors into a
+`UserError`.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mnas.errors import UserError
+
+__all__ = [
+    "BudgetConfig",
+    "DataConfig",
+    "ExecutorConfig",
+    "LatencyConfig",
+    "ProxyConfig",
+    "RewardConfig",
+    "SearchConfig",
+    "StrategyConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataConfig(_Strict):
+    """Which dataset the proxy trains on, and how much of it."""
+
+    dataset: str = "cifar10"
+    data_root: str | None = None  # None: $MNAS_DATA, else ~/.cache/mnas/data
+    train_subset: int | None = Field(default=None, gt=0)
+    val_size: float | int = 0.1  # a fraction of train (0 < f < 1) or a count of images
+
+    @field_validator("val_size")
+    @classmethod
+    def _val_size(cls, value: float | int) -> float | int:
+        if isinstance(value, float) and not value.is_integer() and not 0 < value < 1:
+            raise ValueError("a fraction must lie between 0 and 1 (or give a count of images)")
+        if value <= 0:
+            raise ValueError("Input should be greater than 0")
+        return int(value) if isinstance(value, float) and value >= 1 else value
+
+
+class ProxyConfig(_Strict):
+    """The short proxy training that gives each candidate its accuracy (`mnas.train.train_proxy`)."""
+
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=128, gt=0)
+    optimizer: str = "sgd"
+    lr: float | None = Field(default=None, gt=0)
+    schedule: str = "cosine"
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=4e-5, ge=0)
+    time_budget_s: float | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    device: str = "auto"
+
+
+class LatencyConfig(_Strict):
+    """The latency target: measured for real (through the latency cache) or predicted by a LUT."""
+
+    backend: str = "onnxruntime"
+    threads: int = Field(default=1, gt=0)
+    resolution: int | None = Field(default=None, gt=0)  # None: the dataset's resolution
+    batch: int = Field(default=1, gt=0)
+    num_classes: int | None = Field(default=None, gt=0)  # None: the dataset's class count
+    precision: str = "fp32"
+    device: str = "cpu"
+    processes: int = Field(default=3, gt=0)
+    lut: str | None = None  # a lookup table file: predict instead of measuring
+    host: str | None = None  # Ray: the node the target device sits on (default: the driver's)
+
+
+class RewardConfig(_Strict):
+    """The MnasNet reward ACC x (LAT/T)^w: a target and exponents, or a named preset."""
+
+    target_ms: float = Field(gt=0)
+    alpha: float | None = Field(default=None, le=0)
+    beta: float | None = Field(default=None, le=0)
+    preset: Literal["soft", "hard"] | None = None
+
+    @model_validator(mode="after")
+    def _preset_or_exponents(self) -> RewardConfig:
+        if self.preset is not None and (self.alpha is not None or self.beta is not None):
+            raise ValueError("give either a preset or alpha/beta, not both")
+        return self
+
+
+class StrategyConfig(_Strict):
+    """The search strategy by name, with its knobs passed through to its constructor."""
+
+    name: str = "ppo"
+    knobs: dict[str, Any] = Field(default_factory=dict)
+
+
+class BudgetConfig(_Strict):
+    """How many trials, how many per `ask`, and an optional wall-clock limit."""
+
+    trials: int = Field(default=100, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    max_seconds: float | None = Field(default=None, gt=0)
+
+
+class ExecutorConfig(_Strict):
+    """Where trials run: in this process, or as tasks on a Ray cluster."""
+
+    name: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # None with name=ray: start a local Ray instance
+    gpus_per_trial: float = Field(default=1.0, ge=0)  # used only when the cluster has GPUs
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    max_retries: int = Field(default=1, ge=0)  # retries of a trial whose worker died
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class SearchConfig(_Strict):
+    """The whole search YAML."""
+
+    space: str = "mnasnet_cifar"  # a space name or a YAML/JSON file
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    reward: RewardConfig
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: StrategyConfig) -> StrategyConfig:
+        known = _strategy_names()
+        if known and value.name not in known:
+            raise ValueError(f"unknown strategy {value.name!r}; choose one of {', '.join(sorted(known))}")
+        return value
+
+
+def _strategy_names() -> list[str]:
+    try:
+        from mnas.strategies import STRATEGIES
+    except ImportError:  # the strategies package is not built yet
+        return []
+    return list(STRATEGIES)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys a model accepts at `loc` (the path of the unknown key's parent)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(SearchConfig, loc[:-1])
+            msg = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        parts.append(f"{path}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_config(data: Any, source: str = "config", base_dir: Path | None = None) -> SearchConfig:
+    """Validate a mapping as a `SearchConfig`; relative file paths resolve against `base_dir`."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the file must hold a mapping of keys (space, data, proxy, ...)")
+    try:
+        config = SearchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_errors(source, exc)) from None
+    if base_dir is not None:
+        config = _resolve_paths(config, base_dir)
+    return config
+
+
+def _looks_like_file(text: str) -> bool:
+    return "/" in text or text.endswith((".yaml", ".yml", ".json"))
+
+
+def _resolve_paths(config: SearchConfig, base_dir: Path) -> SearchConfig:
+    def resolve(text: str | None) -> str | None:
+        if text is None:
+            return None
+        path = Path(text).expanduser()
+        return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+    updates: dict[str, Any] = {}
+    if _looks_like_file(config.space):
+        updates["space"] = resolve(config.space)
+    data = config.data.model_copy(update={"data_root": resolve(config.data.data_root)})
+    latency = config.latency.model_copy(update={"lut": resolve(config.latency.lut)})
+    return config.model_copy(update={**updates, "data": data, "latency": latency})
+
+
+def load_config(path: str | Path) -> SearchConfig:
+    """Read and validate a search YAML; any problem is a one-line `UserError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
+    return parse_config(data, source=str(path), base_dir=path.parent.resolve())
