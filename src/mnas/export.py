@@ -1,0 +1,99 @@
+"""Export a model to the files deployment runtimes load: ONNX, LiteRT (.tflite) and TorchScript.
+
+Latency is measured on exactly these files, so the number we report is the number the deployed
+file gives; training's `mnas export` writes the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from mnas.errors import UserError
+
+
+def _example(resolution: int, batch: int = 1) -> torch.Tensor:
+    if resolution < 1 or batch < 1:
+        raise UserError(f"resolution and batch must be positive (got {resolution}, {batch}); pass e.g. --resolution 224")
+    return torch.randn(batch, 3, resolution, resolution)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Converters print pages of warnings and progress (some from C++, straight to the file
+    descriptors); keep the user's terminal readable. Errors still propagate as exceptions."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        old = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        saved = []
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for fd in (1, 2):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(devnull, fd)
+            os.close(devnull)
+        except OSError:  # no real file descriptors (embedded); fall back to Python-level only
+            pass
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        finally:
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            logging.disable(old)
+
+
+def _prepare(path: str | os.PathLike) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def to_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, batch: int = 1, opset: int = 17) -> Path:
+    """TorchScript-based ONNX export (dynamo=False): fast (~3 s) and gives stable node names."""
+    out = _prepare(path)
+    x = _example(resolution, batch)
+    model = model.eval()
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(
+            model, (x,), str(out), opset_version=opset, dynamo=False,
+            input_names=["input"], output_names=["output"], do_constant_folding=True,
+        )
+    return out
+
+
+def to_tflite(model: nn.Module, path: str | os.PathLike, resolution: int, batch: int = 1) -> Path:
+    """Convert with litert-torch; the file runs unchanged in LiteRT on a phone (XNNPACK)."""
+    try:
+        import litert_torch
+    except ImportError as exc:  # optional extra
+        raise UserError("litert-torch is not installed; install it with `pip install 'mnas[litert]'`") from exc
+    out = _prepare(path)
+    x = _example(resolution, batch)
+    with _quiet(), torch.no_grad():
+        converted = litert_torch.convert(model.eval(), (x,))
+        converted.export(str(out))
+    return out
+
+
+def to_torchscript(model: nn.Module, path: str | os.PathLike, resolution: int) -> Path:
+    """Traced TorchScript: loadable from C++ / mobile without the Python class definitions."""
+    out = _prepare(path)
+    x = _example(resolution)
+    with _quiet(), torch.no_grad():
+        traced = torch.jit.trace(model.eval(), x)
+        traced.save(str(out))
+    return out
