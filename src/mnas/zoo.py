@@ -7,6 +7,7 @@ timm `efficientnet.py` (mobilenetv2_100), the MnasNet paper's table 6 (single-op
 from __future__ import annotations
 
 import builtins
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def resolve(text: str, width_mult: float = 1.0) -> tuple[Architecture, str]:
         arch = _arch_from_file(path)
         label = arch.name or path.stem
         return arch.scaled(width_mult), label
-    if "_" in text and any(ch.isdigit() for ch in text) or text.lstrip().startswith("{"):
+    if re.match(r"\s*(\{|(ds|ir|cn|stem)_|r\d+_k)", text):
         arch = parse_arch(text)
         return arch.scaled(width_mult), arch.name or arch.id
     raise UserError(f"{text!r} is not a zoo model, a file or an architecture string; "

@@ -1,0 +1,28 @@
+# The two newcomer commands:  `make run` (the main job)  and  `make test` (the test suite).
+# Each creates the virtualenv .venv at the repository root and installs what it needs.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+# Offline data: use the project's shared folder when it sits beside the checkout.
+SHARED := $(abspath ../shared/data)
+export MNAS_DATA ?= $(if $(wildcard $(SHARED)),$(SHARED),$(HOME)/.cache/mnas/data)
+
+.PHONY: run test setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[all]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m mnas zoo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,171 @@
+import json
+import random
+from dataclasses import replace
+
+import pytest
+
+from mnas import zoo
+from mnas.errors import UserError
+from mnas.space import Architecture, BlockSpec, SearchSpace, parse_arch, parse_arch_string, round_filters
+
+SPACES = [SearchSpace.default(), SearchSpace.cifar()]
+
+
+def test_default_space_size_is_432_to_the_7th():
+    sp = SearchSpace.default()
+    assert sp.decision_sizes() == [4, 2, 2, 3, 3, 3] * 7
+    assert sp.size() == 432 ** 7
+
+
+def test_default_space_skeleton_follows_mobilenet_v2():
+    sp = SearchSpace.default()
+    assert sp.strides == (1, 2, 2, 2, 1, 2, 1)
+    # filters {0.75, 1.0, 1.25} x MobileNetV2's, TF rounding
+    assert [sp.block_choices(i)["filters"] for i in range(7)] == [
+        (16, 16, 24), (24, 24, 32), (24, 32, 40), (48, 64, 80), (72, 96, 120), (120, 160, 200), (240, 320, 400)]
+    assert [sp.block_choices(i)["layers"] for i in range(7)] == [
+        (1, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (2, 3, 4), (2, 3, 4), (1, 1, 2)]
+
+
+@pytest.mark.parametrize("f,m,expected", [(32, 0.35, 16), (24, 0.75, 24), (16, 1.25, 24), (36, None, 36),
+                                          (36, 1.0, 40), (320, 1.3, 416), (192, 1.4, 272), (8, 0.35, 8)])
+def test_round_filters_matches_tf(f, m, expected):
+    assert round_filters(f, m) == expected
+
+
+@pytest.mark.parametrize("space", SPACES, ids=lambda s: s.name)
+def test_sample_is_seeded_and_inside_the_space(space):
+    a = space.sample(random.Random(7))
+    assert a == space.sample(random.Random(7))
+    assert space.contains(a)
+    assert any(space.sample(random.Random(s)) != a for s in range(8, 12))
+
+
+@pytest.mark.parametrize("space", SPACES, ids=lambda s: s.name)
+def test_tokens_round_trip(space):
+    rng = random.Random(1)
+    for _ in range(50):
+        arch = space.sample(rng)
+        tokens = space.encode(arch)
+        assert len(tokens) == len(space.decision_sizes())
+        assert space.decode(tokens) == arch
+
+
+@pytest.mark.parametrize("space", SPACES, ids=lambda s: s.name)
+def test_mutate_changes_exactly_one_decision(space):
+    rng = random.Random(3)
+    for _ in range(30):
+        arch = space.sample(rng)
+        child = space.mutate(arch, rng)
+        assert child != arch and space.contains(child)
+        a, b = space.encode(arch), space.encode(child)
+        # Coinciding choices (e.g. 0.75x and 1.0x of 16 are both 16) may re-encode elsewhere, so
+        # compare decoded blocks: exactly one decision differs.
+        diffs = sum(getattr(x, f) != getattr(y, f) for x, y in zip(arch.blocks, child.blocks)
+                    for f in ("op", "expand", "kernel", "se_ratio", "skip", "filters", "layers"))
+        assert diffs == 1 or (diffs == 2 and sum(x.op != y.op for x, y in zip(arch.blocks, child.blocks)) == 1)
+        assert len(a) == len(b)
+
+
+ROUND_TRIP_ARCHS = [zoo.get(n) for n in zoo.list()] + [SearchSpace.default().sample(random.Random(s)) for s in range(20)]
+
+
+@pytest.mark.parametrize("arch", ROUND_TRIP_ARCHS, ids=lambda a: a.name or a.id)
+def test_lossless_round_trips(arch):
+    assert Architecture.from_json(arch.to_json()) == arch
+    assert parse_arch(arch.to_json()) == arch
+    assert parse_arch_string(arch.to_timm_string()) == arch
+    assert parse_arch_string(arch.to_tf_string()) == arch
+    assert hash(arch) == hash(Architecture.from_json(arch.to_json()))
+    assert len(arch.id) == 12 and arch.id == Architecture.from_json(arch.to_json()).id
+
+
+def test_id_ignores_name_and_is_stable():
+    a = zoo.get("mnasnet_a1")
+    assert a.with_name("other").id == a.id
+    assert a.id == "0854c49bb9ce"  # changes only if the canonical form changes; update deliberately
+    assert zoo.get("mnasnet_b1").id != a.id
+
+
+def test_timm_and_tf_strings_of_a1():
+    a1 = zoo.get("mnasnet_a1")
+    assert a1.to_timm_string().split(",")[1:-1] == [
+        "ds_r1_k3_s1_e1_c16_noskip", "ir_r2_k3_s2_e6_c24", "ir_r3_k5_s2_e3_c40_se0.25", "ir_r4_k3_s2_e6_c80",
+        "ir_r2_k3_s1_e6_c112_se0.25", "ir_r3_k5_s2_e6_c160_se0.25", "ir_r1_k3_s1_e6_c320"]
+    assert a1.to_tf_string().split(",")[2] == "r2_k3_s22_e6_i16_o24"
+    # plain timm arch_def strings without mnas stem/head items parse with defaults
+    bare = parse_arch_string(" ".join(a1.to_timm_string().split(",")[1:-1]))
+    assert bare == a1
+
+
+def test_zoo_models_need_not_be_in_the_space():
+    sp = SearchSpace.default()
+    assert not sp.contains(zoo.get("mnasnet_a1"))  # 112 is not a 0.75/1/1.25 multiple of 96
+    with pytest.raises(UserError, match="not in space"):
+        sp.encode(zoo.get("mnasnet_d1"))
+
+
+def test_space_from_dict_and_yaml(tmp_path):
+    d = {"name": "tiny", "base_filters": [16, 32], "base_layers": [1, 2], "strides": [1, 2],
+         "ops": ["ds", "mbconv1", {"op": "mbconv", "expand": 3}], "kernels": [3, 5, 7], "se_ratios": [0],
+         "skips": ["identity"], "filter_multipliers": [1.0], "layer_deltas": [0, 1],
+         "stem_stride": 1, "resolution": 32}
+    sp = SearchSpace.from_dict(d)
+    assert sp.decision_sizes() == [3, 3, 1, 1, 1, 2] * 2
+    assert sp.size() == 18 ** 2
+    f = tmp_path / "tiny.yaml"
+    import yaml
+    f.write_text(yaml.safe_dump(d))
+    assert SearchSpace.load(str(f)) == sp
+    assert SearchSpace.from_dict(sp.to_dict()) == sp
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"base_filters": [16], "base_layers": [1, 2], "strides": [1]}, "same, non-zero length"),
+    ({"bogus": 1}, "unknown key"),
+    ({"ops": ["mbconv"]}, "unknown op choice"),
+    ({"skips": ["teleport"]}, "unknown skip"),
+    ({"kernels": []}, "empty"),
+])
+def test_bad_space_definitions_are_user_errors(bad, match):
+    d = SearchSpace.default().to_dict()
+    d.update(bad)
+    with pytest.raises(UserError, match=match):
+        SearchSpace.from_dict(d)
+
+
+@pytest.mark.parametrize("text", ["ir_r2_k3_s3_e6_c24", "r2_k3_s21_e6_i16_o24", "xx_r1", "ir_k3_s1_e6_c24",
+                                  '{"blocks": 1', "ir_r1_k3_s1_e6_cX"])
+def test_malformed_strings_are_user_errors(text):
+    with pytest.raises(UserError):
+        parse_arch(text)
+
+
+def test_layer_configs_cover_every_layer():
+    a1 = zoo.get("mnasnet_a1")
+    layers = a1.layer_configs(224)
+    assert len(layers) == sum(b.layers for b in a1.blocks) == 16
+    assert layers[0].input_size == 112 and layers[-1].input_size == 7
+    assert layers[1].in_filters == 16 and layers[1].stride == 2
+
+
+def test_space_layer_configs_contain_every_sampled_layer():
+    sp = SearchSpace.default()
+    configs = sp.layer_configs()
+    rng = random.Random(0)
+    for _ in range(30):
+        assert set(sp.sample(rng).layer_configs(sp.resolution)) <= configs
+    assert 1_000 < len(configs) < 100_000
+
+
+def test_cifar_skeleton_of_a_zoo_model():
+    a = zoo.get("mnasnet_a1").for_low_resolution()
+    assert a.stem_stride == 1 and [b.stride for b in a.blocks] == [1, 1, 2, 2, 1, 2, 1]
+    assert a.output_shapes(32)[-1] == (320, 4)
+
+
+def test_blockspec_validation():
+    with pytest.raises(UserError):
+        BlockSpec("ds", 6, 3, 0, "identity", 16, 1, 1)
+    with pytest.raises(UserError):
+        replace(zoo.get("mnasnet_a1"), act="gelu")
