@@ -66,6 +66,7 @@ class ProxyConfig(_Strict):
     time_budget_s: float | None = Field(default=None, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
     device: str = "auto"
+    threads: int | None = Field(default=None, gt=0)  # torch CPU threads for training (None: torch's default)
 
 
 class LatencyConfig(_Strict):
@@ -78,6 +79,8 @@ class LatencyConfig(_Strict):
     num_classes: int | None = Field(default=None, gt=0)  # None: the dataset's class count
     precision: str = "fp32"
     device: str = "cpu"
+    serial: str | None = None  # android: the phone's adb serial
+    benchmark_binary: str | None = None  # android: TFLite benchmark_model built for the phone
     processes: int = Field(default=3, gt=0)
     lut: str | None = None  # a lookup table file: predict instead of measuring
     host: str | None = None  # Ray: the node the target device sits on (default: the driver's)
@@ -215,7 +218,10 @@ def _resolve_paths(config: SearchConfig, base_dir: Path) -> SearchConfig:
     if _looks_like_file(config.space):
         updates["space"] = resolve(config.space)
     data = config.data.model_copy(update={"data_root": resolve(config.data.data_root)})
-    latency = config.latency.model_copy(update={"lut": resolve(config.latency.lut)})
+    latency = config.latency.model_copy(update={
+        "lut": resolve(config.latency.lut),
+        "benchmark_binary": resolve(config.latency.benchmark_binary),
+    })
     return config.model_copy(update={**updates, "data": data, "latency": latency})
 
 

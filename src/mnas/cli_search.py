@@ -1,0 +1,108 @@
+"""Search commands: `mnas search`, `mnas report RUN_DIR`, `mnas best RUN_DIR`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from mnas.errors import UserError
+
+console = Console(stderr=True)
+
+
+def search(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Search YAML (see examples/)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="New run directory (default runs/<config>-<time>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local or ray (overrides the config)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (implies --executor ray)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Search architectures: ask -> evaluate (latency + proxy accuracy) -> reward -> store -> tell."""
+    from mnas.config import load_config
+    from mnas.search.loop import override_executor, resume_search, start_search
+
+    if executor is not None and executor not in ("local", "ray"):
+        raise UserError(f"--executor {executor!r}: choose local or ray")
+    if resume is not None:
+        if config is not None or out is not None:
+            raise UserError("--resume continues a run with its stored config; drop --config/--out")
+        outcome = resume_search(resume, executor_name=executor, ray_address=ray_address,
+                                show_progress=not quiet)
+    else:
+        if config is None:
+            raise UserError("give --config FILE.yaml (a new search) or --resume RUN_DIR")
+        cfg = override_executor(load_config(config), executor, ray_address)
+        run_dir = out or Path("runs") / f"{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        outcome = start_search(cfg, run_dir, show_progress=not quiet, config_path=str(config))
+    counts = outcome.counts
+    console.print(f"search finished ({'time budget' if outcome.stopped == 'time' else 'trial budget'}): "
+                  f"{counts['done']} done, {counts['failed']} failed in {outcome.elapsed_s:.0f} s; "
+                  f"run in {outcome.run_dir}", highlight=False)
+    if outcome.best is not None:
+        b = outcome.best
+        console.print(f"best: trial {b.trial_id}  reward {b.reward:.4f}  accuracy {b.accuracy:.4f}  "
+                      f"latency {b.latency_ms:.3f} ms", highlight=False)
+    console.print(f"next: mnas report {outcome.run_dir}", highlight=False)
+
+
+def report(
+    run_dir: Path = typer.Argument(..., help="A search run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the Pareto set as JSON."),
+    zoo: bool = typer.Option(True, "--zoo/--no-zoo", help="Mark zoo models measured on the same target."),
+) -> None:
+    """Write pareto.png, latency_hist.png, reward_curve.png and report.md into RUN_DIR."""
+    from mnas.report import pareto_json, write_report
+
+    files = write_report(run_dir, zoo=zoo)
+    if as_json:
+        typer.echo(pareto_json(run_dir))
+    else:
+        console.print(f"wrote {files.markdown}, {files.pareto.name}, {files.latency_hist.name}, "
+                      f"{files.reward_curve.name}", highlight=False)
+
+
+def best(
+    run_dir: Path = typer.Argument(..., help="A search run directory."),
+    max_latency: Optional[float] = typer.Option(None, "--max-latency", help="Most accurate model within MS milliseconds."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write model.onnx, arch.json and arch.timm.txt here."),
+) -> None:
+    """Pick a model: the best reward, or the most accurate one under --max-latency."""
+    from mnas.report import load_run, pick_best, trial_record
+
+    if max_latency is not None and max_latency <= 0:
+        raise UserError(f"--max-latency must be > 0 ms (got {max_latency:g})")
+    run = load_run(run_dir)
+    trial = pick_best(run, max_latency)
+    record = trial_record(trial)
+    if export is not None:
+        record["exported"] = [str(p) for p in export_trial(trial, run.config, export)]
+    typer.echo(json.dumps(record, indent=2))
+
+
+def export_trial(trial, config, out_dir: Path) -> list[Path]:
+    """The picked network as ONNX (untrained: proxy weights are not kept) plus its arch strings."""
+    from mnas.export import to_onnx
+    from mnas.model import build_model
+    from mnas.search.evaluation import as_deployed
+
+    lat = config.latency
+    resolution = lat.resolution or 224
+    arch = as_deployed(trial.arch, resolution)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(arch, num_classes=lat.num_classes or 1000).eval()
+    onnx_path = to_onnx(model, out_dir / "model.onnx", resolution=resolution)
+    (out_dir / "arch.json").write_text(arch.to_json(indent=2) + "\n")
+    (out_dir / "arch.timm.txt").write_text(arch.to_timm_string() + "\n")
+    return [onnx_path, out_dir / "arch.json", out_dir / "arch.timm.txt"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)
+    app.command("report")(report)
+    app.command("best")(best)

@@ -1,0 +1,152 @@
+"""Trials as Ray tasks: training anywhere (on a GPU when the cluster has them), latency on the
+target's machine, one measurement at a time there, with nothing else running beside it.
+
+Serialising measurements uses a custom resource per device, ``latency_device:<host>`` (capacity
+1), which only the node the target sits on offers; a latency task asks for that unit *and for
+every CPU of that node*, so it waits until training on that machine has drained and blocks new
+training there while it measures. Training tasks ask for `cpus_per_trial` (and `gpus_per_trial`
+when GPUs exist) only, so they run anywhere. A task whose worker process dies is retried by Ray
+`max_retries` times (default once); after that the trial is stored as failed and the search goes on.
+
+A cluster you start yourself must offer the resource on the target's node, e.g.
+``ray start --head --resources '{"latency_device:HOST": 1}'`` (see `device_resource`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mnas.config import SearchConfig
+from mnas.errors import UserError
+from mnas.search.evaluation import combine, from_wire, latency_part, short_error, to_wire, train_part
+from mnas.search.local import Hooks
+from mnas.space import Architecture
+from mnas.trial import Trial
+
+RESOURCE_PREFIX = "latency_device:"
+
+#: A part function runs in a Ray worker: (trial_id, arch, config) -> the dict of latency_part /
+#: train_part. Swappable so a test can crash a real worker process on purpose.
+PartFn = Callable[[int, Architecture, SearchConfig], dict[str, Any]]
+
+
+def device_resource(host: str | None = None) -> dict[str, float]:
+    """The custom resource a node must offer to measure latency for `host` (default: this one)."""
+    return {f"{RESOURCE_PREFIX}{host or socket.gethostname()}": 1.0}
+
+
+def default_latency(trial_id: int, arch: Architecture, config: SearchConfig) -> dict[str, Any]:
+    return latency_part(arch, config)
+
+
+def default_train(trial_id: int, arch: Architecture, config: SearchConfig) -> dict[str, Any]:
+    return train_part(arch, config)
+
+
+def _run_part(fn: PartFn, trial_id: int, arch_json: str, config_json: str) -> dict[str, Any]:
+    arch, config = from_wire(arch_json, config_json)
+    return fn(trial_id, arch, config)
+
+
+class RayExecutor:
+    """Runs each trial as a latency task and a training task on a Ray cluster."""
+
+    name = "ray"
+
+    def __init__(self, config: SearchConfig, *, latency_fn: PartFn = default_latency,
+                 train_fn: PartFn = default_train) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise UserError("executor ray needs Ray: pip install 'mnas[ray]'") from None
+        self._ray = ray
+        self.latency_fn = latency_fn
+        self.train_fn = train_fn
+        self.host = config.latency.host or socket.gethostname()
+        self.resource = next(iter(device_resource(self.host)))
+        self._owns_ray = False
+        if not ray.is_initialized():
+            address = config.executor.ray_address
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:
+                    ray.init(resources=device_resource(self.host), include_dashboard=False,
+                             log_to_driver=False)
+            except ConnectionError as exc:
+                raise UserError(f"executor.ray_address: cannot reach Ray at {address}: {exc}") from None
+            self._owns_ray = True
+        self.device_cpus = self._device_cpus(needed=not config.latency.lut)
+        self.gpus = config.executor.gpus_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+    def _device_cpus(self, needed: bool) -> float:
+        """CPUs of the node that offers the device resource (all of them go to a measurement)."""
+        for node in self._ray.nodes():
+            resources = node.get("Resources", {})
+            if node.get("Alive") and resources.get(self.resource):
+                return float(resources.get("CPU", 1.0))
+        if needed:
+            raise UserError(
+                f"no Ray node offers resource {self.resource!r} for latency measurement; start the "
+                f"target's node with --resources '{{\"{self.resource}\": 1}}' or use a latency LUT")
+        return 1.0
+
+    def run(self, trials: Sequence[Trial], config: SearchConfig, hooks: Hooks) -> None:
+        ray = self._ray
+        remote = ray.remote(_run_part)
+        retries = config.executor.max_retries
+        inflight: dict[Any, tuple[Trial, str]] = {}
+        parts: dict[int, dict[str, dict[str, Any]]] = {}
+        for trial in trials:
+            trial.worker = f"ray:{self.host}"
+            hooks.on_start(trial)
+            arch_json, config_json = to_wire(trial.arch, config)
+            parts[trial.trial_id] = {}
+            if config.latency.lut:  # a table lookup: no need for the device
+                parts[trial.trial_id]["latency"] = latency_part(trial.arch, config)
+            else:
+                ref = remote.options(num_cpus=self.device_cpus, resources={self.resource: 1},
+                                     max_retries=retries, name=f"latency-{trial.trial_id}"
+                                     ).remote(self.latency_fn, trial.trial_id, arch_json, config_json)
+                inflight[ref] = (trial, "latency")
+            ref = remote.options(num_cpus=config.executor.cpus_per_trial, num_gpus=self.gpus,
+                                 max_retries=retries, name=f"train-{trial.trial_id}"
+                                 ).remote(self.train_fn, trial.trial_id, arch_json, config_json)
+            inflight[ref] = (trial, "train")
+            hooks.on_phase(trial, "submitted to ray")
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                trial, kind = inflight.pop(ref)
+                parts[trial.trial_id][kind] = self._get(ref, kind, retries)
+                got = parts[trial.trial_id]
+                if "latency" in got and "train" in got:
+                    hooks.on_result(combine(trial, got["latency"], got["train"]))
+                else:
+                    hooks.on_phase(trial, f"{kind} finished")
+
+    def _get(self, ref: Any, kind: str, retries: int) -> dict[str, Any]:
+        """The part's result, or a failed part saying why the task could not finish."""
+        ray = self._ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # the part function itself raised
+            error = short_error(exc.cause if getattr(exc, "cause", None) else exc)
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                ray.exceptions.LocalRayletDiedError) as exc:
+            error = f"worker died (retried {retries}x): {type(exc).__name__}"
+        except ray.exceptions.OutOfMemoryError:
+            error = "out of memory: Ray killed the worker"
+        except ray.exceptions.RayError as exc:
+            error = short_error(exc)
+        value = {"error": f"{'training' if kind == 'train' else 'latency'}: {error}",
+                 "seconds": 0.0, "worker": f"ray:{self.host}", "finished_at": time.time()}
+        value["latency_ms" if kind == "latency" else "accuracy"] = None
+        return value
+
+    def close(self) -> None:
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
