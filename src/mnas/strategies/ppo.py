@@ -157,10 +157,13 @@ class PPOStrategy(Strategy):
         if rms > 1e-12:
             adv = adv / rms
         adv = adv.float()
-        with torch.no_grad():
-            _, current, _ = self.controller(len(batch), tokens=tokens)
         # Candidates this strategy did not ask (e.g. told from another run) use the current policy.
-        old = torch.tensor([b[1] if b[1] is not None else float(c) for b, c in zip(batch, current)], dtype=torch.float32)
+        if any(b[1] is None for b in batch):
+            with torch.no_grad():
+                current = self.controller(len(batch), tokens=tokens)[1].tolist()
+        else:
+            current = [0.0] * len(batch)
+        old = torch.tensor([b[1] if b[1] is not None else c for b, c in zip(batch, current)], dtype=torch.float32)
         clip = self.knobs["clip"]
         for _ in range(self.knobs["epochs"]):
             _, logp, entropy = self.controller(len(batch), tokens=tokens)
