@@ -108,13 +108,14 @@ def measure_cpus(threads: int) -> list[int]:
 
 
 def run_worker(path: Path, target: Target, protocol: Protocol = Protocol(),
-               cpus: Sequence[int] | None = None) -> ProcessSample:
-    """Time one exported model in a fresh process (python -m mnas.latency.worker)."""
+               cpus: Sequence[int] | None = None, pack: int = 0) -> Any:
+    """Time one exported model in a fresh process (python -m mnas.latency.worker): a
+    ProcessSample, or with `pack=K` a list of K (one per unit of a latency-table pack)."""
     cpus = list(cpus) if cpus is not None else measure_cpus(target.threads)
     with tempfile.TemporaryDirectory(prefix="mnas-lat-") as tmp:
         job, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job.write_text(json.dumps({"path": str(path), "target": target.to_dict(),
-                                   "protocol": asdict(protocol), "cpus": cpus}))
+                                   "protocol": asdict(protocol), "cpus": cpus, "pack": pack}))
         try:
             proc = subprocess.run([sys.executable, "-m", "mnas.latency.worker", str(job), str(out)],
                                   capture_output=True, text=True, timeout=protocol.worker_timeout_s)
@@ -125,7 +126,10 @@ def run_worker(path: Path, target: Target, protocol: Protocol = Protocol(),
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
             why = lines[-1] if lines else f"exit code {proc.returncode}"
             raise UserError(f"the {target.backend} worker failed on {path.name}: {why}")
-        return ProcessSample(**json.loads(out.read_text()))
+        data = json.loads(out.read_text())
+        if pack:
+            return [ProcessSample(**d) for d in data]
+        return ProcessSample(**data)
 
 
 def _resolve_cache(cache: Any) -> "LatencyCache | None":

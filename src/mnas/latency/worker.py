@@ -19,8 +19,15 @@ def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
     target = Target.from_dict(job["target"])
     pin(job.get("cpus") or [])
+    protocol = Protocol(**job["protocol"])
+    if job.get("pack"):  # a latency-table pack: one sample per unit
+        from mnas.latency.packs import time_pack
+
+        samples = time_pack(Path(job["path"]), target, protocol, int(job["pack"]))
+        Path(argv[1]).write_text(json.dumps([s.to_dict() for s in samples]))
+        return 0
     runner = get_backend(target.backend).load(Path(job["path"]), target)
-    sample = time_runner(runner, Protocol(**job["protocol"]))
+    sample = time_runner(runner, protocol)
     Path(argv[1]).write_text(json.dumps(sample.to_dict()))
     return 0
 

@@ -1,0 +1,200 @@
+"""Many table units per exported model, so building a table pays one conversion per pack.
+
+A pack is one model holding K independent units, each with its own input and output.
+- onnxruntime: one .onnx; every node is timed by ORT's per-node profiler and attributed to its
+  unit by the node name (`/units.<i>/...`). Layout reorders that ORT inserts only because a unit
+  starts or ends the pack (they do not occur between layers of a real network) are left out;
+  reorders inside a unit (e.g. around SE) are counted.
+- litert: one .tflite with K signatures (litert-torch multi-signature conversion); each
+  signature is timed on its own with the protocol.
+- torch: the pickled units, each timed on its own with the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from mnas.errors import UserError
+from mnas.latency.protocol import Protocol, time_runner
+from mnas.latency.result import ProcessSample
+from mnas.latency.target import Target
+
+if TYPE_CHECKING:
+    from mnas.latency.units import Unit
+
+PACK_BACKENDS = ("onnxruntime", "litert", "torch")
+SUFFIX = {"onnxruntime": ".onnx", "litert": ".tflite", "torch": ".pt"}
+
+
+def export_pack(units: Sequence["Unit"], target: Target, path: Path) -> Path:
+    """Write one model holding every unit (see the module docstring per backend)."""
+    import torch
+    from torch import nn
+
+    from mnas.export import _quiet
+    from mnas.latency.units import build_unit, unit_input_shape
+
+    if target.backend not in PACK_BACKENDS:
+        raise UserError(f"latency tables can be built for {', '.join(PACK_BACKENDS)}; "
+                        f"not for {target.backend}")
+    modules = [build_unit(u) for u in units]
+    xs = tuple(torch.randn(*unit_input_shape(u)) for u in units)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if target.backend == "torch":
+        torch.save({"modules": nn.ModuleList(modules), "shapes": [unit_input_shape(u) for u in units]}, path)
+        return path
+    if target.backend == "onnxruntime":
+        pack = _Pack(modules).eval()
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(pack, xs, str(path), dynamo=False, opset_version=17,
+                              input_names=[f"x{i}" for i in range(len(units))],
+                              output_names=[f"y{i}" for i in range(len(units))])
+        return path
+    try:
+        import litert_torch
+    except ImportError as exc:
+        raise UserError("litert-torch is not installed; `pip install 'mnas[litert]'`") from exc
+    with _quiet(), torch.no_grad():
+        conv = None
+        for i, (m, x) in enumerate(zip(modules, xs)):
+            conv = (litert_torch if conv is None else conv).signature(f"u{i}", m, (x,))
+        conv.convert().export(str(path))
+    return path
+
+
+class _Pack:  # built lazily so importing this module does not import torch
+    def __new__(cls, modules):
+        from torch import nn
+
+        class Pack(nn.Module):
+            def __init__(self, mods):
+                super().__init__()
+                self.units = nn.ModuleList(mods)
+
+            def forward(self, *xs):
+                return tuple(m(x) for m, x in zip(self.units, xs))
+
+        return Pack(modules)
+
+
+# ---- inside a measuring process -----------------------------------------------------------------
+def time_pack(path: Path, target: Target, protocol: Protocol, count: int) -> list[ProcessSample]:
+    """One ProcessSample per unit, in pack order."""
+    if target.backend == "onnxruntime":
+        return _time_ort_pack(path, target, protocol, count)
+    runners = _litert_runners(path, target, count) if target.backend == "litert" else _torch_runners(path, target)
+    samples = []
+    for i, runner in enumerate(runners):
+        # the process is warm after the first unit's 0.5 s; every unit still gets >= 30 warm-ups
+        p = protocol if i == 0 else Protocol(**{**protocol.__dict__, "warmup_s": 0.0})
+        samples.append(time_runner(runner, p))
+    return samples
+
+
+def _litert_runners(path: Path, target: Target, count: int):
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from mnas.latency.backends.base import Runner
+
+    interp = Interpreter(model_path=str(path), num_threads=target.threads)
+    runners = []
+    for i in range(count):
+        sig = interp.get_signature_runner(f"u{i}")
+        (name, detail), = sig.get_input_details().items()
+        feed = {name: np.random.rand(*detail["shape"]).astype(np.float32)}
+        runners.append(Runner(lambda sig=sig, feed=feed: sig(**feed)))
+    return runners
+
+
+def _torch_runners(path: Path, target: Target):
+    import torch
+
+    from mnas.latency.backends.base import Runner
+    torch.set_num_threads(target.threads)
+    saved = torch.load(path, weights_only=False)
+    runners = []
+    for m, shape in zip(saved["modules"], saved["shapes"]):
+        x = torch.randn(*shape)
+
+        def run(m=m.eval(), x=x):
+            with torch.inference_mode():
+                m(x)
+
+        runners.append(Runner(run))
+    return runners
+
+
+_UNIT = re.compile(r"^/units\.(\d+)/")
+
+
+def _time_ort_pack(path: Path, target: Target, protocol: Protocol, count: int) -> list[ProcessSample]:
+    import numpy as np
+    import onnxruntime as ort
+
+    from mnas.latency.backends.ort import session_options
+
+    with tempfile.TemporaryDirectory(prefix="mnas-prof-") as tmp:
+        so = session_options(target.threads)
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "prof")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        feed = {i.name: np.random.rand(*i.shape).astype(np.float32) for i in sess.get_inputs()}
+        t_end = time.perf_counter() + protocol.warmup_s
+        warm = 0
+        while warm < protocol.warmup_iters or time.perf_counter() < t_end:
+            sess.run(None, feed)
+            warm += 1
+        flags: list[bool] = []
+        for _attempt in range(protocol.retries + 1):
+            for _ in range(protocol.iters):
+                w0, c0 = time.perf_counter_ns(), time.process_time_ns()
+                sess.run(None, feed)
+                w1, c1 = time.perf_counter_ns(), time.process_time_ns()
+                flags.append((c1 - c0) / max(w1 - w0, 1) < protocol.preempt_ratio)
+            if flags.count(False) >= protocol.iters or sum(flags) / len(flags) <= protocol.max_flagged:
+                break
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_run = _unit_times_per_run(events, count)[warm:]
+    if len(per_run) != len(flags):
+        raise UserError(f"ORT profile has {len(per_run)} timed runs, expected {len(flags)}")
+    clean = [r for r, f in zip(per_run, flags) if not f]
+    use = clean if len(clean) >= protocol.iters // 2 else per_run
+    frac = sum(flags) / len(flags)
+    return [ProcessSample.from_times([run[u] for run in use], frac) for u in range(count)]
+
+
+def _unit_times_per_run(events: list[dict], count: int) -> list[list[float]]:
+    """Per run, the ms spent in each unit's nodes (boundary reorders dropped, inner ones kept)."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "SequentialExecutor::Execute")
+    nodes = sorted((e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
+                   key=lambda e: e["ts"])
+    out: list[list[float]] = []
+    k = 0
+    for start, end in runs:
+        seq = []
+        while k < len(nodes) and nodes[k]["ts"] < start:
+            k += 1
+        while k < len(nodes) and nodes[k]["ts"] <= end:
+            m = _UNIT.match(nodes[k]["name"])
+            seq.append((int(m.group(1)) if m else None, nodes[k]["dur"]))
+            k += 1
+        times = [0.0] * count
+        for j, (unit, dur) in enumerate(seq):
+            if unit is None:
+                prev = next((u for u, _ in reversed(seq[:j]) if u is not None), None)
+                nxt = next((u for u, _ in seq[j + 1:] if u is not None), None)
+                if prev is None or prev != nxt:
+                    continue  # a reorder at a unit's boundary: an artefact of the pack
+                unit = prev
+            if unit < count:
+                times[unit] += dur / 1e3
+        out.append(times)
+    return out
