@@ -1,0 +1,138 @@
+"""Training commands: `mnas train`, `mnas eval`, `mnas export` (thin: parse, call the library, print)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mnas.errors import UserError
+
+FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "torchscript": ".pt"}
+
+
+def _emit(obj: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(obj))
+    else:
+        for line in lines:
+            typer.echo(line)
+
+
+def train_cmd(
+    arch: Optional[str] = typer.Argument(None, help="A zoo name, an architecture file or string (optional with --resume)."),
+    data: str = typer.Option("cifar10", "--data", help="cifar10, cifar10_subset, fashion_mnist or imagefolder:PATH."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs to train (default 10; with --resume: the run's)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="mnasnet (the paper's) or cifar (default for <= 64 px data)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for checkpoint.pt, metrics.jsonl, summary.json."),
+    train_subset: Optional[int] = typer.Option(None, "--train-subset", help="Stratified subset of the training images."),
+    val_size: float = typer.Option(0.1, "--val-size", help="Held-out validation: a fraction (<1) or a count."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the recipe's (128)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder (else $MNAS_DATA, else ~/.cache/mnas/data)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its checkpoint."),
+    seed: int = typer.Option(0, "--seed"),
+    width_mult: float = typer.Option(1.0, "--width-mult", help="Width multiplier of the architecture."),
+    skeleton: str = typer.Option("auto", "--skeleton", help="auto (CIFAR skeleton for <= 64 px), cifar or imagenet."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA)."),
+    test: bool = typer.Option(False, "--test", help="Also report test top-1 at the end (else: `mnas eval`)."),
+    as_json: bool = typer.Option(False, "--json", help="No progress bar; print one JSON summary."),
+) -> None:
+    """Train a network fully with checkpoints every epoch; --resume continues exactly."""
+    from mnas import zoo
+    from mnas.data import load_dataset
+    from mnas.train import FitConfig, TrainingInterrupted, checkpoint_path, fit, get_recipe, load_checkpoint
+
+    if resume is not None:
+        _, _, meta = load_checkpoint(checkpoint_path(resume), use_ema=False)
+        saved = dict(meta.get("config") or {})
+        saved.pop("extra", None)
+        config = FitConfig(**{k: v for k, v in saved.items() if k in FitConfig.__dataclass_fields__})
+        if epochs is not None:
+            config.epochs = epochs
+        out = out or (resume if resume.is_dir() else resume.parent)
+        arch_obj, _ = zoo.resolve(str(checkpoint_path(resume)))
+    else:
+        if arch is None:
+            raise UserError("give an architecture (e.g. mnasnet_a1) or --resume RUN_DIR")
+        if out is None:
+            raise UserError("--out DIR is required: the folder for checkpoint.pt and metrics.jsonl")
+        if (out / "checkpoint.pt").exists():
+            raise UserError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
+        if recipe is not None:
+            get_recipe(recipe)
+        arch_obj, name = zoo.resolve(arch, width_mult)
+        config = FitConfig(
+            arch_name=name, data=data, data_root=str(data_root) if data_root else None, epochs=epochs or 10,
+            recipe=recipe or "", batch_size=batch_size, train_subset=train_subset,
+            val_size=int(val_size) if val_size >= 1 else val_size, seed=seed, skeleton=skeleton,
+            width_mult=width_mult, device=device, compile=compile_model,
+        )
+    dataset = load_dataset(
+        config.data, data_root=str(data_root) if data_root else config.data_root, val_size=config.val_size,
+        train_subset=config.train_subset, seed=config.seed,
+    )
+    if not config.recipe:
+        config.recipe = "cifar" if dataset.resolution <= 64 else "mnasnet"
+    try:
+        summary = fit(arch_obj, dataset, config, out, resume=resume is not None, progress=not as_json, evaluate_test=test)
+    except TrainingInterrupted as exc:
+        _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step}, as_json,
+              [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas train --resume {out}"])
+        raise typer.Exit(130)
+    test_text = f", test top-1 {summary['test_acc']:.4f}" if "test_acc" in summary else ""
+    _emit({"status": "ok", **summary}, as_json, [
+        f"{summary['arch']} on {dataset.name}: val top-1 {summary.get('val_acc', float('nan')):.4f} "
+        f"({summary['val_images']} held-out train images){test_text} after {summary['epochs']} epochs "
+        f"({summary['seconds']:.0f} s, {summary.get('images_per_s', 0):.0f} img/s)",
+        f"checkpoint: {summary['checkpoint']}  (test top-1: mnas eval {out})",
+    ])
+
+
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="checkpoint.pt written by `mnas train`, or its folder."),
+    split: str = typer.Option("test", "--split", help="test (default) or val."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset (default: the one it was trained on)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    batch_size: int = typer.Option(500, "--batch-size"),
+    device: str = typer.Option("auto", "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Top-1 accuracy of a saved model on the test set (EMA weights when the recipe uses them)."""
+    from mnas.train import evaluate_checkpoint
+
+    res = evaluate_checkpoint(checkpoint, data_root=data_root, split=split, device=device,
+                              batch_size=batch_size, data_name=data)
+    _emit(res, as_json, [f"{res['arch']} on {res['dataset']} {split} ({res['images']} images): "
+                         f"top-1 {res['top1']:.4f}, loss {res['loss']:.4f}"])
+
+
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="checkpoint.pt written by `mnas train`, or its folder."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx, tflite or torchscript."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: next to the checkpoint)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Write the trained model as ONNX, LiteRT (.tflite) or TorchScript at its training resolution."""
+    from mnas import export
+    from mnas.train import checkpoint_path, load_checkpoint
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    path = checkpoint_path(checkpoint)
+    arch, model, meta = load_checkpoint(path)
+    resolution = int(meta["resolution"])
+    target = out or path.with_name(f"model{FORMATS[fmt]}" if fmt != "torchscript" else "model.torchscript.pt")
+    writer = {"onnx": export.to_onnx, "tflite": export.to_tflite, "torchscript": export.to_torchscript}[fmt]
+    written = writer(model, target, resolution)
+    info = {"path": str(written), "format": fmt, "resolution": resolution, "arch_id": arch.id,
+            "bytes": Path(written).stat().st_size}
+    _emit(info, as_json, [f"wrote {written} ({fmt}, {resolution}x{resolution}, {info['bytes']:,} bytes)"])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.command("eval")(eval_cmd)
+    app.command("export")(export_cmd)
