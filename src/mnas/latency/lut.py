@@ -140,8 +140,8 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike, *, pro
               units: Sequence[Unit] | None = None) -> LatencyTable:
     """Measure every unit the space can produce, fit the calibration, save to `out`."""
     if target.backend == "android":
-        raise UserError("build-lut measures on this machine (litert, onnxruntime, torch); for a phone, "
-                        "build with --backend litert here and re-measure the calibration on the phone")
+        raise UserError("build-lut measures on this machine: use --target litert, onnxruntime or torch "
+                        "(tables for the android backend are not supported yet)")
     from mnas.latency.backends import get_backend
 
     reason = get_backend(target.backend).unavailable()

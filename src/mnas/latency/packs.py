@@ -131,7 +131,47 @@ def _torch_runners(path: Path, target: Target):
     return runners
 
 
-_UNIT = re.compile(r"^/units\.(\d+)/")
+_UNIT = re.compile(r"^/units\.(\d+)/|^y(\d+)(?:_|$)")  # ORT renames a unit's last node after its output
+
+
+def _named_unit(name: str) -> int | None:
+    m = _UNIT.match(name)
+    return int(m.group(1) or m.group(2)) if m else None
+
+
+def node_units(optimized: Path) -> dict[str, int | None]:
+    """Unit of every node of ORT's optimized graph. Nodes ORT added (layout reorders) belong to
+    a unit when all their neighbours do; those touching a pack input or output are artefacts of
+    the pack (a real network has no reorder between two NCHWc layers) and map to None."""
+    import onnx
+
+    g = onnx.load(str(optimized), load_external_data=False).graph
+    producer = {o: n.name for n in g.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.name)
+    graph_io = {i.name for i in g.input} | {o.name for o in g.output}
+    unit: dict[str, int | None] = {n.name: _named_unit(n.name) for n in g.node}
+    boundary = {n.name for n in g.node if unit[n.name] is None and (set(n.input) | set(n.output)) & graph_io}
+    for _ in range(len(g.node)):
+        changed = False
+        for n in g.node:
+            if unit[n.name] is not None or n.name in boundary:
+                continue
+            near = [producer[i] for i in n.input if i in producer]
+            near += [c for o in n.output for c in consumers.get(o, [])]
+            if any(x in boundary for x in near):
+                boundary.add(n.name)
+                changed = True
+                continue
+            known = {unit[x] for x in near if unit[x] is not None}
+            if len(known) == 1:
+                unit[n.name] = known.pop()
+                changed = True
+        if not changed:
+            break
+    return unit
 
 
 def _time_ort_pack(path: Path, target: Target, protocol: Protocol, count: int) -> list[ProcessSample]:
@@ -144,7 +184,9 @@ def _time_ort_pack(path: Path, target: Target, protocol: Protocol, count: int) -
         so = session_options(target.threads)
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "prof")
+        so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        owner = node_units(Path(so.optimized_model_filepath))
         feed = {i.name: np.random.rand(*i.shape).astype(np.float32) for i in sess.get_inputs()}
         t_end = time.perf_counter() + protocol.warmup_s
         warm = 0
@@ -152,26 +194,26 @@ def _time_ort_pack(path: Path, target: Target, protocol: Protocol, count: int) -
             sess.run(None, feed)
             warm += 1
         flags: list[bool] = []
-        for _attempt in range(protocol.retries + 1):
+        for _attempt in range(protocol.retries + 1):  # more runs until >= iters clean ones
             for _ in range(protocol.iters):
                 w0, c0 = time.perf_counter_ns(), time.process_time_ns()
                 sess.run(None, feed)
                 w1, c1 = time.perf_counter_ns(), time.process_time_ns()
                 flags.append((c1 - c0) / max(w1 - w0, 1) < protocol.preempt_ratio)
-            if flags.count(False) >= protocol.iters or sum(flags) / len(flags) <= protocol.max_flagged:
+            if flags.count(False) >= protocol.iters:
                 break
         events = json.loads(Path(sess.end_profiling()).read_text())
-    per_run = _unit_times_per_run(events, count)[warm:]
+    per_run = _unit_times_per_run(events, count, owner)[warm:]
     if len(per_run) != len(flags):
         raise UserError(f"ORT profile has {len(per_run)} timed runs, expected {len(flags)}")
     clean = [r for r, f in zip(per_run, flags) if not f]
-    use = clean if len(clean) >= protocol.iters // 2 else per_run
+    use = clean if len(clean) >= protocol.iters else per_run
     frac = sum(flags) / len(flags)
     return [ProcessSample.from_times([run[u] for run in use], frac) for u in range(count)]
 
 
-def _unit_times_per_run(events: list[dict], count: int) -> list[list[float]]:
-    """Per run, the ms spent in each unit's nodes (boundary reorders dropped, inner ones kept)."""
+def _unit_times_per_run(events: list[dict], count: int, owner: dict[str, int | None]) -> list[list[float]]:
+    """Per run, the ms spent in each unit's nodes (profiler durations are whole microseconds)."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                   if e.get("cat") == "Session" and e.get("name") == "SequentialExecutor::Execute")
     nodes = sorted((e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
@@ -179,22 +221,14 @@ def _unit_times_per_run(events: list[dict], count: int) -> list[list[float]]:
     out: list[list[float]] = []
     k = 0
     for start, end in runs:
-        seq = []
+        times = [0.0] * count
         while k < len(nodes) and nodes[k]["ts"] < start:
             k += 1
         while k < len(nodes) and nodes[k]["ts"] <= end:
-            m = _UNIT.match(nodes[k]["name"])
-            seq.append((int(m.group(1)) if m else None, nodes[k]["dur"]))
+            name = nodes[k]["name"][: -len("_kernel_time")]
+            unit = owner.get(name, _named_unit(name))
+            if unit is not None and unit < count:
+                times[unit] += nodes[k]["dur"] / 1e3
             k += 1
-        times = [0.0] * count
-        for j, (unit, dur) in enumerate(seq):
-            if unit is None:
-                prev = next((u for u, _ in reversed(seq[:j]) if u is not None), None)
-                nxt = next((u for u, _ in seq[j + 1:] if u is not None), None)
-                if prev is None or prev != nxt:
-                    continue  # a reorder at a unit's boundary: an artefact of the pack
-                unit = prev
-            if unit < count:
-                times[unit] += dur / 1e3
         out.append(times)
     return out
