@@ -1,0 +1,137 @@
+"""The search YAML: strict validation, one-line errors naming the key's path, exit 2 via the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnas.cli import main
+from mnas.config import load_config, parse_config
+from mnas.errors import UserError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _write(tmp_path: Path, data: dict | str, name: str = "bad.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("name", ["quick.yaml", "cifar10.yaml"])
+def test_examples_are_valid(name):
+    config = load_config(EXAMPLES / name)
+    assert config.reward.target_ms > 0 and config.budget.trials > 0
+
+
+def test_examples_fit_their_purpose():
+    quick, big = load_config(EXAMPLES / "quick.yaml"), load_config(EXAMPLES / "cifar10.yaml")
+    assert quick.space == "mnasnet_cifar" and quick.executor.name == "local"
+    assert quick.latency.lut is None and quick.latency.resolution == 32  # real measurement
+    assert quick.budget.trials <= 10
+    assert big.executor.name == "ray" and big.latency.lut and big.budget.trials >= 100
+    assert Path(big.latency.lut).is_absolute()  # resolved against the YAML's folder
+
+
+def test_bad_value_names_file_and_path(tmp_path):
+    path = _write(tmp_path, {"reward": {"target_ms": -1}})
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: reward.target_ms: Input should be greater than 0"
+
+
+def test_unknown_key_lists_allowed_keys(tmp_path):
+    path = _write(tmp_path, {"reward": {"target_ms": 2}, "proxy": {"epoch": 3}})
+    with pytest.raises(UserError, match=r"proxy\.epoch: unknown key; allowed keys: epochs, batch_size"):
+        load_config(path)
+    path = _write(tmp_path, {"reward": {"target_ms": 2}, "rewrad": {}})
+    with pytest.raises(UserError, match=r"rewrad: unknown key; allowed keys: space, seed, data"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("data, where", [
+    ({}, "reward: required key is missing"),
+    ({"reward": {"target_ms": 2, "preset": "soft", "alpha": -0.1}}, "reward: give either a preset or alpha/beta"),
+    ({"reward": {"target_ms": 2, "alpha": 0.5}}, "reward.alpha: Input should be less than or equal to 0"),
+    ({"reward": {"target_ms": 2, "preset": "medium"}}, "reward.preset: Input should be 'soft' or 'hard'"),
+    ({"reward": {"target_ms": 2}, "budget": {"trials": 0}}, "budget.trials: Input should be greater than 0"),
+    ({"reward": {"target_ms": 2}, "data": {"val_size": 1.5}}, "data.val_size: a fraction must lie between 0 and 1"),
+    ({"reward": {"target_ms": 2}, "executor": "slurm"}, "executor.name: Input should be 'local' or 'ray'"),
+    ({"reward": {"target_ms": 2}, "strategy": {"name": "anneal"}}, "strategy: unknown strategy 'anneal'"),
+    ({"reward": {"target_ms": "fast"}}, "reward.target_ms: Input should be a valid number"),
+])
+def test_bad_configs(tmp_path, data, where):
+    path = _write(tmp_path, data)
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and where in message and "\n" not in message
+
+
+def test_shorthands_defaults_and_relative_paths(tmp_path):
+    (tmp_path / "spaces").mkdir()
+    path = _write(tmp_path, {"reward": {"target_ms": 2}, "executor": "ray", "space": "spaces/s.yaml",
+                             "latency": {"lut": "t.json"}, "data": {"val_size": 500.0}}, "ok.yaml")
+    config = load_config(path)
+    assert config.executor.name == "ray" and config.executor.max_retries == 1
+    assert config.space == str(tmp_path / "spaces" / "s.yaml")
+    assert config.latency.lut == str(tmp_path / "t.json")
+    assert config.data.val_size == 500 and isinstance(config.data.val_size, int)
+    assert parse_config({"reward": {"target_ms": 2}}).space == "mnasnet_cifar"  # names stay names
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = _write(tmp_path, "reward:\n  target_ms: [1, 2\nseed: 0\n")
+    with pytest.raises(UserError, match=r"bad\.yaml: YAML syntax error at line \d+"):
+        load_config(path)
+    with pytest.raises(UserError, match="must hold a mapping"):
+        load_config(_write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(UserError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["search"], "give --config FILE.yaml"),
+    (["search", "--resume", "nowhere"], "holds no search run"),
+    (["report", "nowhere"], "holds no search run"),
+    (["best", "nowhere"], "holds no search run"),
+])
+def test_cli_user_errors_exit_2(tmp_path, capsys, monkeypatch, args, expect):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli(args, capsys)
+    assert code == 2 and expect in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_bad_config_exit_2_one_line(tmp_path, capsys):
+    path = _write(tmp_path, {"reward": {"target_ms": 0}})
+    code, out, err = _cli(["search", "--config", str(path), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and out == ""
+    assert err.strip() == f"error: {path}: reward.target_ms: Input should be greater than 0"
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_cli_bad_strategy_knob_exit_2(tmp_path, capsys):
+    path = _write(tmp_path, {"reward": {"target_ms": 2}, "strategy": {"name": "evolution", "knobs": {"popsize": 3}},
+                             "data": {"dataset": "cifar10_subset"}})
+    code, _, err = _cli(["search", "--config", str(path), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "strategy: unknown knob(s) popsize" in err
+
+
+def test_cli_bad_config_in_a_real_process_has_no_traceback(tmp_path):
+    path = _write(tmp_path, {"reward": {"target_ms": 2, "typo": 1}})
+    proc = subprocess.run([sys.executable, "-m", "mnas", "search", "--config", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {path}: reward.typo: unknown key; allowed keys: target_ms, alpha, beta, preset"
+    assert "Traceback" not in proc.stderr + proc.stdout
