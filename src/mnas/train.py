@@ -330,11 +330,11 @@ class Engine:
             self.step += 1
             if self.ema is not None:
                 self.ema.update(self.model, self.step)
-            with torch.no_grad():
+            with torch.no_grad():  # running sums stay on the device: no host sync per step
                 n = y.shape[0]
-                stats += torch.stack(
-                    [loss.detach().float() * n, (logits.argmax(1) == y).sum().float(), torch.tensor(float(n), device=self.device)]
-                )
+                stats[0].add_(loss.detach().float() * n)
+                stats[1].add_((logits.argmax(1) == y).sum())
+                stats[2].add_(n)
             batch += 1
             if (batch - window_start) >= readout_every or batch == loader.num_batches:
                 window_start = batch
@@ -397,7 +397,9 @@ def evaluate_model(
         with ctx:
             logits = model(x).float()
         loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-        sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), torch.tensor(float(y.shape[0]), device=device, dtype=torch.float64)])
+        sums[0].add_(loss.double())
+        sums[1].add_((logits.argmax(1) == y).sum())
+        sums[2].add_(y.shape[0])
     model.train(was_training)
     loss_sum, correct, seen = sums.tolist()
     return correct / seen, loss_sum / seen
