@@ -1,0 +1,100 @@
+"""The Ray executor on a real local Ray cluster (2 CPUs): trials run as Ray tasks, a worker process
+that dies mid-trial is retried once and then the trial is stored as failed while the search goes
+on, and latency measurements never overlap each other or training on the node.
+
+Worker deaths are real: the training part of chosen trials calls os._exit inside the Ray worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from ray import cloudpickle
+
+from mnas.config import load_config
+from mnas.errors import UserError
+from mnas.search import latency_part, start_search, train_part
+from mnas.search.ray_executor import RayExecutor, device_resource
+from mnas.store import Store, load_state
+
+from test_search import write_config
+
+# The part functions below must travel to Ray workers, which cannot import this test module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory, data_root):
+    env = {"MNAS_DATA": str(data_root), "MNAS_CACHE_DIR": str(tmp_path_factory.mktemp("ray-cache"))}
+    ray.init(num_cpus=2, include_dashboard=False, resources=device_resource(), log_to_driver=False,
+             runtime_env={"env_vars": env})
+    yield
+    ray.shutdown()
+
+
+def _record(marks: str, kind: str, trial_id: int, fn):
+    start = time.time()
+    result = fn()
+    span = {"kind": kind, "trial": trial_id, "start": start, "end": time.time(), "pid": os.getpid()}
+    (Path(marks) / f"span-{kind}-{trial_id}.json").write_text(json.dumps(span))
+    return result
+
+
+def timed_latency(marks: str, trial_id, arch, config):
+    return _record(marks, "latency", trial_id, lambda: latency_part(arch, config))
+
+
+def crashing_train(marks: str, crash_always: int, crash_once: int, trial_id, arch, config):
+    """Kill the worker process: always for one trial, on its first attempt for another."""
+    attempt = len(list(Path(marks).glob(f"attempt-{trial_id}-*")))
+    (Path(marks) / f"attempt-{trial_id}-{attempt}").write_text(str(os.getpid()))
+    if trial_id == crash_always or (trial_id == crash_once and attempt == 0):
+        os._exit(1)
+    return _record(marks, "train", trial_id, lambda: train_part(arch, config))
+
+
+def test_trials_run_as_ray_tasks_and_survive_dead_workers(tmp_path, ray_cluster):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    config = load_config(write_config(tmp_path, executor={"name": "ray", "cpus_per_trial": 1},
+                                      budget={"trials": 6, "batch_size": 3}))
+    executor = RayExecutor(config, latency_fn=functools.partial(timed_latency, str(marks)),
+                           train_fn=functools.partial(crashing_train, str(marks), 0, 1))
+    outcome = start_search(config, tmp_path / "run", executor=executor, show_progress=False)
+
+    with Store.open(tmp_path / "run") as store:
+        trials = store.trials()
+        state = load_state(store.checkpoint().state)
+    assert len(trials) == 6 and outcome.counts == {"pending": 0, "running": 0, "done": 5, "failed": 1}
+    dead = trials[0]
+    assert dead.status == "failed" and "worker died (retried 1x)" in dead.error and dead.reward is None
+    assert dead.latency_ms is not None  # its latency task was fine; the training worker died
+    assert len(list(marks.glob("attempt-0-*"))) == 2  # first try + one retry, then given up
+    assert trials[1].status == "done" and len(list(marks.glob("attempt-1-*"))) == 2
+    assert all(t.status == "done" for t in trials[1:])
+    assert all(not t.worker.endswith(f":{os.getpid()}") for t in trials[1:])  # a Ray worker's host:pid
+    assert [t.step for t in trials] == [0, 0, 0, 1, 1, 1] and state["told"] == 6  # the search went on
+
+    # Trials ran in Ray worker processes, not in this one.
+    spans = [json.loads(p.read_text()) for p in marks.glob("span-*.json")]
+    assert {s["pid"] for s in spans}.isdisjoint({os.getpid()})
+    # Latency measurements own the node: no overlap with each other or with any training.
+    latency = [s for s in spans if s["kind"] == "latency"]
+    assert len(latency) == 6
+    for a in latency:
+        for b in spans:
+            if b is not a:
+                assert a["end"] <= b["start"] or b["end"] <= a["start"], (a, b)
+
+
+def test_missing_device_resource_is_a_user_error(tmp_path, ray_cluster):
+    config = load_config(write_config(tmp_path, executor="ray", latency={"host": "no-such-host"}))
+    with pytest.raises(UserError, match="no Ray node offers resource 'latency_device:no-such-host'"):
+        RayExecutor(config)
