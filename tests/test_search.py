@@ -189,3 +189,13 @@ def test_resume_of_a_finished_run_runs_nothing(tmp_path, data_root):
     assert outcome.counts["done"] == 2
     with Store.open(tmp_path / "run") as store:
         assert [(t.trial_id, t.finished_at) for t in store.trials()] == before
+
+
+def test_time_budget_stops_asking(tmp_path, data_root):
+    """max_seconds ends the search between batches; the finished batch is kept and told."""
+    config = load_config(write_config(tmp_path, budget={"trials": 6, "batch_size": 2, "max_seconds": 0.5}))
+    outcome = start_search(config, tmp_path / "run", show_progress=False)
+    assert outcome.stopped == "time" and outcome.counts["done"] == 2
+    with Store.open(tmp_path / "run") as store:
+        assert len(store) == 2 and store.untold() == []
+        assert store.get_meta("elapsed_s") >= 0.5

@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mnas.config import SearchConfig, parse_config  # noqa: E402
 from mnas.errors import UserError  # noqa: E402
@@ -114,7 +115,9 @@ def plot_pareto(run: Run, refs: list[Reference], path: Path) -> Path:
         points = ax.scatter([t.latency_ms for t in done], [t.accuracy for t in done],
                             c=[t.step for t in done], cmap="viridis", s=18, alpha=0.8,
                             label="sampled models")
-        fig.colorbar(points, ax=ax, label="search step")
+        bar = fig.colorbar(points, ax=ax, label="search step")
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
         front = sorted(pareto(run), key=lambda t: t.latency_ms)
         xs = [t.latency_ms for t in front]
         ys = [t.accuracy for t in front]
@@ -180,6 +183,7 @@ def plot_reward_curve(run: Run, path: Path) -> Path:
         ax.plot(steps, [r[2] for r in rows], marker="o", ms=3, label="mean reward of step")
         ax.plot(steps, [r[1] for r in rows], marker="^", ms=3, label="best reward of step")
         ax.plot(steps, [r[3] for r in rows], color="black", lw=1, ls="--", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("search step (one strategy batch)")
     ax.set_ylabel("reward")
     ax.grid(alpha=0.3)
