@@ -50,7 +50,7 @@ def test_every_unit_is_in_the_table_and_resume_kept_saved_entries(built) -> None
     kept = [e for e in table.entries.values() if e["median_ms"] == 0.123]
     assert len(kept) == 4  # resumed: the saved pack was not measured again
     fresh = [e for e in table.entries.values() if e["median_ms"] != 0.123]
-    assert all(e["median_ms"] > 0 and e["count"] >= 60 and len(e["per_process_ms"]) == 1 for e in fresh)
+    assert all(e["median_ms"] > 0 and e["count"] >= 30 and len(e["per_process_ms"]) == 1 for e in fresh)
     assert not out.with_name(out.name + ".partial").exists()
     assert table.build["units"] == len(units) and table.build["seconds"] > 0
     assert table.calibration["samples"] == 3

@@ -38,7 +38,7 @@ def test_warmup_and_timed_minimums() -> None:
     t0 = time.perf_counter()
     sample = time_runner(Runner(run))
     assert time.perf_counter() - t0 >= 0.5  # >= 0.5 s of warm-up happened
-    assert sample.runs >= 60 and len(sample.times_ms) == sample.runs
+    assert sample.runs >= 60 and 30 <= len(sample.times_ms) <= sample.runs
     assert run.calls >= 30 + 60
     assert sample.median_ms == pytest.approx(statistics.median(sample.times_ms))
     assert sample.p10_ms <= sample.median_ms <= sample.p90_ms
@@ -79,7 +79,7 @@ def test_processes_interleaved_and_median_of_medians(tmp_path) -> None:
     for r in res:
         assert r.processes == 3 and len(r.per_process_ms) == 3 and len(r.measured_at) == 3
         assert r.median_ms == pytest.approx(statistics.median(r.per_process_ms))
-        assert r.runs == 180 and 0.0 <= r.preempted_fraction <= 1.0
+        assert r.runs >= 180 and 0.0 <= r.preempted_fraction <= 1.0
         assert r.p10_ms <= r.median_ms <= r.p90_ms
     assert res[1].median_ms > res[0].median_ms  # 8x wider convs are slower
     # interleaved: the candidates' processes alternate in time

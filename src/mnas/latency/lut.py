@@ -134,6 +134,18 @@ def fit_calibration(raw: Sequence[tuple[float, int]], measured: Sequence[float])
 
 
 # ---- building -----------------------------------------------------------------------------------
+def calibration_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Architecture]:
+    """The architectures whose whole-model latency fits the calibration (deterministic)."""
+    return [space.sample(random.Random(seed * 100003 + i)) for i in range(n)]
+
+
+def validation_archs(space: SearchSpace, n: int, seed: int = 777) -> list[Architecture]:
+    """The random architectures validate_lut measures (deterministic; disjoint seeds from the
+    calibration's in practice)."""
+    rng = random.Random(seed)
+    return [space.sample(rng) for _ in range(n)]
+
+
 def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike, *, processes: int = 3,
               calibration: int = 32, pack_size: int | None = None, seed: int = 0,
               cache: Any = DEFAULT, protocol: Protocol = Protocol(), progress: bool = True,
@@ -191,7 +203,7 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike, *, pro
             table.save(partial)
             bar.advance(task, len(pack))
         layers_s = time.time() - t0
-        archs = [space.sample(random.Random(seed * 100003 + i)) for i in range(calibration)]
+        archs = calibration_archs(space, calibration, seed)
         measured: list[float] = []
         if archs:
             ctask = bar.add_task("calibration", total=len(archs))
@@ -281,8 +293,7 @@ def validate_lut(table: LatencyTable, samples: int = 100, *, seed: int = 777, pr
     if samples < 2:
         raise UserError("validate with at least 2 samples (the issue's bar uses 100)")
     sp = space or table.search_space()
-    rng = random.Random(seed)
-    archs = [sp.sample(rng) for _ in range(samples)]
+    archs = validation_archs(sp, samples, seed)
     t = time.perf_counter()
     predicted = [table.predict(a) for a in archs]
     predict_us = (time.perf_counter() - t) / len(archs) * 1e6

@@ -200,16 +200,19 @@ def _time_ort_pack(path: Path, target: Target, protocol: Protocol, count: int) -
                 sess.run(None, feed)
                 w1, c1 = time.perf_counter_ns(), time.process_time_ns()
                 flags.append((c1 - c0) / max(w1 - w0, 1) < protocol.preempt_ratio)
-            if flags.count(False) >= protocol.iters:
+            if sum(flags) / len(flags) <= protocol.max_flagged or flags.count(False) >= protocol.iters:
                 break
         events = json.loads(Path(sess.end_profiling()).read_text())
     per_run = _unit_times_per_run(events, count, owner)[warm:]
     if len(per_run) != len(flags):
         raise UserError(f"ORT profile has {len(per_run)} timed runs, expected {len(flags)}")
     clean = [r for r, f in zip(per_run, flags) if not f]
-    use = clean if len(clean) >= protocol.iters else per_run
+    use = clean if len(clean) >= protocol.iters // 2 else per_run  # as in protocol.time_runner
     frac = sum(flags) / len(flags)
-    return [ProcessSample.from_times([run[u] for run in use], frac) for u in range(count)]
+    samples = [ProcessSample.from_times([run[u] for run in use], frac) for u in range(count)]
+    for s in samples:
+        s.runs = len(flags)
+    return samples
 
 
 def _unit_times_per_run(events: list[dict], count: int, owner: dict[str, int | None]) -> list[list[float]]:

@@ -57,29 +57,34 @@ def pin(cpus: Sequence[int]) -> None:
 
 
 def time_runner(runner: "Runner", protocol: Protocol = Protocol()) -> ProcessSample:
-    """Warm up, then time iterations; re-time when too many look preempted; keep the cleanest."""
+    """Warm up, then time iterations. Iterations that look preempted are set aside; when more
+    than `max_flagged` of an attempt is flagged, time another attempt (at most `retries` more)
+    until `iters` clean iterations exist. The statistics use the clean iterations (all of them
+    if fewer than half of `iters` are clean); the flagged fraction is reported."""
     t_end = time.perf_counter() + protocol.warmup_s
     i = 0
     while i < protocol.warmup_iters or time.perf_counter() < t_end:
         runner.run()
         i += 1
-    best: tuple[float, list[float]] | None = None
+    every: list[float] = []
+    clean: list[float] = []
     attempts = 0
     for attempts in range(1, protocol.retries + 2):
-        times, flagged = _timed_loop(runner, protocol)
-        frac = flagged / len(times)
-        if best is None or frac < best[0]:
-            best = (frac, times)
-        if frac <= protocol.max_flagged:
+        times, flags = _timed_loop(runner, protocol)
+        every += times
+        clean += [t for t, f in zip(times, flags) if not f]
+        if sum(flags) / len(flags) <= protocol.max_flagged or len(clean) >= protocol.iters:
             break
-    assert best is not None
-    return ProcessSample.from_times(best[1], best[0], attempts)
+    use = clean if len(clean) >= protocol.iters // 2 else every
+    sample = ProcessSample.from_times(use, 1 - len(clean) / len(every), attempts)
+    sample.runs = len(every)
+    return sample
 
 
-def _timed_loop(runner: "Runner", protocol: Protocol) -> tuple[list[float], int]:
+def _timed_loop(runner: "Runner", protocol: Protocol) -> tuple[list[float], list[bool]]:
     wall, cpu = time.perf_counter_ns, time.process_time_ns
     times: list[float] = []
-    flagged = 0
+    flags: list[bool] = []
     for _ in range(protocol.iters):
         w0, c0 = wall(), cpu()
         device_ms = runner.device_timer() if runner.device_timer else None
@@ -87,10 +92,9 @@ def _timed_loop(runner: "Runner", protocol: Protocol) -> tuple[list[float], int]
             runner.run()
         w1, c1 = wall(), cpu()
         dw = max(w1 - w0, 1)
-        if (c1 - c0) / dw < protocol.preempt_ratio:
-            flagged += 1
+        flags.append((c1 - c0) / dw < protocol.preempt_ratio)
         times.append(device_ms if device_ms is not None else dw / 1e6)
-    return times, flagged
+    return times, flags
 
 
 # ---- the orchestrating process ----------------------------------------------------------------
@@ -197,8 +201,9 @@ def measure_many(items: Sequence["Architecture | nn.Module"], target: Target, *,
         if reason:
             raise UserError(f"backend {target.backend} cannot run here: {reason}")
         with tempfile.TemporaryDirectory(prefix="mnas-models-") as tmp:
-            folder = db.models_dir if db is not None else Path(tmp)
-            paths = {i: export_for(items[i], target, folder, f"model{i}") for i in todo}
+            keep = db.models_dir if db is not None else Path(tmp)  # architectures' files are reused
+            paths = {i: export_for(items[i], target, keep if _is_arch(items[i]) else Path(tmp), f"model{i}")
+                     for i in todo}
             samples = _interleaved(paths, target, processes, protocol, backend)
         for i in todo:
             arch_id = items[i].id if _is_arch(items[i]) else None
