@@ -32,14 +32,23 @@ def search(
     if resume is not None:
         if config is not None or out is not None:
             raise UserError("--resume continues a run with its stored config; drop --config/--out")
-        outcome = resume_search(resume, executor_name=executor, ray_address=ray_address,
-                                show_progress=not quiet)
+        run_dir = resume
     else:
         if config is None:
             raise UserError("give --config FILE.yaml (a new search) or --resume RUN_DIR")
         cfg = override_executor(load_config(config), executor, ray_address)
         run_dir = out or Path("runs") / f"{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        outcome = start_search(cfg, run_dir, show_progress=not quiet, config_path=str(config))
+    try:
+        if resume is not None:
+            outcome = resume_search(run_dir, executor_name=executor, ray_address=ray_address,
+                                    show_progress=not quiet)
+        else:
+            outcome = start_search(cfg, run_dir, show_progress=not quiet, config_path=str(config))
+    except KeyboardInterrupt:
+        if (run_dir / "trials.sqlite").exists():
+            console.print(f"stopped; finished trials are stored. Continue with: "
+                          f"mnas search --resume {run_dir}", highlight=False)
+        raise
     counts = outcome.counts
     console.print(f"search finished ({'time budget' if outcome.stopped == 'time' else 'trial budget'}): "
                   f"{counts['done']} done, {counts['failed']} failed in {outcome.elapsed_s:.0f} s; "

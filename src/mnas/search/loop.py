@@ -95,6 +95,9 @@ def make_executor(config: SearchConfig) -> Executor:
 def start_search(config: SearchConfig, run_dir: str | Path, *, executor: Executor | None = None,
                  show_progress: bool = True, config_path: str | None = None) -> SearchOutcome:
     """A new run in `run_dir` (which must not hold one)."""
+    if (Path(run_dir) / DB_NAME).exists():  # before any slow preparation
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                        "or choose another --out")
     config = prepare(config)
     store = Store.create(run_dir, config.model_dump(mode="json"), mnas_version=__version__,
                          config_path=config_path, elapsed_s=0.0)
@@ -148,8 +151,10 @@ def _run(store: Store, config: SearchConfig, executor: Executor | None,
     session_start = time.time()
     elapsed_before = float(store.get_meta("elapsed_s", 0.0))
     finished = store.trials(("done", "failed"))
-    best = max((t.reward for t in finished if t.ok), default=None)
-    pareto_size = len(pareto_front([t for t in finished if t.ok]))
+    done = [t for t in finished if t.ok]  # kept in memory: the front is recomputed per result
+    best = max((t.reward for t in done), default=None)
+    pareto_size = len(pareto_front(done))
+    last_step = max((t.step for t in store.trials()), default=-1)
 
     def elapsed() -> float:
         return elapsed_before + time.time() - session_start
@@ -174,8 +179,9 @@ def _run(store: Store, config: SearchConfig, executor: Executor | None,
         store.save_result(trial)
         store.set_meta("elapsed_s", elapsed())
         if trial.ok:
+            done.append(trial)
             best = trial.reward if best is None else max(best, trial.reward)
-            pareto_size = len(pareto_front(store.trials("done")))
+            pareto_size = len(pareto_front(done))
         progress.finished(trial, best, pareto_size)
 
     hooks = Hooks(on_start, on_phase, on_result)
@@ -192,7 +198,8 @@ def _run(store: Store, config: SearchConfig, executor: Executor | None,
                     if limit is not None and elapsed() >= limit:
                         stopped = "time"
                         break
-                    step = max((t.step for t in store.trials()), default=-1) + 1
+                    last_step += 1
+                    step = last_step
                     archs = strategy.ask(min(config.budget.batch_size, remaining))
                     batch = [Trial(trial_id=-1, arch=a, strategy=strategy.name, tokens=space.encode(a))
                              for a in archs]
@@ -211,6 +218,5 @@ def _run(store: Store, config: SearchConfig, executor: Executor | None,
         store.set_meta("elapsed_s", elapsed())
         if own_executor:
             executor.close()
-    done = store.trials("done")
-    best_trial = max(done, key=lambda t: t.reward, default=None)
+    best_trial = max(store.trials("done"), key=lambda t: t.reward, default=None)
     return SearchOutcome(store.run_dir, store.counts(), best_trial, stopped, elapsed())
