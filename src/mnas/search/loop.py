@@ -99,12 +99,18 @@ def start_search(config: SearchConfig, run_dir: str | Path, *, executor: Executo
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
     config = prepare(config)
-    store = Store.create(run_dir, config.model_dump(mode="json"), mnas_version=__version__,
-                         config_path=config_path, elapsed_s=0.0)
+    own_executor = executor is None
+    executor = executor or make_executor(config)  # before the store: a bad cluster leaves no run
     try:
-        return _run(store, config, executor, show_progress)
+        store = Store.create(run_dir, config.model_dump(mode="json"), mnas_version=__version__,
+                             config_path=config_path, elapsed_s=0.0)
+        try:
+            return _run(store, config, executor, show_progress)
+        finally:
+            store.close()
     finally:
-        store.close()
+        if own_executor:
+            executor.close()
 
 
 def resume_search(run_dir: str | Path, *, executor: Executor | None = None,
@@ -116,7 +122,13 @@ def resume_search(run_dir: str | Path, *, executor: Executor | None = None,
         config = parse_config(store.config, source=f"{Path(run_dir) / DB_NAME} (stored config)")
         config = override_executor(config, executor_name, ray_address)
         prepare(config)
-        return _run(store, config, executor, show_progress)
+        own_executor = executor is None
+        executor = executor or make_executor(config)
+        try:
+            return _run(store, config, executor, show_progress)
+        finally:
+            if own_executor:
+                executor.close()
     finally:
         store.close()
 
@@ -134,7 +146,7 @@ def override_executor(config: SearchConfig, name: str | None, address: str | Non
     return config.model_copy(update={"executor": config.executor.model_copy(update=updates)})
 
 
-def _run(store: Store, config: SearchConfig, executor: Executor | None,
+def _run(store: Store, config: SearchConfig, executor: Executor,
          show_progress: bool) -> SearchOutcome:
     from mnas.reward import pareto_front
     from mnas.space import SearchSpace
@@ -145,8 +157,6 @@ def _run(store: Store, config: SearchConfig, executor: Executor | None,
     if checkpoint is not None:
         strategy.load_state_dict(load_state(checkpoint.state))
     reward = make_reward(config)
-    own_executor = executor is None
-    executor = executor or make_executor(config)
 
     session_start = time.time()
     elapsed_before = float(store.get_meta("elapsed_s", 0.0))
@@ -216,7 +226,5 @@ def _run(store: Store, config: SearchConfig, executor: Executor | None,
                                   told[0].step)
     finally:
         store.set_meta("elapsed_s", elapsed())
-        if own_executor:
-            executor.close()
     best_trial = max(store.trials("done"), key=lambda t: t.reward, default=None)
     return SearchOutcome(store.run_dir, store.counts(), best_trial, stopped, elapsed())

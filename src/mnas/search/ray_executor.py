@@ -38,6 +38,18 @@ def device_resource(host: str | None = None) -> dict[str, float]:
     return {f"{RESOURCE_PREFIX}{host or socket.gethostname()}": 1.0}
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when a host:port address has nothing listening."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and friends: let Ray resolve them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"executor.ray_address: nothing answers at {address} ({exc.strerror or exc}); "
+                        "start the cluster with `ray start --head` or fix the address") from None
+
+
 def default_latency(trial_id: int, arch: Architecture, config: SearchConfig) -> dict[str, Any]:
     return latency_part(arch, config)
 
@@ -70,14 +82,18 @@ class RayExecutor:
         self._owns_ray = False
         if not ray.is_initialized():
             address = config.executor.ray_address
+            if address:
+                _check_reachable(address)
             try:
                 if address:
                     ray.init(address=address, log_to_driver=False)
                 else:
                     ray.init(resources=device_resource(self.host), include_dashboard=False,
                              log_to_driver=False)
-            except ConnectionError as exc:
-                raise UserError(f"executor.ray_address: cannot reach Ray at {address}: {exc}") from None
+            except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
+                where = f"Ray at {address}" if address else "a local Ray instance"
+                raise UserError(f"executor: cannot start or reach {where}: "
+                                f"{' '.join(str(exc).split())[:300]}") from None
             self._owns_ray = True
         self.device_cpus = self._device_cpus(needed=not config.latency.lut)
         self.gpus = config.executor.gpus_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
