@@ -155,6 +155,7 @@ def plot_latency_hist(run: Run, path: Path) -> Path:
                 alpha=0.8)
     ax.axvline(run.config.reward.target_ms, color="black", ls=":", lw=1, label="target T")
     ax.set_xlabel(f"latency (ms) on {_target_label(run.config)}")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("models")
     ax.set_title(f"latency of {len(lats)} sampled models")
     ax.legend(fontsize=8)
