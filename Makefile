@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m mnas zoo
+	@out=runs/quick-$$(date +%Y%m%d-%H%M%S); \
+	$(PY) -m mnas search --config examples/quick.yaml --out $$out && \
+	$(PY) -m mnas report $$out
 
 test: $(STAMP)
 	$(PY) -m pytest -q
