@@ -2,6 +2,9 @@
 and parse the tool's output. Every adb call has a timeout and transient failures are retried, so
 a missing, unauthorised or vanishing device gives one clear error, never a hang.
 
+The phone's tool reports only summary statistics, so preemption cannot be detected per
+iteration there: `preempted_fraction` is 0 for android results (not measured, not proven clean).
+
 Timeouts and retries: $MNAS_ADB_TIMEOUT (seconds per adb call, default 120; benchmark runs get
 5x that) and $MNAS_ADB_RETRIES (default 2).
 """
