@@ -17,7 +17,7 @@ import platform
 import time
 from pathlib import Path
 
-from mnas.latency import LatencyCache, Target
+from mnas.latency import LatencyCache, Target, measure_many
 from mnas.latency.lut import LatencyTable, build_lut, calibration_archs, validate_lut, validation_archs
 from mnas.latency.units import arch_units, space_units
 from mnas.space import SearchSpace
@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--pack-size", type=int, default=None)
     ap.add_argument("--reduced", action="store_true",
                     help="measure only the units the calibration and validation architectures use")
+    ap.add_argument("--no-interleave", dest="interleave", action="store_false",
+                    help="do not measure calibration and validation models together up front")
     ap.add_argument("--out", type=Path, default=None, help="table path (default: $MNAS_CACHE_DIR/luts/)")
     ap.add_argument("--doc", type=Path, default=DOC)
     args = ap.parse_args()
@@ -54,9 +56,12 @@ def main() -> None:
         units = [u for u in all_units if u.key in wanted]
     load = os.getloadavg()[0]
     t0 = time.time()
+    if args.interleave:  # calibration and validation models measured together, same conditions
+        measure_many(calibration_archs(space, args.calibration) + validation_archs(space, args.samples),
+                     target, processes=args.processes, cache=cache)
     table = build_lut(space, target, out, processes=args.processes, calibration=args.calibration,
                       pack_size=args.pack_size, cache=cache, units=units)
-    build_s = time.time() - t0
+    build_s = time.time() - t0  # includes the up-front whole-model measurements
     plot = out.with_suffix(".validation.png")
     t1 = time.time()
     v = validate_lut(LatencyTable.load(out), args.samples, processes=args.processes, cache=cache, plot=plot)
