@@ -96,7 +96,7 @@ def eval_cmd(
     split: str = typer.Option("test", "--split", help="test (default) or val."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset (default: the one it was trained on)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
-    batch_size: int = typer.Option(500, "--batch-size"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: 500 on CUDA, 128 on CPU."),
     device: str = typer.Option("auto", "--device"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:

@@ -389,7 +389,7 @@ class Engine:
         return self.model
 
     @torch.no_grad()
-    def evaluate(self, split: Split, use_ema: bool = False, batch_size: int = 500) -> tuple[float, float]:
+    def evaluate(self, split: Split, use_ema: bool = False, batch_size: int | None = None) -> tuple[float, float]:
         """(top-1 accuracy, mean cross-entropy) over a whole split; one host sync at the end."""
         return evaluate_model(
             self.eval_model(use_ema), self.data, split, self.device, batch_size=batch_size,
@@ -404,12 +404,16 @@ def evaluate_model(
     split: Split,
     device: torch.device | str = "cpu",
     *,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     amp: bool = False,
     channels_last: bool = False,
 ) -> tuple[float, float]:
-    """Top-1 accuracy and mean cross-entropy (no smoothing) of `model` on `split`."""
+    """Top-1 accuracy and mean cross-entropy (no smoothing) of `model` on `split`.
+
+    Default batch: 500 on CUDA, 128 on CPU (bigger CPU batches spend their time page-faulting
+    fresh activation buffers)."""
     device = torch.device(device)
+    batch_size = batch_size or (500 if device.type == "cuda" else 128)
     was_training = model.training
     model.eval()
     loader = BatchLoader(data, split, batch_size, train=False, device=device, channels_last=channels_last)
@@ -459,7 +463,7 @@ def train_proxy(
     bn_momentum: float = 0.1,
     ema_decay: float | None = None,
     speed: SpeedOptions | None = None,
-    eval_batch_size: int = 500,
+    eval_batch_size: int | None = None,
     stable_init: bool = True,
     warmup: float = 0.05,
 ) -> TrainResult:
@@ -906,7 +910,7 @@ def load_checkpoint(path: str | Path, use_ema: bool | None = None) -> tuple[Arch
 
 def evaluate_checkpoint(
     path: str | Path, data_root: str | Path | None = None, split: str = "test", device: str = "auto",
-    batch_size: int = 500, data_name: str | None = None,
+    batch_size: int | None = None, data_name: str | None = None,
 ) -> dict[str, Any]:
     """Top-1 of a saved model on the test (or val) split of the dataset it was trained on."""
     from mnas.data import load_dataset
