@@ -116,21 +116,38 @@ class LatencyTable:
 
 # ---- calibration --------------------------------------------------------------------------------
 def fit_calibration(raw: Sequence[tuple[float, int]], measured: Sequence[float]) -> dict[str, float]:
-    """Least squares of measured ~ scale * sum + per_unit * n + offset (relative errors weighted
-    equally: each row is divided by the measured value). Falls back to scale only when the
-    sample is too small or degenerate."""
+    """Fit measured ~ scale * sum + per_unit * n + offset, or measured ~ scale * sum alone,
+    whichever predicts held-out models better (leave-one-out relative error): with few or noisy
+    whole-model measurements the three-parameter fit overfits. Rows are weighted by 1/measured
+    so relative errors count equally."""
     import numpy as np
 
     y = np.asarray(measured, dtype=float)
     s = np.array([r[0] for r in raw], dtype=float)
     n = np.array([r[1] for r in raw], dtype=float)
-    w = 1.0 / y
+    if len(y) == 0:
+        return {"scale": 1.0, "per_unit": 0.0, "offset": 0.0}
+    full = np.stack([s, n, np.ones_like(s)], axis=1)
+
+    def fit(rows: np.ndarray, cols: list[int]) -> np.ndarray:
+        x = full[rows][:, cols] / y[rows, None]
+        coef = np.zeros(3)
+        coef[cols] = np.linalg.lstsq(x, np.ones(len(rows)), rcond=None)[0]
+        return coef
+
+    candidates = [[0]]
     if len(y) >= 8 and np.ptp(n) > 0:
-        x = np.stack([s, n, np.ones_like(s)], axis=1)
-        coef = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)[0]
-        return {"scale": float(coef[0]), "per_unit": float(coef[1]), "offset": float(coef[2])}
-    scale = float(np.sum(s * y * w * w) / np.sum(s * s * w * w)) if len(y) else 1.0
-    return {"scale": scale, "per_unit": 0.0, "offset": 0.0}
+        candidates.append([0, 1, 2])
+    best, best_err = None, float("inf")
+    for cols in candidates:
+        errs = [abs(full[i] @ fit(np.array([j for j in range(len(y)) if j != i]), cols) / y[i] - 1)
+                for i in range(len(y))] if len(y) > len(cols) else [0.0]
+        err = float(np.mean(errs))
+        if err < best_err - 1e-12:
+            best, best_err = cols, err
+    coef = fit(np.arange(len(y)), best)
+    return {"scale": float(coef[0]), "per_unit": float(coef[1]), "offset": float(coef[2]),
+            "loo_mape": 100 * best_err}
 
 
 # ---- building -----------------------------------------------------------------------------------
