@@ -205,7 +205,7 @@ def main() -> None:
         "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, torch threads {args.threads}",
         "torch": torch.__version__,
         "load average before / after": f"{load_before[0]:.1f} / {os.getloadavg()[0]:.1f} "
-        "(the machine was shared with other agents: absolute numbers are pessimistic, ratios are indicative)",
+        "(the machine was shared with other agents: see 'How far to trust the CPU numbers' below)",
         "mode": "quick" if args.quick else "full",
         "wall time": f"{time.time() - t0:.0f} s",
     }
