@@ -110,7 +110,8 @@ def test_repeated_architecture_is_measured_once(tmp_path, data_root):
 def test_failing_candidates_are_stored_and_told(tmp_path, data_root):
     """A learning rate of 1e6 makes every candidate diverge (NaN): each is stored as failed with
     its error, the strategy is told, and the search runs to its budget."""
-    config = load_config(write_config(tmp_path, proxy={"lr": 1.0e6}, budget={"trials": 3, "batch_size": 2}))
+    config = load_config(write_config(tmp_path, proxy={"lr": 1.0e6, "epochs": 2, "max_steps": 8},
+                                      budget={"trials": 3, "batch_size": 2}))
     outcome = start_search(config, tmp_path / "run", show_progress=False)
     assert outcome.counts["failed"] == 3 and outcome.best is None
     with Store.open(tmp_path / "run") as store:
