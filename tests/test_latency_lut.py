@@ -56,6 +56,24 @@ def test_every_unit_is_in_the_table_and_resume_kept_saved_entries(built) -> None
     assert table.calibration["samples"] == 3
 
 
+@pytest.mark.parametrize("max_spread, expected", [(1.0, 2), (0.0, 3)])
+def test_packs_get_more_processes_while_they_disagree(tmp_path, max_spread: float, expected: int) -> None:
+    """The protocol's consensus rule on a pack's total: max_spread=0 never agrees, so the pack
+    runs max_processes and its entries are flagged unstable."""
+    from mnas.latency.protocol import Protocol
+
+    space = SearchSpace.from_dict(TINY)
+    target = Target(backend="onnxruntime", resolution=32, num_classes=10)
+    table = build_lut(space, target, tmp_path / "t.json", processes=2, calibration=0, pack_size=4,
+                      cache=None, progress=False, units=space_units(space, 32, 10)[:4],
+                      protocol=Protocol(warmup_s=0.0, max_spread=max_spread, max_processes=3))
+    assert table.build["pack_processes"] == [expected]
+    assert table.build["unstable_units"] == (0 if expected == 2 else 4)
+    for e in table.entries.values():
+        assert len(e["per_process_ms"]) == expected and len(e["used_processes"]) == 2
+        assert e["stable"] == (expected == 2) and e["median_ms"] > 0
+
+
 def test_table_round_trips_and_predicts_fast(built) -> None:
     space, target, table, out, *_ = built
     loaded = LatencyTable.load(out)

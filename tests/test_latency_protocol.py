@@ -77,15 +77,42 @@ def test_processes_interleaved_and_median_of_medians(tmp_path) -> None:
     target = Target(backend="onnxruntime", resolution=32, num_classes=10)
     res = measure_many([small, large], target, processes=3, cache=None)
     for r in res:
-        assert r.processes == 3 and len(r.per_process_ms) == 3 and len(r.measured_at) == 3
-        assert r.median_ms == pytest.approx(statistics.median(r.per_process_ms))
-        assert r.runs >= 180 and 0.0 <= r.preempted_fraction <= 1.0
+        assert 3 <= r.processes <= Protocol().max_processes
+        assert len(r.per_process_ms) == len(r.measured_at) == r.processes and r.used_processes == 3
+        # more processes only while the three fastest disagree; the result is their median
+        fastest = sorted(r.per_process_ms)[:3]
+        assert r.median_ms == pytest.approx(statistics.median(fastest))
+        assert r.stable == ((fastest[-1] - fastest[0]) / fastest[1] <= Protocol().max_spread)
+        assert r.stable or r.processes == Protocol().max_processes
+        assert r.runs >= 60 * r.processes and 0.0 <= r.preempted_fraction <= 1.0
         assert r.p10_ms <= r.median_ms <= r.p90_ms
     assert res[1].median_ms > res[0].median_ms  # 8x wider convs are slower
     # interleaved: the candidates' processes alternate in time
     times = sorted([(t, 0) for t in res[0].measured_at] + [(t, 1) for t in res[1].measured_at])
     order = [k for _, k in times]
     assert order != [0, 0, 0, 1, 1, 1] and order != [1, 1, 1, 0, 0, 0]
+
+
+def test_consensus_keeps_the_fastest_agreeing_processes() -> None:
+    """Slow periods from outside only add time: the fastest processes are the clean ones."""
+    from mnas.latency.result import consensus
+
+    assert consensus([10.0, 10.1, 10.2], 3, 0.05) == ([0, 1, 2], True)
+    assert consensus([10.0, 13.0, 10.1], 3, 0.05) == ([0, 2, 1], False)  # one slow process
+    assert consensus([10.0, 13.0, 10.1, 10.2], 3, 0.05) == ([0, 2, 3], True)  # a fourth settles it
+    assert consensus([5.0], 3, 0.05) == ([0], True)
+
+
+@pytest.mark.parametrize("max_spread, expected", [(1.0, 3), (0.0, 5)])
+def test_disagreeing_processes_get_more_rounds(max_spread: float, expected: int) -> None:
+    """max_spread=0 never agrees: every candidate runs up to max_processes, flagged unstable;
+    max_spread=1 always agrees: exactly the three processes."""
+    target = Target(backend="onnxruntime", resolution=32, num_classes=10)
+    proto = Protocol(warmup_s=0.0, max_spread=max_spread, max_processes=5)
+    res = measure_many([_tiny(8), _tiny(16)], target, processes=3, cache=None, protocol=proto)
+    assert [r.processes for r in res] == [expected, expected]
+    assert [r.stable for r in res] == [expected == 3] * 2
+    assert all(r.median_ms == pytest.approx(statistics.median(sorted(r.per_process_ms)[:3])) for r in res)
 
 
 def test_target_fingerprint_and_errors() -> None:

@@ -7,7 +7,10 @@ runtimes do across layer boundaries (fusion, re-layout, per-call overhead):
 Keys the table lacks (a space edited after the build) are filled by a per-op regression on MACs.
 
 Building measures packs of many units per exported model (see `packs`), each pack in >= 3
-processes, and saves after every pack (`OUT.partial`), so an interrupted build resumes.
+processes (more while the fastest three disagree on the pack's total: the protocol's consensus
+rule, applied to the whole pack because a slow period slows every unit of a process alike), and
+an entry is the median of the agreeing processes' medians. It saves after every pack
+(`OUT.partial`), so an interrupted build resumes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from mnas.errors import UserError
 from mnas.latency.protocol import DEFAULT, Protocol, measure_cpus, measure_many, run_worker
+from mnas.latency.result import consensus
 from mnas.latency.target import Target
 from mnas.latency.units import Unit, arch_units, space_units, unit_from_dict, unit_macs, unit_to_dict
 from mnas.space import Architecture, SearchSpace
@@ -194,6 +198,7 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike, *, pro
     size = pack_size or PACK_SIZE.get(target.backend, 32)
     packs = [todo[i:i + size] for i in range(0, len(todo), size)]
     cpus = measure_cpus(target.threads)
+    pack_processes: list[int] = []
     t0 = time.time()
     with _progress(progress) as bar:
         task = bar.add_task("layers", total=len(all_units), completed=len(all_units) - len(todo))
@@ -203,8 +208,15 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike, *, pro
 
                 path = export_pack(pack, target, Path(tmp) / f"pack{SUFFIX[target.backend]}")
                 per_proc = [run_worker(path, target, protocol, cpus, pack=len(pack)) for _ in range(processes)]
+                while True:  # a slow period of the machine slows every unit of a process alike
+                    totals = [sum(s.median_ms for s in proc) for proc in per_proc]
+                    chosen, agree = consensus(totals, processes, protocol.max_spread)
+                    if agree or len(per_proc) >= protocol.max_processes:
+                        break
+                    per_proc.append(run_worker(path, target, protocol, cpus, pack=len(pack)))
+            pack_processes.append(len(per_proc))
             for i, u in enumerate(pack):
-                samples = [proc[i] for proc in per_proc]
+                samples = [per_proc[p][i] for p in sorted(chosen)]
                 medians = [s.median_ms for s in samples]
                 pooled = [t for s in samples for t in (s.times_ms or [])]
                 table.entries[u.key] = {
@@ -212,7 +224,9 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike, *, pro
                     "mean_ms": statistics.fmean(pooled) if pooled else statistics.fmean(medians),
                     "std_ms": statistics.pstdev(pooled) if pooled else 0.0,
                     "count": len(pooled),
-                    "per_process_ms": medians,
+                    "per_process_ms": [proc[i].median_ms for proc in per_proc],
+                    "used_processes": sorted(chosen),
+                    "stable": agree,
                     "preempted_fraction": statistics.fmean(s.preempted_fraction for s in samples),
                     "unit": unit_to_dict(u),
                 }
@@ -234,7 +248,9 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike, *, pro
         table.calibration["fit_mape"] = 100 * statistics.fmean(abs(p - m) / m for p, m in zip(pred, measured))
     table.build = {"seconds": spent + time.time() - t0, "layer_seconds": spent + layers_s,
                    "units": len(table.entries), "pack_size": size, "processes": processes,
-                   "calibration_archs": len(archs), "started_at": started, "finished_at": time.time()}
+                   "calibration_archs": len(archs), "started_at": started, "finished_at": time.time(),
+                   "pack_processes": pack_processes,
+                   "unstable_units": sum(not e.get("stable", True) for e in table.entries.values())}
     table.save(out)
     partial.unlink(missing_ok=True)
     return table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from mnas.latency.target import Target
 
@@ -40,8 +40,9 @@ class ProcessSample:
 
 @dataclass
 class LatencyResult:
-    """Median of per-process medians, with spread and the share of iterations that looked
-    preempted (a clean-looking low CV does not prove a clean measurement)."""
+    """Median of per-process medians (of the `used_processes` fastest, see `consensus`), with the
+    spread over every process and the share of iterations that looked preempted (a clean-looking
+    low CV does not prove a clean measurement)."""
 
     median_ms: float
     p10_ms: float
@@ -55,6 +56,8 @@ class LatencyResult:
     measured_at: list[float] = field(default_factory=list)
     arch_id: str | None = None
     cached: bool = False
+    used_processes: int = 0  # how many of the fastest processes the median uses (0: all; old records)
+    stable: bool = True  # the fastest processes agreed within the protocol's max_spread
 
     @property
     def spread(self) -> float:
@@ -79,8 +82,23 @@ class LatencyResult:
         return cls(**d)
 
 
-def summarise(samples: list[ProcessSample], target: Target, arch_id: str | None = None) -> LatencyResult:
+def consensus(medians: Sequence[float], k: int, max_spread: float) -> tuple[list[int], bool]:
+    """Indices of the `k` fastest processes, and whether they agree within `max_spread`
+    ((max - min) / median). Outside slowdowns only add time, so the fastest ones are the clean ones."""
+    fastest = sorted(range(len(medians)), key=lambda i: medians[i])[:max(k, 1)]
+    vals = [medians[i] for i in fastest]
+    mid = statistics.median(vals)
+    agree = len(vals) < 2 or mid <= 0 or (max(vals) - min(vals)) / mid <= max_spread
+    return fastest, agree
+
+
+def summarise(samples: list[ProcessSample], target: Target, arch_id: str | None = None,
+              use: int | None = None, max_spread: float = 0.05) -> LatencyResult:
+    """The median of the per-process medians of the `use` fastest processes (all by default)."""
     medians = [s.median_ms for s in samples]
+    chosen, stable = consensus(medians, use or len(samples), max_spread)
+    every = samples
+    samples = [samples[i] for i in sorted(chosen)]
     pooled = [t for s in samples for t in (s.times_ms or [])]
     if pooled:
         p10, p90 = _quantiles(pooled)
@@ -92,11 +110,11 @@ def summarise(samples: list[ProcessSample], target: Target, arch_id: str | None 
         mean = statistics.fmean(s.mean_ms for s in samples)
         cv = statistics.fmean(s.std_ms for s in samples) / mean if mean > 0 else 0.0
     return LatencyResult(
-        median_ms=statistics.median(medians), p10_ms=p10, p90_ms=p90, cv=cv,
-        runs=sum(s.runs for s in samples), processes=len(samples),
-        preempted_fraction=statistics.fmean(s.preempted_fraction for s in samples),
-        target=target, per_process_ms=medians, measured_at=[s.finished_at for s in samples],
-        arch_id=arch_id,
+        median_ms=statistics.median(s.median_ms for s in samples), p10_ms=p10, p90_ms=p90, cv=cv,
+        runs=sum(s.runs for s in every), processes=len(every),
+        preempted_fraction=statistics.fmean(s.preempted_fraction for s in every),
+        target=target, per_process_ms=medians, measured_at=[s.finished_at for s in every],
+        arch_id=arch_id, used_processes=len(samples), stable=stable,
     )
 
 
