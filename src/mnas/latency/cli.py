@@ -73,6 +73,12 @@ def measure(
     typer.echo(f"  p10 {result.p10_ms:.3f}  p90 {result.p90_ms:.3f}  cv {100 * result.cv:.1f}%  "
                f"spread {100 * result.spread:.1f}%  processes {result.processes}  runs {result.runs}  "
                f"preempted {100 * result.preempted_fraction:.1f}%")
+    if not result.stable:
+        from mnas.latency.protocol import Protocol
+
+        typer.echo(f"  warning: the {result.used_processes} fastest of {result.processes} processes still "
+                   f"disagreed by more than {100 * Protocol().max_spread:.0f}%; the machine is busy, "
+                   "measure again when it is quieter", err=True)
 
 
 @app.command()
