@@ -155,7 +155,7 @@ def write_doc(doc, models, backends, lat, cost, repeat, cond, args) -> None:
     lut = ""
     if BEGIN in old and END in old:
         start = old.rfind("\n## ", 0, old.index(BEGIN))
-        lut = old[start:old.index(END) + len(END)] + "\n"
+        lut = old[start:].rstrip("\n") + "\n"  # the LUT section and its notes, owned by lut.py
     else:
         lut = ("\n## Lookup-table accuracy and build time\n\nRun `python benchmarks/lut.py` to add rows.\n\n"
                f"{BEGIN}\n{END}\n")
