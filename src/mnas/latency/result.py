@@ -97,24 +97,23 @@ def summarise(samples: list[ProcessSample], target: Target, arch_id: str | None 
     """The median of the per-process medians of the `use` fastest processes (all by default)."""
     medians = [s.median_ms for s in samples]
     chosen, stable = consensus(medians, use or len(samples), max_spread)
-    every = samples
-    samples = [samples[i] for i in sorted(chosen)]
-    pooled = [t for s in samples for t in (s.times_ms or [])]
+    used = [samples[i] for i in sorted(chosen)]
+    pooled = [t for s in used for t in (s.times_ms or [])]
     if pooled:
         p10, p90 = _quantiles(pooled)
         mean = statistics.fmean(pooled)
         cv = statistics.pstdev(pooled) / mean if mean > 0 else 0.0
     else:
-        p10 = statistics.median(s.p10_ms for s in samples)
-        p90 = statistics.median(s.p90_ms for s in samples)
-        mean = statistics.fmean(s.mean_ms for s in samples)
-        cv = statistics.fmean(s.std_ms for s in samples) / mean if mean > 0 else 0.0
+        p10 = statistics.median(s.p10_ms for s in used)
+        p90 = statistics.median(s.p90_ms for s in used)
+        mean = statistics.fmean(s.mean_ms for s in used)
+        cv = statistics.fmean(s.std_ms for s in used) / mean if mean > 0 else 0.0
     return LatencyResult(
-        median_ms=statistics.median(s.median_ms for s in samples), p10_ms=p10, p90_ms=p90, cv=cv,
-        runs=sum(s.runs for s in every), processes=len(every),
-        preempted_fraction=statistics.fmean(s.preempted_fraction for s in every),
-        target=target, per_process_ms=medians, measured_at=[s.finished_at for s in every],
-        arch_id=arch_id, used_processes=len(samples), stable=stable,
+        median_ms=statistics.median(s.median_ms for s in used), p10_ms=p10, p90_ms=p90, cv=cv,
+        runs=sum(s.runs for s in samples), processes=len(samples),
+        preempted_fraction=statistics.fmean(s.preempted_fraction for s in samples),
+        target=target, per_process_ms=medians, measured_at=[s.finished_at for s in samples],
+        arch_id=arch_id, used_processes=len(used), stable=stable,
     )
 
 
