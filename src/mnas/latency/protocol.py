@@ -240,7 +240,7 @@ def _interleaved(paths: dict[int, Path], target: Target, processes: int, protoco
             for i in order[k:] + order[:k]:  # rotate: no candidate always runs first
                 samples[i].append(run_worker(paths[i], target, protocol, cpus))
     while True:
-        again = [i for i in order if len(samples[i]) < max(protocol.max_processes, processes)
+        again = [i for i in order if len(samples[i]) < protocol.max_processes
                  and not consensus([s.median_ms for s in samples[i]], processes, protocol.max_spread)[1]]
         if not again:
             return samples
