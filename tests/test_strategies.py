@@ -132,7 +132,7 @@ def test_state_round_trip_continues_identically(name: str, space, tmp_path: Path
         return _drive(s, space, target, 4, 6, start=10, fail_every=3)
 
     expected = finish(a)  # continuing the original object first also proves `saved` is not aliased
-    for state in (torch.load(path, weights_only=False), pickle.loads(blob), saved):
+    for state in (torch.load(path, weights_only=True), pickle.loads(blob), saved):
         b = make_strategy(name, space, seed=99, **_knobs(name))  # a fresh object, another seed
         b.load_state_dict(state)
         assert b.pending == 3

@@ -222,7 +222,7 @@ def small():
 
 def test_fit_writes_checkpoint_and_metrics_and_resumes_exactly(small, tmp_path):
     straight = fit(TINY, small, _cfg(), tmp_path / "a", progress=False, evaluate_test=True)
-    ck_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    ck_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     for key in ("arch", "num_classes", "resolution", "model", "ema", "optimizer", "epoch", "step", "recipe", "config"):
         assert key in ck_a
     assert ck_a["epoch"] == 2 and ck_a["step"] == 6 and ck_a["resolution"] == 32
@@ -232,10 +232,10 @@ def test_fit_writes_checkpoint_and_metrics_and_resumes_exactly(small, tmp_path):
     # interrupted in the middle of epoch 2 (step 4 of 6), then resumed
     with pytest.raises(TrainingInterrupted):
         fit(TINY, small, _cfg(), tmp_path / "b", progress=False, stop_after_steps=4)
-    mid = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    mid = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert (mid["epoch"], mid["batch_in_epoch"], mid["step"]) == (1, 1, 4)
     resumed = fit(TINY, small, _cfg(), tmp_path / "b", resume=True, progress=False, evaluate_test=True)
-    ck_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    ck_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert ck_b["step"] == 6
     for k, v in ck_a["model"].items():
         assert torch.equal(v, ck_b["model"][k]), k
@@ -251,7 +251,7 @@ def test_fit_writes_checkpoint_and_metrics_and_resumes_exactly(small, tmp_path):
 def test_resume_at_epoch_boundary_and_load_checkpoint(small, tmp_path):
     with pytest.raises(TrainingInterrupted):
         fit(TINY, small, _cfg(recipe="cifar", epochs=2), tmp_path, progress=False, stop_after_steps=3)
-    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert (ck["epoch"], ck["batch_in_epoch"]) == (1, 0)
     summary = fit(TINY, small, _cfg(recipe="cifar", epochs=2), tmp_path, resume=True, progress=False)
     assert summary["epoch"] == 2 and 0.0 <= summary["val_acc"] <= 1.0 and "test_acc" not in summary

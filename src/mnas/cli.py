@@ -7,9 +7,10 @@ Areas other than the core (latency, training, search) live in their own modules,
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
 
-import click
 import typer
 
 from mnas.errors import UserError
@@ -45,22 +46,45 @@ def _register_all() -> None:
 _register_all()
 
 
+def _usage_line(exc: typer.TyperException) -> str:
+    """One line for a command-line usage error: what is wrong, and where to read the usage."""
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "mnas"
+    text = " ".join(exc.format_message().split())
+    return f"error: {where}: {text} (see '{where} --help')"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
+    """Entry point: every mistake is one line on stderr and exit code 2, never a traceback.
+
+    typer (bounded in pyproject.toml) raises its own `TyperException` family for usage errors
+    (unknown command or option, missing argument or value); `NoArgsIsHelpError` asks for the help.
+    Anything else that escapes is a bug: one line naming it, the traceback only with MNAS_DEBUG=1.
+    """
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = app(args=argv, prog_name="mnas", standalone_mode=False)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except typer.TyperException as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            text = ctx.get_help()  # typer's rich help prints itself and returns ""
+            if text.strip():
+                print(text)
+        else:
+            print(_usage_line(exc), file=sys.stderr)
+        sys.exit(2 if getattr(exc, "exit_code", 2) in (1, 2) else exc.exit_code)
+    except Exception as exc:  # a bug, not a user mistake: still no traceback by default
+        if os.environ.get("MNAS_DEBUG"):
+            traceback.print_exc()
+        text = " ".join(str(exc).split())[:300]
+        print(f"error: internal error {type(exc).__name__}: {text} (set MNAS_DEBUG=1 for the traceback "
+              "and please report it)", file=sys.stderr)
+        sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)
 
 

@@ -114,6 +114,7 @@ class MnasModel(nn.Module):
     def __init__(self, arch: Architecture, num_classes: int, dropout: float, bn: dict,
                  in_chans: int = 3) -> None:
         super().__init__()
+        self.arch = arch  # plain data: lets a latency backend rebuild the network from a file
         act = arch.act
         self.stem = ConvBnAct(in_chans, arch.stem_filters, 3, arch.stem_stride, act=act, bn=bn)
         blocks = []

@@ -85,10 +85,11 @@ def dump_state(state: dict) -> bytes:
 
 
 def load_state(blob: bytes) -> dict:
-    """Inverse of `dump_state`; the blob was written by this program, so full unpickling is fine."""
-    import torch
+    """Inverse of `dump_state`. Tensors and plain data only (`weights_only=True`): a crafted store
+    must not run code when a search resumes."""
+    from mnas.safe_load import load_tensors
 
-    return torch.load(io.BytesIO(blob), weights_only=False, map_location="cpu")
+    return load_tensors(blob, "the strategy state in the run store")
 
 
 class Store:

@@ -17,7 +17,6 @@ import copy
 import json
 import math
 import os
-import pickle
 import signal
 import threading
 import time
@@ -865,10 +864,9 @@ def fit(
 
 
 def _load_raw(path: Path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); it may be truncated") from None
+    from mnas.safe_load import load_tensors
+
+    ckpt = load_tensors(path, f"checkpoint {path}")
     if not isinstance(ckpt, dict) or not {"arch", "model", "num_classes"} <= set(ckpt):
         raise UserError(f"{path} is not an mnas training checkpoint (expected keys arch, model, num_classes)")
     return ckpt

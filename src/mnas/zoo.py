@@ -121,13 +121,13 @@ def _arch_from_file(path: Path) -> Architecture:
                 return _arch_from_file(path / candidate)
         raise UserError(f"{path} is a folder without checkpoint.pt or arch.json")
     if path.suffix in (".pt", ".pth"):
-        import torch
+        from mnas.safe_load import load_tensors
 
+        ckpt = load_tensors(path, f"checkpoint {path}")
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
             return Architecture.from_dict(ckpt["arch"])
-        except (KeyError, TypeError, RuntimeError, EOFError, OSError) as exc:
-            raise UserError(f"{path} is not an mnas checkpoint ({type(exc).__name__}); "
+        except (KeyError, TypeError):
+            raise UserError(f"{path} is not an mnas checkpoint (no architecture in it); "
                             "expected a file written by `mnas train`") from None
     try:
         text = path.read_text()

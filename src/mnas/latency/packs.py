@@ -46,8 +46,10 @@ def export_pack(units: Sequence["Unit"], target: Target, path: Path) -> Path:
     modules = [build_unit(u) for u in units]
     xs = tuple(torch.randn(*unit_input_shape(u)) for u in units)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if target.backend == "torch":
-        torch.save({"modules": nn.ModuleList(modules), "shapes": [unit_input_shape(u) for u in units]}, path)
+    if target.backend == "torch":  # the units as data; the worker rebuilds them (no pickled modules)
+        from mnas.latency.units import unit_to_dict
+
+        torch.save({"units": [unit_to_dict(u) for u in units]}, path)
         return path
     if target.backend == "onnxruntime":
         pack = _Pack(modules).eval()
@@ -117,13 +119,17 @@ def _torch_runners(path: Path, target: Target):
     import torch
 
     from mnas.latency.backends.base import Runner
-    torch.set_num_threads(target.threads)
-    saved = torch.load(path, weights_only=False)
-    runners = []
-    for m, shape in zip(saved["modules"], saved["shapes"]):
-        x = torch.randn(*shape)
+    from mnas.latency.units import build_unit, unit_from_dict, unit_input_shape
+    from mnas.safe_load import load_tensors
 
-        def run(m=m.eval(), x=x):
+    torch.set_num_threads(target.threads)
+    saved = load_tensors(path, f"latency pack {path}")
+    runners = []
+    for d in saved["units"]:
+        unit = unit_from_dict(d)
+        x = torch.randn(*unit_input_shape(unit))
+
+        def run(m=build_unit(unit).eval(), x=x):
             with torch.inference_mode():
                 m(x)
 

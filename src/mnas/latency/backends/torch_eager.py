@@ -23,11 +23,29 @@ class TorchBackend:
         return None
 
     def export(self, module, path: Path, target) -> Path:
-        """The whole pickled module: loading it needs only its classes (torch.nn / mnas.model)."""
+        """Never a pickled module (loading one could run any code): an mnas network as its
+        architecture and weights; any other module as a traced TorchScript program inside the
+        record (TorchScript holds no Python objects). `torch.export` is no alternative: its loader
+        falls back to full unpickling."""
+        import io
+
         import torch
 
+        from mnas.space import Architecture
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(module.eval(), path)
+        module = module.eval()
+        arch = getattr(module, "arch", None)
+        if isinstance(arch, Architecture):
+            record = {"format": "mnas-arch", "arch": arch.to_json(),
+                      "num_classes": int(module.classifier.out_features), "state": module.state_dict()}
+        else:
+            x = torch.randn(target.batch, 3, target.resolution, target.resolution)
+            buffer = io.BytesIO()
+            with torch.no_grad():
+                torch.jit.save(torch.jit.trace(module, x), buffer)
+            record = {"format": "torchscript", "program": buffer.getvalue()}
+        torch.save(record, path)
         return path
 
     def load(self, path: Path, target) -> Runner:
@@ -36,7 +54,7 @@ class TorchBackend:
         from mnas.errors import UserError
 
         torch.set_num_threads(target.threads)
-        model = torch.load(path, weights_only=False).eval()
+        model = load_module(path)
         x = torch.randn(target.batch, 3, target.resolution, target.resolution)
         if target.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -63,6 +81,28 @@ class TorchBackend:
                 model(x)
 
         return Runner(run)
+
+
+def load_module(path: Path):
+    """The module `TorchBackend.export` wrote, read with `weights_only=True`."""
+    import io
+
+    import torch
+
+    from mnas.errors import UserError
+    from mnas.model import build_model
+    from mnas.safe_load import load_tensors
+    from mnas.space import Architecture
+
+    record = load_tensors(path, f"torch model file {path}")
+    kind = record.get("format") if isinstance(record, dict) else None
+    if kind == "mnas-arch":
+        model = build_model(Architecture.from_json(record["arch"]), num_classes=record["num_classes"], dropout=0.0)
+        model.load_state_dict(record["state"])
+        return model.eval()
+    if kind == "torchscript":
+        return torch.jit.load(io.BytesIO(record["program"]), map_location="cpu").eval()
+    raise UserError(f"{path} is not a model file written by the torch latency backend")
 
 
 BACKEND = TorchBackend()
