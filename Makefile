@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 SHARED := $(abspath ../shared/data)
 export MNAS_DATA ?= $(if $(wildcard $(SHARED)),$(SHARED),$(HOME)/.cache/mnas/data)
 
-.PHONY: run test setup clean
+.PHONY: run test lint setup clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -30,7 +30,7 @@ from mnas import zoo
 from mnas.data import ArraySplit, DatasetSplits, load_dataset
 from mnas.model import build_model
 from mnas.space import SearchSpace
-from mnas.train import Engine, SpeedOptions, prepare_arch, train_proxy
+from mnas.train import Engine, SpeedOptions, train_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 MANUAL = "## Manual checks"
@@ -85,7 +85,7 @@ def _mnas_loop(name: str, data: DatasetSplits, resolution: int, batch: int, step
     imgs, labels = _real_batch(data, batch * (steps + warmup), resolution)
     bench = DatasetSplits(ArraySplit(imgs, labels), ArraySplit(imgs[:batch], labels[:batch]),
                           ArraySplit(imgs[:batch], labels[:batch]), 10, resolution, "bench", data.mean, data.std)
-    arch = prepare_arch(zoo.get(name), resolution)
+    arch = zoo.get(name).for_resolution(resolution)
     model = build_model(arch, num_classes=10, bn_momentum=0.1)
     engine = Engine(model, bench, optimizer="sgd", lr_fn=lambda s: 0.01, batch_size=batch, weight_decay=4e-5,
                     decay_biases=True, label_smoothing=0.1, ema_decay=None, device=device, speed=speed, seed=0)
@@ -101,7 +101,7 @@ def throughput(data: DatasetSplits, quick: bool) -> list[Row]:
     cpu = torch.device("cpu")
     for res, batch, steps, warmup in ((32, 64, 3 if quick else 6, 1), (224, 16, 2 if quick else 3, 1)):
         for name in ("mnasnet_a1", "mobilenet_v2"):
-            arch = prepare_arch(zoo.get(name), res)
+            arch = zoo.get(name).for_resolution(res)
             x8, y = _real_batch(data, batch, res)
             x = ((x8.permute(0, 3, 1, 2).float() / 255.0) - 0.5) / 0.25
             skel = "CIFAR skeleton" if res <= 64 else "ImageNet skeleton"

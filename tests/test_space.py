@@ -159,7 +159,7 @@ def test_space_layer_configs_contain_every_sampled_layer():
 
 
 def test_cifar_skeleton_of_a_zoo_model():
-    a = zoo.get("mnasnet_a1").for_low_resolution()
+    a = zoo.get("mnasnet_a1").for_resolution(32)
     assert a.stem_stride == 1 and [b.stride for b in a.blocks] == [1, 1, 2, 2, 1, 2, 1]
     assert a.output_shapes(32)[-1] == (320, 4)
 

@@ -19,10 +19,8 @@ from mnas.space import Architecture, BlockSpec
 from mnas.train import (
     FitConfig,
     TrainingInterrupted,
-    cifar_variant,
     fit,
     load_checkpoint,
-    prepare_arch,
     train_proxy,
 )
 
@@ -146,15 +144,15 @@ def test_ema_follows_tf_num_updates_form():
 
 def test_cifar_skeleton_removes_one_downsampling():
     a1 = zoo.get("mnasnet_a1")
-    low = cifar_variant(a1)
+    low = a1.for_resolution(224, "cifar")
     assert low.stem_stride == 1
     assert sum(b.stride == 2 for b in low.blocks) == sum(b.stride == 2 for b in a1.blocks) - 1
-    assert prepare_arch(a1, 32) == low
-    assert prepare_arch(low, 32) == low  # already low resolution: unchanged
-    assert prepare_arch(a1, 224) == a1
-    assert prepare_arch(a1, 32, "imagenet") == a1
-    with pytest.raises(UserError):
-        prepare_arch(a1, 224, "nonsense")
+    assert a1.for_resolution(32) == low and a1.for_resolution(64) == low
+    assert low.for_resolution(32) == low  # already low resolution: unchanged
+    assert a1.for_resolution(65) == a1 and a1.for_resolution(224) == a1
+    assert a1.for_resolution(32, "imagenet") == a1
+    with pytest.raises(UserError, match="unknown skeleton"):
+        a1.for_resolution(224, "nonsense")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,11 +98,10 @@ def export_trial(trial, config, out_dir: Path) -> list[Path]:
     """The picked network as ONNX (untrained: proxy weights are not kept) plus its arch strings."""
     from mnas.export import to_onnx
     from mnas.model import build_model
-    from mnas.search.evaluation import as_deployed
 
     lat = config.latency
     resolution = lat.resolution or 224
-    arch = as_deployed(trial.arch, resolution)
+    arch = trial.arch.for_resolution(resolution)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(arch, num_classes=lat.num_classes or 1000).eval()
     onnx_path = to_onnx(model, out_dir / "model.onnx", resolution=resolution)

@@ -35,6 +35,8 @@ from mnas.errors import UserError
 OPS = ("conv", "ds", "mbconv")
 SKIPS = ("identity", "pool", "none")
 ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish")
+SKELETONS = ("auto", "cifar", "imagenet")
+LOW_RESOLUTION_MAX = 64  # inputs up to this size get the CIFAR skeleton under "auto"
 
 
 def round_filters(filters: float, multiplier: float | None = 1.0, divisor: int = 8,
@@ -184,9 +186,18 @@ class Architecture:
         return replace(self, blocks=blocks, stem_filters=round_filters(self.stem_filters, width_mult),
                        name=name)
 
-    def for_low_resolution(self) -> "Architecture":
-        """The CIFAR skeleton of this network: stride-1 stem and one stride-2 stage less."""
-        if self.stem_stride == 1:
+    def for_resolution(self, resolution: int, skeleton: str = "auto") -> Architecture:
+        """The network that really runs at `resolution` (the one place this rule lives).
+
+        "auto": inputs of 64 px or less get the low-resolution (CIFAR) skeleton, a stride-1 stem
+        and one stride-2 stage less, unless the stem already has stride 1; "cifar" forces it;
+        "imagenet" keeps the architecture as it is. Training, latency, export and the supernet
+        all go through here, so they always talk about the same network.
+        """
+        if skeleton not in SKELETONS:
+            raise UserError(f"unknown skeleton {skeleton!r}; choose one of {', '.join(SKELETONS)}")
+        low = skeleton == "cifar" or (skeleton == "auto" and resolution <= LOW_RESOLUTION_MAX)
+        if not low or self.stem_stride == 1:
             return self
         blocks = list(self.blocks)
         for i, b in enumerate(blocks):

@@ -139,23 +139,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def cifar_variant(arch: Architecture) -> Architecture:
-    """The low-resolution (CIFAR) skeleton of `arch`: stride-1 stem and one stride-2 stage less."""
-    return arch.for_low_resolution()
-
-
-def prepare_arch(arch: Architecture, resolution: int, skeleton: str = "auto") -> Architecture:
-    """"auto": small inputs (<= 64 px) get the CIFAR skeleton unless the arch already has a
-    stride-1 stem; "cifar" forces it; "imagenet" / "as-is" keeps the arch unchanged."""
-    if skeleton in ("imagenet", "as-is", "none"):
-        return arch
-    if skeleton == "cifar" or (skeleton == "auto" and resolution <= 64 and arch.stem_stride != 1):
-        return cifar_variant(arch)
-    if skeleton not in ("auto", "cifar"):
-        raise UserError(f"unknown skeleton {skeleton!r}; choose auto, cifar or imagenet")
-    return arch
-
-
 def stable_init_(model: nn.Module) -> nn.Module:
     """Init for short runs on few classes: zero the classifier, and zero the last BN scale of every
     identity-residual layer (each starts as the identity, as in Goyal et al. 2017). TF's
@@ -484,7 +467,7 @@ def train_proxy(
             torch.manual_seed(_mix(seed, 11))
             from mnas.model import build_model
 
-            net = build_model(prepare_arch(arch, data.resolution, skeleton), num_classes=data.num_classes,
+            net = build_model(arch.for_resolution(data.resolution, skeleton), num_classes=data.num_classes,
                               dropout=dropout, bn_momentum=bn_momentum)
             if stable_init:
                 stable_init_(net)
@@ -734,7 +717,7 @@ def fit(
     if batch_size < 1 or config.epochs < 1:
         raise UserError("--batch-size and --epochs must be positive")
     dev = resolve_device(config.device)
-    run_arch = prepare_arch(arch, data.resolution, config.skeleton)
+    run_arch = arch.for_resolution(data.resolution, config.skeleton)
     ckpt: dict | None = None
     if resume:
         if not ckpt_path.is_file():

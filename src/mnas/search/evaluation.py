@@ -72,19 +72,11 @@ def target(config: SearchConfig) -> Any:
                   device=lat.device, serial=lat.serial, benchmark_binary=lat.benchmark_binary)
 
 
-def as_deployed(arch: Architecture, resolution: int) -> Architecture:
-    """The network that really runs at `resolution`: the proxy trainer gives small inputs the
-    CIFAR skeleton (`mnas.train.prepare_arch`), so latency must be taken of that same network."""
-    from mnas.train import prepare_arch
-
-    return prepare_arch(arch, resolution)
-
-
 def latency_of(arch: Architecture, config: SearchConfig) -> float:
     """Latency in ms on the config's target: a LUT prediction, or a measurement (cached by
     architecture id and target fingerprint, so a repeated architecture is measured once)."""
     tgt = target(config)
-    arch = as_deployed(arch, tgt.resolution)
+    arch = arch.for_resolution(tgt.resolution)
     if config.latency.lut:
         return float(_lut(config.latency.lut).predict(arch))
     from mnas.latency import measure
