@@ -400,7 +400,7 @@ def load_dataset(
 # --------------------------------------------------------------------------------------------
 
 
-def _mix(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
     """A stable 63-bit seed from integers (so batch k of epoch e always draws the same numbers)."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
@@ -481,7 +481,7 @@ class BatchLoader:
 
     def _generator(self, *parts: int) -> torch.Generator:
         g = torch.Generator(device=self.device)
-        g.manual_seed(_mix(self.seed, *parts))
+        g.manual_seed(mix_seed(self.seed, *parts))
         return g
 
     def _finish(self, x_nhwc_uint8: torch.Tensor) -> torch.Tensor:
@@ -524,11 +524,11 @@ class BatchLoader:
         view = split.train_view if self.train else split.eval_view
         indices = split.indices
         if self.train:
-            rng = np.random.default_rng(_mix(self.seed, self.epoch, -1))
+            rng = np.random.default_rng(mix_seed(self.seed, self.epoch, -1))
             indices = indices[rng.permutation(len(indices))]
         indices = indices[self.start_batch * self.batch_size :]
         torch_gen = torch.Generator()
-        torch_gen.manual_seed(_mix(self.seed, self.epoch, self.start_batch))
+        torch_gen.manual_seed(mix_seed(self.seed, self.epoch, self.start_batch))
         loader = DataLoader(
             Subset(view, indices.tolist()),
             batch_size=self.batch_size,

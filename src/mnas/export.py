@@ -28,7 +28,7 @@ def _example(resolution: int, batch: int = 1) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_converters() -> Iterator[None]:
     """Converters print pages of warnings and progress (some from C++, straight to the file
     descriptors); keep the user's terminal readable. Errors still propagate as exceptions."""
     with warnings.catch_warnings():
@@ -67,7 +67,7 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, batch: i
     out = _prepare(path)
     x = _example(resolution, batch)
     model = model.eval()
-    with _quiet(), torch.no_grad():
+    with quiet_converters(), torch.no_grad():
         torch.onnx.export(
             model, (x,), str(out), opset_version=opset, dynamo=False,
             input_names=["input"], output_names=["output"], do_constant_folding=True,
@@ -83,7 +83,7 @@ def to_tflite(model: nn.Module, path: str | os.PathLike, resolution: int, batch:
         raise UserError("litert-torch is not installed; install it with `pip install 'mnas[litert]'`") from exc
     out = _prepare(path)
     x = _example(resolution, batch)
-    with _quiet(), torch.no_grad():
+    with quiet_converters(), torch.no_grad():
         converted = litert_torch.convert(model.eval(), (x,))
         converted.export(str(out))
     return out
@@ -93,7 +93,7 @@ def to_torchscript(model: nn.Module, path: str | os.PathLike, resolution: int) -
     """Traced TorchScript: loadable from C++ / mobile without the Python class definitions."""
     out = _prepare(path)
     x = _example(resolution)
-    with _quiet(), torch.no_grad():
+    with quiet_converters(), torch.no_grad():
         traced = torch.jit.trace(model.eval(), x)
         traced.save(str(out))
     return out

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnas.data import BatchLoader, DatasetSplits, Split, _mix
+from mnas.data import BatchLoader, DatasetSplits, Split, mix_seed
 from mnas.errors import UserError
 from mnas.optim import ModelEma, cosine_lr, make_optimizer, mnasnet_lr
 from mnas.space import Architecture
@@ -303,7 +303,7 @@ class Engine:
         loader = self.loader(self.data.train, train=True, epoch=epoch)
         loader.start_batch = start_batch
         if start_batch == 0:  # dropout etc. draw from the global RNG, reseeded per epoch for resume
-            torch.manual_seed(_mix(self.seed, epoch, 7))
+            torch.manual_seed(mix_seed(self.seed, epoch, 7))
         stats = torch.zeros(3, device=self.device)  # loss_sum, correct, seen
         base = carry or EpochStats()
         readout = _HostReadout(self.device, 3)
@@ -464,7 +464,7 @@ def train_proxy(
     engine: Engine | None = None
     try:
         with _fork_rng(dev):
-            torch.manual_seed(_mix(seed, 11))
+            torch.manual_seed(mix_seed(seed, 11))
             from mnas.model import build_model
 
             net = build_model(arch.for_resolution(data.resolution, skeleton), num_classes=data.num_classes,
@@ -728,7 +728,7 @@ def fit(
     from mnas.model import build_model
 
     with _fork_rng(dev):
-        torch.manual_seed(_mix(config.seed, 11))
+        torch.manual_seed(mix_seed(config.seed, 11))
         net = build_model(run_arch, num_classes=data.num_classes, dropout=recipe.dropout,
                           bn_momentum=recipe.bn_momentum, bn_eps=recipe.bn_eps)
         if recipe.stable_init:

@@ -37,7 +37,7 @@ def export_pack(units: Sequence["Unit"], target: Target, path: Path) -> Path:
     import torch
     from torch import nn
 
-    from mnas.export import _quiet
+    from mnas.export import quiet_converters
     from mnas.latency.units import build_unit, unit_input_shape
 
     if target.backend not in PACK_BACKENDS:
@@ -53,7 +53,7 @@ def export_pack(units: Sequence["Unit"], target: Target, path: Path) -> Path:
         return path
     if target.backend == "onnxruntime":
         pack = _Pack(modules).eval()
-        with _quiet(), torch.no_grad():
+        with quiet_converters(), torch.no_grad():
             torch.onnx.export(pack, xs, str(path), dynamo=False, opset_version=17,
                               input_names=[f"x{i}" for i in range(len(units))],
                               output_names=[f"y{i}" for i in range(len(units))])
@@ -62,7 +62,7 @@ def export_pack(units: Sequence["Unit"], target: Target, path: Path) -> Path:
         import litert_torch
     except ImportError as exc:
         raise UserError("litert-torch is not installed; `pip install 'mnas[litert]'`") from exc
-    with _quiet(), torch.no_grad():
+    with quiet_converters(), torch.no_grad():
         conv = None
         for i, (m, x) in enumerate(zip(modules, xs)):
             conv = (litert_torch if conv is None else conv).signature(f"u{i}", m, (x,))
