@@ -26,9 +26,12 @@ import json
 import math
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mnas.errors import UserError
 
@@ -36,6 +39,16 @@ OPS = ("conv", "ds", "mbconv")
 SKIPS = ("identity", "pool", "none")
 ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish")
 SKELETONS = ("auto", "cifar", "imagenet")
+
+# What a 24 GB machine can build, train and time: larger values are refused with these numbers.
+MAX_KERNEL = 15
+MAX_FILTERS = 4096
+MAX_HEAD_FILTERS = 8192
+MAX_LAYERS_PER_BLOCK = 32
+MAX_BLOCKS = 32
+MAX_EXPAND = 16
+MAX_PARAMS = 500_000_000  # 2 GB of fp32 weights (x4 with gradients and optimiser state)
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
 LOW_RESOLUTION_MAX = 64  # inputs up to this size get the CIFAR skeleton under "auto"
 
 
@@ -70,21 +83,24 @@ class BlockSpec:
     stride: int
 
     def __post_init__(self) -> None:
-        if self.op not in OPS:
+        if not isinstance(self.op, str) or self.op not in OPS:
             raise UserError(f"unknown op {self.op!r}; choose one of {', '.join(OPS)}")
-        if self.skip not in SKIPS:
+        if not isinstance(self.skip, str) or self.skip not in SKIPS:
             raise UserError(f"unknown skip {self.skip!r}; choose one of {', '.join(SKIPS)}")
-        if self.op in ("conv", "ds") and self.expand != 1:
+        for key, low, high in (("kernel", 1, MAX_KERNEL), ("filters", 1, MAX_FILTERS),
+                               ("layers", 1, MAX_LAYERS_PER_BLOCK), ("stride", 1, 2)):
+            object.__setattr__(self, key, whole_number(getattr(self, key), f"block {key}", low, high))
+        expand = real_number(self.expand, "block expand", 0.0, MAX_EXPAND)
+        se_ratio = real_number(self.se_ratio, "block se_ratio", 0.0, 1.0)
+        if expand <= 0:
+            raise UserError(f"block expand must be > 0 (got {self.expand!r})")
+        if self.kernel % 2 == 0:
+            raise UserError(f"block kernel must be odd (got {self.kernel})")
+        if self.op in ("conv", "ds") and expand != 1:
             raise UserError(f"op {self.op!r} has no expansion; use expand 1 (got {self.expand})")
-        if self.expand <= 0 or self.kernel < 1 or self.kernel % 2 == 0:
-            raise UserError(f"bad block: expand must be > 0 and kernel odd and >= 1 ({self})")
-        if self.filters < 1 or self.layers < 1 or self.stride not in (1, 2):
-            raise UserError(f"bad block: filters and layers must be >= 1, stride 1 or 2 ({self})")
-        if not 0 <= self.se_ratio <= 1:
-            raise UserError(f"bad block: se_ratio must lie in [0, 1] (got {self.se_ratio})")
         # Normalise numbers so equal blocks hash equal (3 == 3.0 already; keep ints ints).
-        object.__setattr__(self, "expand", _num(self.expand))
-        object.__setattr__(self, "se_ratio", _num(self.se_ratio))
+        object.__setattr__(self, "expand", _num(expand))
+        object.__setattr__(self, "se_ratio", _num(se_ratio))
 
     @property
     def op_label(self) -> str:
@@ -129,13 +145,54 @@ class Architecture:
     name: str = field(default="", compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.blocks, (str, bytes)) or not isinstance(self.blocks, Sequence):
+            raise UserError(f"an architecture's blocks must be a list (got {type(self.blocks).__name__})")
         object.__setattr__(self, "blocks", tuple(self.blocks))
         if not self.blocks:
             raise UserError("an architecture needs at least one block")
-        if self.act not in ACTIVATIONS:
+        if len(self.blocks) > MAX_BLOCKS:
+            raise UserError(f"{len(self.blocks)} blocks is more than the {MAX_BLOCKS} mnas builds")
+        if not all(isinstance(b, BlockSpec) for b in self.blocks):
+            raise UserError("an architecture's blocks must be BlockSpec values")
+        if not isinstance(self.act, str) or self.act not in ACTIVATIONS:
             raise UserError(f"unknown activation {self.act!r}; choose one of {', '.join(ACTIVATIONS)}")
-        if self.stem_stride not in (1, 2) or self.stem_filters < 1 or self.head_filters < 1:
-            raise UserError("bad stem/head: stem_stride must be 1 or 2, widths >= 1")
+        object.__setattr__(self, "stem_filters", whole_number(self.stem_filters, "stem_filters", 1, MAX_FILTERS))
+        object.__setattr__(self, "stem_stride", whole_number(self.stem_stride, "stem_stride", 1, 2))
+        object.__setattr__(self, "head_filters", whole_number(self.head_filters, "head_filters", 1, MAX_HEAD_FILTERS))
+        if not isinstance(self.name, str):
+            raise UserError(f"an architecture's name must be text (got {self.name!r})")
+        params = self.approx_params()
+        if params > MAX_PARAMS:
+            raise UserError(f"this architecture has about {params / 1e6:,.0f}M parameters; mnas builds up to "
+                            f"{MAX_PARAMS / 1e6:,.0f}M (what a 24 GB machine trains): use fewer layers or filters")
+
+    def approx_params(self, num_classes: int = 1000) -> int:
+        """Weights of the convolutions and the classifier (BN, biases and SE left out): the size
+        check before anything is allocated."""
+        total = 27 * self.stem_filters
+        cin = self.stem_filters
+        for b in self.blocks:
+            for j in range(b.layers):
+                c_in = cin if j == 0 else b.filters
+                mid = round(c_in * b.expand)
+                if b.op == "conv":
+                    total += b.kernel**2 * c_in * b.filters
+                elif b.op == "ds":
+                    total += b.kernel**2 * c_in + c_in * b.filters
+                else:
+                    total += c_in * mid + b.kernel**2 * mid + mid * b.filters
+            cin = b.filters
+        return int(total + cin * self.head_filters + self.head_filters * num_classes)
+
+    def activation_elements(self, resolution: int) -> int:
+        """Elements of every layer output at batch 1 (what training keeps for the backward pass)."""
+        check_resolution(resolution)
+        total = 0
+        for layer in self.layer_configs(resolution):
+            out = _conv_out(layer.input_size, layer.stride)
+            mid = round(layer.in_filters * layer.expand)
+            total += (mid * layer.input_size**2 if mid != layer.in_filters else 0) + 2 * mid * out**2 + layer.out_filters * out**2
+        return total
 
     # ---- identity -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -144,21 +201,31 @@ class Architecture:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Architecture":
-        try:
-            blocks = tuple(BlockSpec(**b) for b in d["blocks"])
-            rest = {k: v for k, v in d.items() if k != "blocks"}
-            return cls(blocks=blocks, **rest)
-        except (KeyError, TypeError) as exc:
-            raise UserError(f"not an architecture description ({exc}); expected keys "
-                            "'blocks' (list of op/expand/kernel/se_ratio/skip/filters/layers/stride), "
-                            "optional stem_filters, stem_stride, head_filters, act, name") from None
+    def from_dict(cls, d: dict[str, Any]) -> Architecture:
+        """Validated: unknown or missing keys and wrong types are a UserError naming the block."""
+        if not isinstance(d, dict) or not isinstance(d.get("blocks"), list):
+            raise UserError("not an architecture description: expected a mapping with 'blocks' (a list of "
+                            f"{', '.join(BLOCK_KEYS)}), optional {', '.join(ARCH_KEYS)}")
+        unknown = sorted(set(d) - {"blocks", *ARCH_KEYS})
+        if unknown:
+            raise UserError(f"unknown architecture key(s) {', '.join(map(str, unknown))}; "
+                            f"allowed: blocks, {', '.join(ARCH_KEYS)}")
+        blocks = []
+        for i, b in enumerate(d["blocks"], start=1):
+            if not isinstance(b, dict) or set(b) != set(BLOCK_KEYS):
+                got = ", ".join(map(str, b)) if isinstance(b, dict) else type(b).__name__
+                raise UserError(f"block {i}: expected exactly the keys {', '.join(BLOCK_KEYS)} (got {got})")
+            try:
+                blocks.append(BlockSpec(**b))
+            except UserError as exc:
+                raise UserError(f"block {i}: {exc}") from None
+        return cls(blocks=tuple(blocks), **{k: v for k, v in d.items() if k != "blocks"})
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Architecture":
+    def from_json(cls, text: str) -> Architecture:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
@@ -171,11 +238,11 @@ class Architecture:
         d.pop("name")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
-    def with_name(self, name: str) -> "Architecture":
+    def with_name(self, name: str) -> Architecture:
         return replace(self, name=name)
 
     # ---- transforms -----------------------------------------------------------------------
-    def scaled(self, width_mult: float) -> "Architecture":
+    def scaled(self, width_mult: float) -> Architecture:
         """Width multiplier the TF way: stem and block widths rounded; the head never scaled."""
         if width_mult == 1.0:
             return self
@@ -258,6 +325,33 @@ class Architecture:
         return ",".join(items)
 
 
+BLOCK_KEYS = ("op", "expand", "kernel", "se_ratio", "skip", "filters", "layers", "stride")
+ARCH_KEYS = ("stem_filters", "stem_stride", "head_filters", "act", "name")
+
+
+def whole_number(value: Any, what: str, low: int, high: int) -> int:
+    """An integer (or an integral float like 24.0) within [low, high], else a UserError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise UserError(f"{what} must be a whole number (got {value!r})")
+    if not low <= value <= high:
+        raise UserError(f"{what} must lie in {low}..{high} (got {int(value)})")
+    return int(value)
+
+
+def real_number(value: Any, what: str, low: float, high: float) -> float:
+    """A finite number within [low, high], else a UserError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{what} must be a number (got {value!r})")
+    if not low <= value <= high:
+        raise UserError(f"{what} must lie in [{low:g}, {high:g}] (got {value:g})")
+    return float(value)
+
+
+def check_resolution(resolution: Any) -> int:
+    """An input size mnas can build, train and time on a 24 GB machine."""
+    return whole_number(resolution, "resolution", MIN_RESOLUTION, MAX_RESOLUTION)
+
+
 # ---- string codecs -------------------------------------------------------------------------
 _ACT_TOKEN = {"relu": "nre", "relu6": "nr6", "swish": "nsw", "hard_swish": "nhs"}
 _TOKEN_ACT = {v: k for k, v in _ACT_TOKEN.items()}
@@ -297,93 +391,125 @@ def _tf_block(b: BlockSpec, in_f: int) -> str:
     return s
 
 
-def _split_opts(item: str) -> tuple[list[str], dict[str, str]]:
-    """Split `ir_r2_k3_s2` into flags and key->value pairs, the way timm/TF decoders do."""
-    flags, opts = [], {}
-    for tok in item.split("_"):
-        m = re.fullmatch(r"([a-z]+?)(\d.*)", tok)
-        if m and m.group(1) in ("r", "k", "s", "e", "c", "i", "o", "se"):
-            opts[m.group(1)] = m.group(2)
-        else:
-            flags.append(tok)
-    return flags, opts
+_KEY_TOKEN = re.compile(r"(se|r|k|s|e|c|i|o)(\d+(?:\.\d+)?)")
+_SKIP_FLAGS = ("noskip", "skip", "pool")
+#: Per item kind: the number keys it takes, the ones it must have, and its flags.
+_GRAMMAR: dict[str, tuple[set[str], set[str], set[str]]] = {
+    "stem": ({"k", "s", "c"}, {"c"}, set(_TOKEN_ACT)),
+    "head": ({"c"}, {"c"}, set()),
+    "ds": ({"r", "k", "s", "e", "c", "se"}, {"r", "k", "s", "c"}, {"noskip", "pool"}),
+    "ir": ({"r", "k", "s", "e", "c", "se"}, {"r", "k", "s", "c"}, {"noskip", "pool"}),
+    "cn": ({"r", "k", "s", "e", "c", "se"}, {"r", "k", "s", "c"}, {"skip", "pool"}),
+    "tf": ({"r", "k", "s", "e", "i", "o", "se"}, {"r", "k", "s", "e", "i", "o"}, {"conv", "noskip", "pool"}),
+}
 
 
-def _num_opt(opts: dict[str, str], key: str, item: str, cast=int, default=None):
-    if key not in opts:
-        if default is not None:
+class _Item:
+    """One comma-separated item of an architecture string, read strictly: every token must be a
+    known key with a number or a known flag, at most once."""
+
+    def __init__(self, item: str, position: int) -> None:
+        self.text, self.position = item, position
+        tokens = item.split("_")
+        self.kind = tokens[0] if tokens[0] in _GRAMMAR else ("tf" if re.fullmatch(r"r\d+", tokens[0]) else "")
+        if not self.kind:
+            raise self.error(f"unknown block type {tokens[0]!r}: expected timm block strings like "
+                             "'ir_r2_k3_s2_e6_c24_se0.25' or TF block strings like 'r2_k3_s22_e6_i16_o24_se0.25'")
+        keys, required, flags = _GRAMMAR[self.kind]
+        self.values: dict[str, str] = {}
+        self.flags: set[str] = set()
+        for j, tok in enumerate(tokens[0 if self.kind == "tf" else 1:], start=1 if self.kind == "tf" else 2):
+            m = _KEY_TOKEN.fullmatch(tok)
+            if m and m.group(1) in keys:
+                seen = m.group(1) in self.values
+                self.values[m.group(1)] = m.group(2)
+            elif tok in flags:
+                seen = tok in self.flags
+                self.flags.add(tok)
+            else:
+                allowed = sorted(f"{k}<n>" for k in keys) + sorted(flags)
+                raise self.error(f"unknown or malformed token {tok!r} (token {j}); allowed: {', '.join(allowed)}")
+            if seen:
+                raise self.error(f"token {tok!r} (token {j}) repeats an earlier one")
+        missing = sorted(required - set(self.values))
+        if missing:
+            raise self.error(f"missing {', '.join(k + '<n>' for k in missing)}")
+        if len(self.flags & set(_SKIP_FLAGS)) > 1:
+            raise self.error(f"more than one skip flag ({', '.join(sorted(self.flags & set(_SKIP_FLAGS)))})")
+
+    def error(self, message: str) -> UserError:
+        return UserError(f"architecture string item {self.position} ({self.text!r}): {message}")
+
+    def int(self, key: str, default: int | None = None) -> int:
+        if key not in self.values:
+            assert default is not None
             return default
-        raise UserError(f"block string {item!r} lacks '{key}<number>'")
-    try:
-        return cast(opts[key])
-    except ValueError:
-        raise UserError(f"block string {item!r}: '{key}{opts[key]}' is not a number") from None
+        value = self.values[key]
+        if not value.isdigit():
+            raise self.error(f"'{key}{value}' must be a whole number")
+        return int(value)
+
+    def float(self, key: str, default: float) -> float:
+        return float(self.values[key]) if key in self.values else default
+
+    def skip(self, default: str) -> str:
+        if "pool" in self.flags:
+            return "pool"
+        if "noskip" in self.flags:
+            return "none"
+        return "identity" if "skip" in self.flags else default
+
+    def block(self, **fields: Any) -> BlockSpec:
+        try:
+            return BlockSpec(**fields)
+        except UserError as exc:
+            raise self.error(str(exc)) from None
 
 
 def parse_arch_string(text: str) -> Architecture:
-    """Parse a timm-style or TF-style architecture string (comma- or space-separated items)."""
-    items = [t for t in re.split(r"[,\s]+", text.strip()) if t]
-    if not items:
+    """Parse a timm-style or TF-style architecture string (comma- or space-separated items).
+
+    Strict: an unknown, duplicated or malformed token is an error naming the item and the token,
+    never silently ignored; a stem item may only come first and a head item only last.
+    """
+    raw = [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    if not raw:
         raise UserError("empty architecture string")
-    stem_filters, stem_stride, head, act = None, 2, 1280, "relu"
+    items = [_Item(t, i) for i, t in enumerate(raw, start=1)]
+    stem = items.pop(0) if items[0].kind == "stem" else None
+    head = items.pop() if items and items[-1].kind == "head" else None
+    for it in items:
+        if it.kind in ("stem", "head"):
+            raise it.error(f"a {it.kind} item may only come {'first' if it.kind == 'stem' else 'last'}, once")
+    if not items:
+        raise UserError(f"no blocks in architecture string {text!r}")
     blocks: list[BlockSpec] = []
     first_in = None
-    for item in items:
-        head_tok = item.split("_", 1)[0]
-        flags, opts = _split_opts(item)
-        if head_tok == "stem":
-            stem_filters = _num_opt(opts, "c", item)
-            stem_stride = _num_opt(opts, "s", item, default=2)
-            acts = [f for f in flags if f in _TOKEN_ACT]
-            act = _TOKEN_ACT[acts[0]] if acts else "relu"
-        elif head_tok == "head":
-            head = _num_opt(opts, "c", item)
-        elif head_tok in ("ds", "ir", "cn"):
-            blocks.append(_parse_timm_block(head_tok, flags, opts, item))
-        elif re.fullmatch(r"r\d+", head_tok):
-            b, in_f = _parse_tf_block(flags, opts, item)
+    for it in items:
+        if it.kind == "tf":
+            stride = it.values["s"]
+            if len(stride) != 2 or stride[0] != stride[1]:
+                raise it.error("strides must be a pair of equal digits like s11 or s22")
+            expand = it.float("e", 1.0)
+            op = "conv" if "conv" in it.flags else ("ds" if expand == 1 else "mbconv")
             if first_in is None:
-                first_in = in_f
-            blocks.append(b)
+                first_in = it.int("i")
+            blocks.append(it.block(op=op, expand=expand, kernel=it.int("k"), se_ratio=it.float("se", 0.0),
+                                   skip=it.skip("identity"), filters=it.int("o"), layers=it.int("r"),
+                                   stride=int(stride[0])))
         else:
-            raise UserError(f"cannot read {item!r} in the architecture string: expected timm block "
-                            "strings like 'ir_r2_k3_s2_e6_c24_se0.25' or TF block strings like "
-                            "'r2_k3_s22_e6_i16_o24_se0.25'")
-    if not blocks:
-        raise UserError(f"no blocks in architecture string {text!r}")
-    if stem_filters is None:
-        stem_filters = first_in if first_in is not None else 32
-    return Architecture(blocks=tuple(blocks), stem_filters=stem_filters, stem_stride=stem_stride,
-                        head_filters=head, act=act)
-
-
-def _parse_timm_block(kind: str, flags: list[str], opts: dict[str, str], item: str) -> BlockSpec:
-    op = {"ds": "ds", "ir": "mbconv", "cn": "conv"}[kind]
-    expand = _num_opt(opts, "e", item, float, default=1.0)
-    if op == "ds":
-        expand = 1.0
-    if op == "conv":
-        skip = "pool" if "pool" in flags else ("identity" if "skip" in flags else "none")
-    else:
-        skip = "pool" if "pool" in flags else ("none" if "noskip" in flags else "identity")
-    return BlockSpec(op=op, expand=expand, kernel=_num_opt(opts, "k", item),
-                     se_ratio=_num_opt(opts, "se", item, float, default=0.0), skip=skip,
-                     filters=_num_opt(opts, "c", item), layers=_num_opt(opts, "r", item),
-                     stride=_num_opt(opts, "s", item))
-
-
-def _parse_tf_block(flags: list[str], opts: dict[str, str], item: str) -> tuple[BlockSpec, int]:
-    s = opts.get("s", "")
-    if len(s) != 2 or not s.isdigit() or s[0] != s[1]:
-        raise UserError(f"block string {item!r}: strides must be a pair of equal digits like s11 or s22")
-    expand = _num_opt(opts, "e", item, float)
-    op = "conv" if "conv" in flags else ("ds" if expand == 1 else "mbconv")
-    skip = "pool" if "pool" in flags else ("none" if "noskip" in flags else "identity")
-    b = BlockSpec(op=op, expand=expand, kernel=_num_opt(opts, "k", item),
-                  se_ratio=_num_opt(opts, "se", item, float, default=0.0), skip=skip,
-                  filters=_num_opt(opts, "o", item), layers=_num_opt(opts, "r", item),
-                  stride=int(s[0]))
-    return b, _num_opt(opts, "i", item)
+            op = {"ds": "ds", "ir": "mbconv", "cn": "conv"}[it.kind]
+            blocks.append(it.block(op=op, expand=it.float("e", 1.0), kernel=it.int("k"),
+                                   se_ratio=it.float("se", 0.0), skip=it.skip("none" if op == "conv" else "identity"),
+                                   filters=it.int("c"), layers=it.int("r"), stride=it.int("s")))
+    stem_filters = stem.int("c") if stem else (first_in if first_in is not None else 32)
+    if stem is not None and stem.int("k", 3) != 3:
+        raise stem.error("the stem is a 3x3 convolution: use k3 or leave k out")
+    acts = [a for a in (stem.flags if stem else ()) if a in _TOKEN_ACT]
+    if len(acts) > 1:
+        raise stem.error(f"more than one activation ({', '.join(sorted(acts))})")  # type: ignore[union-attr]
+    return Architecture(blocks=tuple(blocks), stem_filters=stem_filters, stem_stride=stem.int("s", 2) if stem else 2,
+                        head_filters=head.int("c") if head else 1280, act=_TOKEN_ACT[acts[0]] if acts else "relu")
 
 
 def parse_arch(text: str) -> Architecture:
@@ -443,37 +569,51 @@ class SearchSpace:
         for s in self.skips:
             if s not in SKIPS:
                 raise UserError(f"space {self.name!r}: unknown skip {s!r}; choose from {', '.join(SKIPS)}")
-        for o in self.ops:
-            BlockSpec(o.op, o.expand, 3, 0, "none", 8, 1, 1)  # validates op and expansion
+        try:  # the largest network of the space must be buildable (every value in range)
+            widest = max(self.ops, key=lambda o: o.expand)
+            blocks = [BlockSpec(widest.op, widest.expand, max(self.kernels), max(self.se_ratios), self.skips[0],
+                                max(c["filters"]), max(c["layers"]), self.strides[i])
+                      for i, c in enumerate(self.block_choices(i) for i in range(self.num_blocks))]
+            Architecture(tuple(blocks), self.stem_filters, self.stem_stride, self.head_filters, self.act)
+            for o in self.ops:
+                BlockSpec(o.op, o.expand, 3, 0, "none", 8, 1, 1)
+            check_resolution(self.resolution)
+        except UserError as exc:
+            raise UserError(f"space {self.name!r}: {exc}") from None
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
-    def default(cls) -> "SearchSpace":
+    def default(cls) -> SearchSpace:
         """MnasNet's space on the MobileNetV2 skeleton (paper section 4.1)."""
         return cls.from_dict(DEFAULT_SPACE)
 
     @classmethod
-    def cifar(cls) -> "SearchSpace":
+    def cifar(cls) -> SearchSpace:
         """The same choices on a 32x32 skeleton: stride-1 stem and one stride-2 stage less."""
         return cls.from_dict(CIFAR_SPACE)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SearchSpace":
+    def from_dict(cls, d: dict[str, Any], source: str = "space definition") -> SearchSpace:
+        """Validated (types and ranges, `SpaceFile`) before anything is built."""
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: expected a mapping of keys (name, base_filters, ...)")
         known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
-            raise UserError(f"unknown key(s) in space definition: {', '.join(unknown)}; "
+            raise UserError(f"unknown key(s) in {source}: {', '.join(unknown)}; "
                             f"allowed: {', '.join(sorted(known))}")
         try:
-            data = dict(d)
-            data["ops"] = tuple(_op_choice(o) for o in data.get("ops", ()))
-            for key in ("base_filters", "base_layers", "strides", "kernels", "se_ratios", "skips",
-                        "filter_multipliers", "layer_deltas"):
-                if key in data:
-                    data[key] = tuple(data[key])
-            return cls(**data)
-        except TypeError as exc:
-            raise UserError(f"bad space definition: {exc}") from None
+            spec = SpaceFile.model_validate(d)
+        except ValidationError as exc:
+            parts = []
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+                msg = "required key is missing" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
+                parts.append(f"{where}: {msg}")
+            raise UserError(f"{source}: " + "; ".join(parts)) from None
+        data = spec.model_dump()
+        data["ops"] = tuple(_op_choice(o) for o in d["ops"])
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -481,7 +621,7 @@ class SearchSpace:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def load(cls, name_or_path: str | Path | None) -> "SearchSpace":
+    def load(cls, name_or_path: str | Path | None) -> SearchSpace:
         """A named space (`mnasnet`, `mnasnet_cifar`) or a YAML/JSON file."""
         if name_or_path is None or str(name_or_path) in ("mnasnet", "default"):
             return cls.default()
@@ -491,7 +631,7 @@ class SearchSpace:
         if not path.is_file():
             raise UserError(f"space {str(name_or_path)!r} is neither a known space (mnasnet, "
                             "mnasnet_cifar) nor a file; pass a YAML/JSON space file")
-        return cls.from_dict(_load_mapping(path, "space"))
+        return cls.from_dict(_load_mapping(path, "space"), source=f"space file {path}")
 
     # ---- the decisions --------------------------------------------------------------------
     @property
@@ -526,9 +666,9 @@ class SearchSpace:
         sizes = self.decision_sizes()
         if len(tokens) != len(sizes):
             raise UserError(f"expected {len(sizes)} tokens for space {self.name!r}, got {len(tokens)}")
-        for t, n, name in zip(tokens, sizes, self.decision_names()):
-            if not 0 <= int(t) < n:
-                raise UserError(f"token {t} for {name} is out of range 0..{n - 1}")
+        for token, n, name in zip(tokens, sizes, self.decision_names(), strict=True):
+            if not 0 <= int(token) < n:
+                raise UserError(f"token {token} for {name} is out of range 0..{n - 1}")
         blocks = []
         for i in range(self.num_blocks):
             t = [int(x) for x in tokens[6 * i: 6 * i + 6]]
@@ -560,7 +700,7 @@ class SearchSpace:
                 return None
             c = self.block_choices(i)
             values = (OpChoice(b.op, b.expand), b.kernel, b.se_ratio, b.skip, b.filters, b.layers)
-            for key, value in zip(DECISIONS, values):
+            for key, value in zip(DECISIONS, values, strict=True):
                 try:
                     tokens.append(c[key].index(value))
                 except ValueError:
@@ -578,22 +718,6 @@ class SearchSpace:
         if not isinstance(rng, random.Random):
             rng = random.Random(rng)
         return self.decode(self.sample_tokens(rng))
-
-    def mutate(self, arch: Architecture, rng: random.Random | int | None = None) -> Architecture:
-        """Change exactly one decision to another value that changes the architecture."""
-        if not isinstance(rng, random.Random):
-            rng = random.Random(rng)
-        tokens = self.encode(arch)
-        sizes = self.decision_sizes()
-        candidates = [(i, v) for i, n in enumerate(sizes) for v in range(n) if v != tokens[i]]
-        rng.shuffle(candidates)
-        for i, v in candidates:
-            new = list(tokens)
-            new[i] = v
-            child = self.decode(new)
-            if child != arch:
-                return child
-        raise UserError(f"space {self.name!r} has a single architecture; nothing to mutate")
 
     def layer_configs(self) -> set[LayerConfig]:
         """Every distinct layer configuration any architecture of the space can contain."""
@@ -617,6 +741,46 @@ class SearchSpace:
         return configs
 
 
+_Whole = Annotated[int, Field(strict=True)]
+
+
+class SpaceFile(BaseModel):
+    """The types and ranges of a space definition (a YAML/JSON file or `SearchSpace.to_dict()`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    base_filters: list[Annotated[_Whole, Field(ge=1, le=MAX_FILTERS)]] = Field(min_length=1, max_length=MAX_BLOCKS)
+    base_layers: list[Annotated[_Whole, Field(ge=1, le=MAX_LAYERS_PER_BLOCK)]] = Field(min_length=1)
+    strides: list[Literal[1, 2]] = Field(min_length=1)
+    ops: list[str | dict[str, Any]] = Field(min_length=1)
+    kernels: list[Annotated[_Whole, Field(ge=1, le=MAX_KERNEL)]] = Field(min_length=1)
+    se_ratios: list[Annotated[float, Field(ge=0, le=1)]] = Field(min_length=1)
+    skips: list[Literal["identity", "pool", "none"]] = Field(min_length=1)
+    filter_multipliers: list[Annotated[float, Field(gt=0, le=8)]] = Field(min_length=1)
+    layer_deltas: list[Annotated[_Whole, Field(ge=-MAX_LAYERS_PER_BLOCK, le=MAX_LAYERS_PER_BLOCK)]] = Field(min_length=1)
+    stem_filters: _Whole = Field(default=32, ge=1, le=MAX_FILTERS)
+    stem_stride: Literal[1, 2] = 2
+    head_filters: _Whole = Field(default=1280, ge=1, le=MAX_HEAD_FILTERS)
+    act: Literal["relu", "relu6", "swish", "hard_swish"] = "relu"
+    resolution: _Whole = Field(default=224, ge=MIN_RESOLUTION, le=MAX_RESOLUTION)
+
+    @field_validator("kernels")
+    @classmethod
+    def _odd(cls, value: list[int]) -> list[int]:
+        even = [k for k in value if k % 2 == 0]
+        if even:
+            raise ValueError(f"kernels must be odd (got {', '.join(map(str, even))})")
+        return value
+
+    @field_validator("ops")
+    @classmethod
+    def _ops(cls, value: list[Any]) -> list[Any]:
+        for o in value:
+            _op_choice(o)  # raises a UserError with the allowed forms
+        return value
+
+
 def _op_choice(o: Any) -> OpChoice:
     if isinstance(o, OpChoice):
         return o
@@ -626,7 +790,10 @@ def _op_choice(o: Any) -> OpChoice:
             raise UserError(f"unknown op choice {o!r}; use conv, ds or mbconv<expand> (e.g. mbconv6)")
         return OpChoice(m.group(1), _num(float(m.group(2))) if m.group(2) else 1)
     if isinstance(o, dict):
-        return OpChoice(o.get("op", ""), _num(float(o.get("expand", 1))))
+        if not set(o) <= {"op", "expand"} or not isinstance(o.get("op"), str):
+            raise UserError(f"op choice {o!r} must be a mapping with 'op' (conv, ds, mbconv) and optional 'expand'")
+        expand = real_number(o.get("expand", 1), "op expand", 0.0, MAX_EXPAND)
+        return OpChoice(o["op"], _num(expand))
     raise UserError(f"unknown op choice {o!r}")
 
 
