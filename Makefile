@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 SHARED := $(abspath ../shared/data)
 export MNAS_DATA ?= $(if $(wildcard $(SHARED)),$(SHARED),$(HOME)/.cache/mnas/data)
 
-.PHONY: run test lint setup clean
+.PHONY: run test test-fast lint setup clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The fast tier: everything but the tests that train or measure (marked slow); under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

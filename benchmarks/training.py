@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from mnas import zoo
+from mnas.config import ProxyConfig
 from mnas.data import ArraySplit, DatasetSplits, load_dataset
 from mnas.model import build_model
 from mnas.space import SearchSpace
@@ -145,8 +146,8 @@ def fidelity(quick: bool) -> tuple[list[tuple[str, float, float]], float, dict]:
     archs += [(f"sampled_{i}", space.sample(rng).scaled(width)) for i in range(3 if not quick else 1)]
     out = []
     for name, arch in archs:
-        short = train_proxy(arch, data, epochs=1, batch_size=64, device="cpu", seed=0)
-        long = train_proxy(arch, data, epochs=long_epochs, batch_size=64, device="cpu", seed=0)
+        short = train_proxy(arch, data, ProxyConfig(epochs=1, batch_size=64, device="cpu"), seed=0)
+        long = train_proxy(arch, data, ProxyConfig(epochs=long_epochs, batch_size=64, device="cpu"), seed=0)
         out.append((name, short.val_acc, long.val_acc))
         print(name, short, long, flush=True)
     rho = float(spearmanr([s for _, s, _ in out], [lg for _, _, lg in out]).statistic)
@@ -164,10 +165,11 @@ def write_doc(path: Path, rows: list[Row], fid, conditions: dict) -> None:
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ips = f"{r.images_per_s:.1f}" if r.images_per_s is not None else "-"
-        lines.append(f"| {r.model} | {r.resolution} | {r.impl} | {r.device} | {r.options} | {r.batch or '-'} | {ips} | {r.note} |")
+        lines.append(f"| {r.model} | {r.resolution} | {r.impl} | {r.device} | {r.options} | {r.batch or '-'} | {ips} "
+                     f"| {r.note} |")
     lines += ["", "GPU: not measured: no GPU in this task. The CUDA paths (bf16 autocast, channels_last, fused SGD/AdamW,",
               "foreach RMSProp-TF, optional torch.compile, no host syncs in the step loop) are on by default on CUDA and",
-              "off on CPU; the issue's target (>= 1.3x a plain fp32 loop on GPU, and the fraction of measured peak) still",
+              "off on CPU; the target (>= 1.3x a plain fp32 loop on GPU, and the fraction of measured peak) still",
               "needs a run on a GPU machine: `python benchmarks/training.py` measures those rows when CUDA is present.", ""]
     if fid is not None:
         results, rho, cfg = fid
@@ -175,7 +177,7 @@ def write_doc(path: Path, rows: list[Row], fid, conditions: dict) -> None:
                   f"Reduced: {len(results)} architectures at width x{cfg['width']} in the CIFAR skeleton, trained on "
                   f"{cfg['train_images']} stratified CIFAR-10 training images and scored on {cfg['val_images']} held-out "
                   f"training images. Proxy = 1 epoch; reference = {cfg['long_epochs']} epochs (SGD, cosine, batch 64, "
-                  "seed 0). The issue's version (about 10 networks, full subsets, long training) needs a GPU; with this "
+                  "seed 0). The full version (about 10 networks, full subsets, long training) needs a GPU; with this "
                   "little training the accuracies sit near each other and the correlation is dominated by noise.", "",
                   "| architecture | proxy val top-1 (1 epoch) | reference val top-1 |", "|---|---|---|"]
         lines += [f"| {n} | {s:.4f} | {lg:.4f} |" for n, s, lg in results]

@@ -12,8 +12,6 @@ import torch
 from mnas.cli import main
 from mnas.space import Architecture, BlockSpec
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 TINY = Architecture(
     blocks=(
         BlockSpec("ds", 1, 3, 0, "identity", 16, 1, 1),
@@ -32,14 +30,14 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(tmp_path_factory, data_root) -> Path:
     """One short run shared by the eval/export tests (trained through the CLI)."""
     root = tmp_path_factory.mktemp("cli_train")
     arch_file = root / "tiny.json"
     arch_file.write_text(TINY.to_json())
     out = root / "run"
     with pytest.raises(SystemExit) as exc:
-        main(["train", str(arch_file), "--data", "cifar10_subset", "--data-root", str(DATA), "--epochs", "1",
+        main(["train", str(arch_file), "--data", "cifar10_subset", "--data-root", str(data_root), "--epochs", "1",
               "--train-subset", "200", "--val-size", "100", "--batch-size", "50", "--out", str(out), "--json",
               "--device", "cpu"])
     assert exc.value.code in (0, None)
@@ -54,8 +52,8 @@ def test_train_writes_a_run_folder(trained):
     assert summary["recipe"] == "cifar" and summary["train_images"] == 200 and summary["val_images"] == 100
 
 
-def test_eval_reports_test_top1(trained, capsys):
-    code, out, _ = run(["eval", str(trained), "--json", "--device", "cpu", "--data-root", str(DATA)], capsys)
+def test_eval_reports_test_top1(trained, capsys, data_root):
+    code, out, _ = run(["eval", str(trained), "--json", "--device", "cpu", "--data-root", str(data_root)], capsys)
     assert code == 0
     res = json.loads(out)
     assert res["split"] == "test" and res["images"] == 2000 and 0.0 <= res["top1"] <= 1.0

@@ -14,17 +14,15 @@ import torch
 from mnas.data import BatchLoader, load_dataset, split_indices, stratified_take
 from mnas.errors import UserError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+@pytest.fixture(scope="module")
+def subset(data_root):
+    return load_dataset("cifar10_subset", data_root=data_root, val_size=0.1, seed=0)
 
 
 @pytest.fixture(scope="module")
-def subset():
-    return load_dataset("cifar10_subset", data_root=DATA, val_size=0.1, seed=0)
-
-
-@pytest.fixture(scope="module")
-def raw_subset():
-    with np.load(DATA / "cifar10_subset10k_uint8.npz") as f:
+def raw_subset(data_root):
+    with np.load(data_root / "cifar10_subset10k_uint8.npz") as f:
         return {k: f[k] for k in f.files}
 
 
@@ -38,15 +36,15 @@ def test_validation_split_sizes_disjoint_stratified(subset):
     assert subset.train.images.dtype == torch.uint8 and subset.train.images.shape[1:] == (32, 32, 3)
 
 
-def test_split_is_seeded_and_independent_of_train_subset(subset):
-    again = load_dataset("cifar10_subset", data_root=DATA, seed=0)
+def test_split_is_seeded_and_independent_of_train_subset(subset, data_root):
+    again = load_dataset("cifar10_subset", data_root=data_root, seed=0)
     assert torch.equal(again.val.indices, subset.val.indices)
-    small = load_dataset("cifar10_subset", data_root=DATA, seed=0, train_subset=1000)
+    small = load_dataset("cifar10_subset", data_root=data_root, seed=0, train_subset=1000)
     assert torch.equal(small.val.indices, subset.val.indices)  # same held-out images for every proxy size
     assert len(small.train) == 1000
     assert torch.bincount(small.train.labels, minlength=10).tolist() == [100] * 10
     assert set(small.train.indices.tolist()) <= set(subset.train.indices.tolist())
-    other = load_dataset("cifar10_subset", data_root=DATA, seed=1)
+    other = load_dataset("cifar10_subset", data_root=data_root, seed=1)
     assert not torch.equal(other.val.indices, subset.val.indices)
 
 
@@ -74,8 +72,8 @@ def test_split_errors():
     assert len(va) == 20 and len(tr) == 80
 
 
-def test_full_file_is_preferred_and_env_var_is_used(monkeypatch):
-    monkeypatch.setenv("MNAS_DATA", str(DATA))
+def test_full_file_is_preferred_and_env_var_is_used(monkeypatch, data_root):
+    monkeypatch.setenv("MNAS_DATA", str(data_root))
     full = load_dataset("cifar10", val_size=5000)
     assert full.source.endswith("cifar10_uint8.npz")
     assert (len(full.train), len(full.val), len(full.test)) == (45000, 5000, 10000)
@@ -100,7 +98,8 @@ def test_corrupt_npz_is_named(tmp_path):
     bad.write_bytes(b"PK\x03\x04 this is not a zip")
     with pytest.raises(UserError, match="cifar10_uint8.npz is corrupt"):
         load_dataset("cifar10", data_root=tmp_path)
-    np.savez(bad, x_train=np.zeros((4, 32, 32), np.uint8), y_train=np.zeros(4), x_test=np.zeros((1, 32, 32, 3), np.uint8), y_test=np.zeros(1))
+    np.savez(bad, x_train=np.zeros((4, 32, 32), np.uint8), y_train=np.zeros(4),
+             x_test=np.zeros((1, 32, 32, 3), np.uint8), y_test=np.zeros(1))
     with pytest.raises(UserError, match="corrupt"):
         load_dataset("cifar10", data_root=tmp_path)
 

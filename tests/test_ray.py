@@ -23,7 +23,6 @@ from mnas.errors import UserError
 from mnas.search import latency_part, start_search, train_part
 from mnas.search.ray_executor import RayExecutor, device_resource
 from mnas.store import Store, load_state
-
 from test_search import write_config
 
 # The part functions below must travel to Ray workers, which cannot import this test module.

@@ -67,9 +67,8 @@ def test_crafted_strategy_state_in_a_store_is_refused(tmp_path):
         db.execute("INSERT INTO checkpoint (id, step, phase, state, saved_at) VALUES (1, 0, 'ask', ?, 0)", (blob,))
     from mnas.store import load_state
 
-    with Store.open(run) as store:
-        with pytest.raises(UserError, match="refusing to load"):
-            load_state(store.checkpoint().state)
+    with Store.open(run) as store, pytest.raises(UserError, match="refusing to load"):
+        load_state(store.checkpoint().state)
     assert not marker.exists()
 
 

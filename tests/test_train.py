@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from mnas import zoo
+from mnas.config import ProxyConfig
 from mnas.data import load_dataset
 from mnas.errors import UserError
 from mnas.optim import ModelEma, RMSpropTF, cosine_lr, mnasnet_lr, param_groups
 from mnas.space import Architecture, BlockSpec
-from mnas.train import (
-    FitConfig,
-    TrainingInterrupted,
-    fit,
-    load_checkpoint,
-    train_proxy,
-)
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from mnas.train import FitConfig, TrainingInterrupted, fit, load_checkpoint, train_proxy
 
 # A tiny network in the CIFAR skeleton (stride-1 stem): trains at a few hundred images/s on 1 core.
 TINY = Architecture(
@@ -38,8 +31,8 @@ TINY = Architecture(
 
 
 @pytest.fixture(scope="module")
-def data():
-    return load_dataset("cifar10_subset", data_root=DATA, val_size=300, train_subset=1000, seed=0)
+def data(data_root):
+    return load_dataset("cifar10_subset", data_root=data_root, val_size=300, train_subset=1000, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +154,7 @@ def test_cifar_skeleton_removes_one_downsampling():
 
 
 def test_proxy_learns_above_chance(data):
-    r = train_proxy(TINY, data, epochs=2, batch_size=50, device="cpu", seed=0)
+    r = train_proxy(TINY, data, ProxyConfig(epochs=2, batch_size=50, device="cpu"), seed=0)
     assert r.status == "ok", r
     assert r.steps == 40 and r.epochs == pytest.approx(2.0)
     assert r.images_per_s > 0 and r.seconds > 0
@@ -169,35 +162,37 @@ def test_proxy_learns_above_chance(data):
 
 
 def test_proxy_is_deterministic_under_a_seed(data):
-    runs = [train_proxy(TINY, data, epochs=1, batch_size=50, max_steps=4, device="cpu", seed=s) for s in (0, 0, 1)]
+    runs = [train_proxy(TINY, data, ProxyConfig(epochs=1, batch_size=50, max_steps=4, device="cpu"), seed=s) for s in (0, 0, 1)]
     assert all(r.status == "ok" for r in runs)
     assert (runs[0].val_loss, runs[0].train_loss) == (runs[1].val_loss, runs[1].train_loss)
     assert runs[2].train_loss != runs[0].train_loss
 
 
 def test_proxy_with_paper_optimizer_and_schedule(data):
-    r = train_proxy(TINY, data, epochs=1, batch_size=100, optimizer="rmsprop", schedule="mnasnet", ema_decay=0.9999,
-                    device="cpu", max_steps=4)
+    r = train_proxy(TINY, data, ProxyConfig(epochs=1, batch_size=100, optimizer="rmsprop", schedule="mnasnet", ema_decay=0.9999,
+                    device="cpu", max_steps=4))
     assert r.status == "ok" and math.isfinite(r.val_loss)
 
 
 def test_divergence_ends_with_status_not_exception(data):
-    r = train_proxy(TINY, data, epochs=2, batch_size=50, lr=1e6, device="cpu")
+    r = train_proxy(TINY, data, ProxyConfig(epochs=2, batch_size=50, lr=1e6, device="cpu"))
     assert r.status == "diverged"
     assert math.isnan(r.val_acc) and r.steps <= 20
 
 
 def test_time_budget_and_errors_are_statuses(data):
-    r = train_proxy(TINY, data, epochs=5, batch_size=50, time_budget_s=0.0, device="cpu")
+    r = train_proxy(TINY, data, ProxyConfig(epochs=5, batch_size=50, time_budget_s=1e-9, device="cpu"))
     assert r.status == "timeout" and r.steps == 0
-    r = train_proxy(TINY, data, epochs=1, optimizer="nope", device="cpu")
-    assert r.status.startswith("error: ") and "nope" in r.status
-    r = train_proxy(TINY, data, epochs=1, device="cuda:7" if not torch.cuda.is_available() else "cuda:999")
+    with pytest.raises(ValidationError, match="optimizer"):
+        ProxyConfig(optimizer="nope")
+    with pytest.raises(ValidationError, match="device"):
+        ProxyConfig(device="tpu")
+    r = train_proxy(TINY, data, ProxyConfig(epochs=1, device="cuda:7" if not torch.cuda.is_available() else "cuda:999"))
     assert r.status.startswith("error: ")
 
 
 def test_max_steps_caps_the_run(data):
-    r = train_proxy(TINY, data, epochs=10, batch_size=50, max_steps=3, device="cpu")
+    r = train_proxy(TINY, data, ProxyConfig(epochs=10, batch_size=50, max_steps=3, device="cpu"))
     assert r.status == "ok" and r.steps == 3 and r.epochs == pytest.approx(3 / 20)
 
 
@@ -207,15 +202,15 @@ def test_max_steps_caps_the_run(data):
 
 
 def _cfg(**kw) -> FitConfig:
-    base = dict(arch_name="tiny", data="cifar10_subset", data_root=str(DATA), epochs=2, recipe="mnasnet",
+    base = dict(arch_name="tiny", data="cifar10_subset", data_root=None, epochs=2, recipe="mnasnet",
                 batch_size=100, train_subset=300, val_size=100, seed=0, device="cpu")
     base.update(kw)
     return FitConfig(**base)
 
 
 @pytest.fixture(scope="module")
-def small():
-    return load_dataset("cifar10_subset", data_root=DATA, val_size=100, train_subset=300, seed=0)
+def small(data_root):
+    return load_dataset("cifar10_subset", data_root=data_root, val_size=100, train_subset=300, seed=0)
 
 
 def test_fit_writes_checkpoint_and_metrics_and_resumes_exactly(small, tmp_path):
@@ -266,7 +261,7 @@ def test_resume_and_checkpoint_errors(small, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "checkpoint.pt").write_bytes(b"truncated")
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match="not a readable"):
         load_checkpoint(bad)
     with pytest.raises(UserError, match="unknown recipe"):
         fit(TINY, small, _cfg(recipe="fastest"), tmp_path / "x", progress=False)

@@ -101,7 +101,7 @@ def test_logits_parity_with_peers(lib, peer_name, ours_name, width):
     ours = build_model(zoo.get(ours_name, width), bn_eps=1e-5)  # peers use PyTorch's BN eps
     theirs, mine = peer.state_dict(), ours.state_dict()
     assert [tuple(v.shape) for v in theirs.values()] == [tuple(v.shape) for v in mine.values()]
-    ours.load_state_dict(dict(zip(mine.keys(), theirs.values())))
+    ours.load_state_dict(dict(zip(mine.keys(), theirs.values(), strict=True)))
     peer.eval(), ours.eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -12,8 +11,6 @@ from rich.table import Table
 
 from mnas import zoo
 from mnas.errors import UserError
-from mnas.model import build_model
-from mnas.profile import count_macs, count_params
 from mnas.space import Architecture, SearchSpace
 
 console = Console()
@@ -29,10 +26,12 @@ def _check_resolution(resolution: int) -> None:
 def arch_summary(arch: Architecture, name: str, resolution: int, num_classes: int = 1000) -> dict:
     """Everything `arch show` prints, as one JSON-able dict."""
     _check_resolution(resolution)
-    model = build_model(arch, num_classes=num_classes)
+    from mnas.profile import count_macs, count_params, model_for  # lazy: torch (see mnas.cli)
+
+    model = model_for(arch, num_classes)
     shapes = arch.output_shapes(resolution)
     blocks = []
-    for i, (b, (c, s)) in enumerate(zip(arch.blocks, shapes[1:]), start=1):
+    for i, (b, (c, s)) in enumerate(zip(arch.blocks, shapes[1:], strict=True), start=1):
         blocks.append({"block": i, "op": b.op, "label": b.op_label, "kernel": b.kernel,
                        "expand": b.expand, "se_ratio": b.se_ratio, "skip": b.skip,
                        "filters": b.filters, "layers": b.layers, "stride": b.stride,
@@ -68,7 +67,7 @@ def _print_summary(info: dict) -> None:
 @arch_app.command("show")
 def arch_show(
     target: str = typer.Argument(..., help="A zoo name, an architecture file (JSON/YAML/checkpoint) or a timm/TF string."),
-    resolution: Optional[int] = typer.Option(None, help="Input size (default: the model's, else 224)."),
+    resolution: int | None = typer.Option(None, help="Input size (default: the model's, else 224)."),
     width_mult: float = typer.Option(1.0, "--width-mult", help="Width multiplier (0.35 to 1.4)."),
     num_classes: int = typer.Option(1000, "--num-classes"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -87,7 +86,7 @@ def arch_show(
 @arch_app.command("sample")
 def arch_sample(
     seed: int = typer.Option(0, help="Random seed."),
-    space: Optional[str] = typer.Option(None, help="Space name (mnasnet, mnasnet_cifar) or YAML/JSON file."),
+    space: str | None = typer.Option(None, help="Space name (mnasnet, mnasnet_cifar) or YAML/JSON file."),
     as_json: bool = typer.Option(False, "--json", help="Print the architecture as JSON."),
 ) -> None:
     """Sample one architecture uniformly from a space."""
@@ -102,7 +101,7 @@ def arch_sample(
 
 @space_app.command("info")
 def space_info(
-    space: Optional[str] = typer.Option(None, help="Space name (mnasnet, mnasnet_cifar) or YAML/JSON file."),
+    space: str | None = typer.Option(None, help="Space name (mnasnet, mnasnet_cifar) or YAML/JSON file."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The choices per block and the size of a space."""
@@ -133,10 +132,12 @@ def zoo_command(
 ) -> None:
     """Every zoo model with its params and MACs."""
     _check_resolution(resolution)
+    from mnas.profile import count_macs, count_params, model_for  # lazy: torch (see mnas.cli)
+
     rows = []
     for name in zoo.list():
         arch = zoo.get(name, width_mult)
-        model = build_model(arch)
+        model = model_for(arch)
         res = zoo.resolution(name) if resolution == 224 else resolution
         rows.append({"name": name, "id": arch.id, "params": count_params(model),
                      "macs": count_macs(model, res), "resolution": res,
@@ -145,10 +146,11 @@ def zoo_command(
         print(json.dumps(rows))
         return
     t = Table(title=f"mnas zoo (width x{width_mult:g}, 1000 classes)")
-    for col, just in (("model", "left"), ("params", "right"), ("MACs", "right"), ("input", "right"), ("what", "left")):
-        t.add_column(col, justify=just)
+    for col in ("model", "params", "MACs", "input", "what"):
+        t.add_column(col, justify="left" if col in ("model", "what") else "right")
     for r in rows:
-        t.add_row(r["name"], f"{r['params']:,}", f"{r['macs'] / 1e6:,.1f}M", str(r["resolution"]), r["description"])
+        t.add_row(str(r["name"]), f"{r['params']:,}", f"{int(r['macs']) / 1e6:,.1f}M", str(r["resolution"]),
+                  str(r["description"]))
     console.print(t)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,15 +15,15 @@ console = Console(stderr=True)
 
 
 def search(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Search YAML (see examples/)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="New run directory (default runs/<config>-<time>)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="local or ray (overrides the config)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (implies --executor ray)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Search YAML (see examples/)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="New run directory (default runs/<config>-<time>)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    executor: str | None = typer.Option(None, "--executor", help="local or ray (overrides the config)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (implies --executor ray)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Search architectures: ask -> evaluate (latency + proxy accuracy) -> reward -> store -> tell."""
-    from mnas.config import load_config
+    from mnas.config import load_config  # lazy: torch (see mnas.cli)
     from mnas.search.loop import override_executor, resume_search, start_search
 
     if executor is not None and executor not in ("local", "ray"):
@@ -66,7 +65,7 @@ def report(
     zoo: bool = typer.Option(True, "--zoo/--no-zoo", help="Mark zoo models measured on the same target."),
 ) -> None:
     """Write pareto.png, latency_hist.png, reward_curve.png and report.md into RUN_DIR."""
-    from mnas.report import pareto_json, write_report
+    from mnas.report import pareto_json, write_report  # lazy: torch (see mnas.cli)
 
     files = write_report(run_dir, zoo=zoo)
     if as_json:
@@ -78,11 +77,11 @@ def report(
 
 def best(
     run_dir: Path = typer.Argument(..., help="A search run directory."),
-    max_latency: Optional[float] = typer.Option(None, "--max-latency", help="Most accurate model within MS milliseconds."),
-    export: Optional[Path] = typer.Option(None, "--export", help="Write model.onnx, arch.json and arch.timm.txt here."),
+    max_latency: float | None = typer.Option(None, "--max-latency", help="Most accurate model within MS milliseconds."),
+    export: Path | None = typer.Option(None, "--export", help="Write model.onnx, arch.json and arch.timm.txt here."),
 ) -> None:
     """Pick a model: the best reward, or the most accurate one under --max-latency."""
-    from mnas.report import load_run, pick_best, trial_record
+    from mnas.report import load_run, pick_best, trial_record  # lazy: torch (see mnas.cli)
 
     if max_latency is not None and max_latency <= 0:
         raise UserError(f"--max-latency must be > 0 ms (got {max_latency:g})")
@@ -96,7 +95,7 @@ def best(
 
 def export_trial(trial, config, out_dir: Path) -> list[Path]:
     """The picked network as ONNX (untrained: proxy weights are not kept) plus its arch strings."""
-    from mnas.export import to_onnx
+    from mnas.export import to_onnx  # lazy: torch (see mnas.cli)
     from mnas.model import build_model
 
     lat = config.latency

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from mnas import zoo
 from mnas.errors import UserError
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "torchscript": ".pt"}
@@ -22,16 +22,16 @@ def _emit(obj: dict, as_json: bool, lines: list[str]) -> None:
 
 
 def train_cmd(
-    arch: Optional[str] = typer.Argument(None, help="A zoo name, an architecture file or string (optional with --resume)."),
+    arch: str | None = typer.Argument(None, help="A zoo name, an architecture file or string (optional with --resume)."),
     data: str = typer.Option("cifar10", "--data", help="cifar10, cifar10_subset, fashion_mnist or imagefolder:PATH."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs to train (default 10; with --resume: the run's)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="mnasnet (the paper's) or cifar (default for <= 64 px data)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder for checkpoint.pt, metrics.jsonl, summary.json."),
-    train_subset: Optional[int] = typer.Option(None, "--train-subset", help="Stratified subset of the training images."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs to train (default 10; with --resume: the run's)."),
+    recipe: str | None = typer.Option(None, "--recipe", help="mnasnet (the paper's) or cifar (default for <= 64 px data)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder for checkpoint.pt, metrics.jsonl, summary.json."),
+    train_subset: int | None = typer.Option(None, "--train-subset", help="Stratified subset of the training images."),
     val_size: float = typer.Option(0.1, "--val-size", help="Held-out validation: a fraction (<1) or a count."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the recipe's (128)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data folder (else $MNAS_DATA, else ~/.cache/mnas/data)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its checkpoint."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Default: the recipe's (128)."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Data folder (else $MNAS_DATA, else ~/.cache/mnas/data)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder from its checkpoint."),
     seed: int = typer.Option(0, "--seed"),
     width_mult: float = typer.Option(1.0, "--width-mult", help="Width multiplier of the architecture."),
     skeleton: str = typer.Option("auto", "--skeleton", help="auto (CIFAR skeleton for <= 64 px), cifar or imagenet."),
@@ -41,8 +41,7 @@ def train_cmd(
     as_json: bool = typer.Option(False, "--json", help="No progress bar; print one JSON summary."),
 ) -> None:
     """Train a network fully with checkpoints every epoch; --resume continues exactly."""
-    from mnas import zoo
-    from mnas.data import load_dataset
+    from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
     from mnas.train import FitConfig, TrainingInterrupted, checkpoint_path, fit, get_recipe, load_checkpoint
 
     if resume is not None:
@@ -81,7 +80,7 @@ def train_cmd(
     except TrainingInterrupted as exc:
         _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step}, as_json,
               [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas train --resume {out}"])
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     test_text = f", test top-1 {summary['test_acc']:.4f}" if "test_acc" in summary else ""
     _emit({"status": "ok", **summary}, as_json, [
         f"{summary['arch']} on {dataset.name}: val top-1 {summary.get('val_acc', float('nan')):.4f} "
@@ -94,14 +93,14 @@ def train_cmd(
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="checkpoint.pt written by `mnas train`, or its folder."),
     split: str = typer.Option("test", "--split", help="test (default) or val."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset (default: the one it was trained on)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: 500 on CUDA, 128 on CPU."),
+    data: str | None = typer.Option(None, "--data", help="Dataset (default: the one it was trained on)."),
+    data_root: Path | None = typer.Option(None, "--data-root"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Default: 500 on CUDA, 128 on CPU."),
     device: str = typer.Option("auto", "--device"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Top-1 accuracy of a saved model on the test set (EMA weights when the recipe uses them)."""
-    from mnas.train import evaluate_checkpoint
+    from mnas.train import evaluate_checkpoint  # lazy: torch (see mnas.cli)
 
     res = evaluate_checkpoint(checkpoint, data_root=data_root, split=split, device=device,
                               batch_size=batch_size, data_name=data)
@@ -112,11 +111,11 @@ def eval_cmd(
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="checkpoint.pt written by `mnas train`, or its folder."),
     fmt: str = typer.Option("onnx", "--format", help="onnx, tflite or torchscript."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: next to the checkpoint)."),
+    out: Path | None = typer.Option(None, "--out", help="Output file (default: next to the checkpoint)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write the trained model as ONNX, LiteRT (.tflite) or TorchScript at its training resolution."""
-    from mnas import export
+    from mnas import export  # lazy: torch (see mnas.cli)
     from mnas.train import checkpoint_path, load_checkpoint
 
     if fmt not in FORMATS:

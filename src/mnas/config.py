@@ -8,6 +8,7 @@ than 0``), so every section is a strict model and `load_config` turns pydantic's
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mnas.errors import UserError
+from mnas.latency.target import Target
+from mnas.reward import Reward
 
 __all__ = [
     "BudgetConfig",
@@ -29,6 +32,9 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
+
+
+_TARGET_DEFAULTS = Target()  # one default per setting: the latency target's own
 
 
 class _Strict(BaseModel):
@@ -54,25 +60,46 @@ class DataConfig(_Strict):
 
 
 class ProxyConfig(_Strict):
-    """The short proxy training that gives each candidate its accuracy (`mnas.train.train_proxy`)."""
+    """The short proxy training that gives each candidate its accuracy (`mnas.train.train_proxy`).
+
+    Every setting of the proxy lives here, once, with its default."""
 
     epochs: float = Field(default=1.0, gt=0)
-    batch_size: int = Field(default=128, gt=0)
-    optimizer: str = "sgd"
-    lr: float | None = Field(default=None, gt=0)
-    schedule: str = "cosine"
+    batch_size: int = Field(default=128, gt=0, le=65536)
+    optimizer: Literal["sgd", "rmsprop", "adamw"] = "sgd"
+    lr: float | None = Field(default=None, gt=0)  # None: 0.2 x batch/256 (sgd), 0.016 (rmsprop), 0.002 (adamw)
+    schedule: Literal["cosine", "mnasnet", "constant"] = "cosine"
+    warmup: float | None = Field(default=None, ge=0, lt=1)  # fraction of the steps; None: 5% cosine, 10% mnasnet
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=4e-5, ge=0)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    bn_momentum: float = Field(default=0.1, gt=0, le=1)
+    bn_eps: float = Field(default=1e-3, gt=0)
+    ema_decay: float | None = Field(default=None, gt=0, lt=1)
+    stable_init: bool = True  # zero classifier and last BN of residual layers (short runs, few classes)
+    skeleton: Literal["auto", "cifar", "imagenet"] = "auto"
     time_budget_s: float | None = Field(default=None, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
-    device: str = "auto"
+    eval_batch_size: int | None = Field(default=None, gt=0)
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
     threads: int | None = Field(default=None, gt=0)  # torch CPU threads for training (None: torch's default)
+    amp: bool | None = None  # bf16 autocast; None: on for CUDA
+    channels_last: bool | None = None  # None: on for CUDA
+    fused: bool | None = None  # fused optimizer kernels; None: on for CUDA
+    compile: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", value):
+            raise ValueError(f"unknown device {value!r}; choose auto, cpu, cuda or cuda:N")
+        return value
 
 
 class LatencyConfig(_Strict):
     """The latency target: measured for real (through the latency cache) or predicted by a LUT."""
 
-    backend: str = "onnxruntime"
+    backend: str = Field(default_factory=lambda: _TARGET_DEFAULTS.backend)
     threads: int = Field(default=1, gt=0)
     resolution: int | None = Field(default=None, gt=0)  # None: the dataset's resolution
     batch: int = Field(default=1, gt=0)
@@ -85,12 +112,21 @@ class LatencyConfig(_Strict):
     lut: str | None = None  # a lookup table file: predict instead of measuring
     host: str | None = None  # Ray: the node the target device sits on (default: the driver's)
 
+    def to_target(self) -> Target:
+        """The `Target` this section describes (resolution and classes must be resolved first)."""
+        if self.resolution is None or self.num_classes is None:
+            raise UserError("latency.resolution / num_classes are unresolved; the search fills them in from the "
+                            "dataset (mnas.search.prepare)")
+        return Target(backend=self.backend, threads=self.threads, resolution=self.resolution, batch=self.batch,
+                      num_classes=self.num_classes, precision=self.precision, device=self.device,
+                      serial=self.serial, benchmark_binary=self.benchmark_binary)
+
 
 class RewardConfig(_Strict):
     """The MnasNet reward ACC x (LAT/T)^w: a target and exponents, or a named preset."""
 
     target_ms: float = Field(gt=0)
-    alpha: float | None = Field(default=None, le=0)
+    alpha: float | None = Field(default=None, le=0)  # None: the soft preset's
     beta: float | None = Field(default=None, le=0)
     preset: Literal["soft", "hard"] | None = None
 
@@ -99,6 +135,13 @@ class RewardConfig(_Strict):
         if self.preset is not None and (self.alpha is not None or self.beta is not None):
             raise ValueError("give either a preset or alpha/beta, not both")
         return self
+
+    def to_reward(self) -> Reward:
+        if self.preset:
+            return Reward.preset(self.preset, self.target_ms)
+        soft = Reward(self.target_ms)
+        return Reward(self.target_ms, soft.alpha if self.alpha is None else self.alpha,
+                      soft.beta if self.beta is None else self.beta)
 
 
 class StrategyConfig(_Strict):

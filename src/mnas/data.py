@@ -288,11 +288,10 @@ def _load_fashion(root: Path) -> tuple[tuple[np.ndarray, ...], Path]:
     looked: list[Path] = []
     for folder in (root / "fashion-mnist", root / "fashion_mnist", root / "FashionMNIST" / "raw", root, SYSTEM_FASHION_MNIST):
         looked.append(folder)
-        found = []
-        for stem in stems:
-            hit = next((folder / (stem + ext) for ext in (".gz", "") if (folder / (stem + ext)).is_file()), None)
-            found.append(hit)
-        if all(found):
+        hits = [next((folder / (stem + ext) for ext in (".gz", "") if (folder / (stem + ext)).is_file()), None)
+                for stem in stems]
+        found = [h for h in hits if h is not None]
+        if len(found) == len(stems):
             x_tr = _read_idx(found[0], 3)[..., None]
             y_tr = _read_idx(found[1], 1).astype(np.int64)
             x_te = _read_idx(found[2], 3)[..., None]

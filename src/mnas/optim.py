@@ -14,6 +14,10 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+#: The optimisers `make_optimizer` builds and the schedules `mnas.train.recipes.lr_schedule` knows.
+OPTIMIZERS = ("sgd", "rmsprop", "adamw")
+SCHEDULES = ("cosine", "mnasnet", "constant")
+
 # ---------------------------------------------------------------------------------------------
 # RMSProp with TensorFlow semantics
 # ---------------------------------------------------------------------------------------------
@@ -43,13 +47,17 @@ class RMSpropTF(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        # torch's overloads type a closure-less step as returning None; one signature covers both.
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, squares, moms = [], [], [], []
+            params: list[torch.Tensor] = []
+            grads: list[torch.Tensor] | tuple[torch.Tensor, ...] = []
+            squares: list[torch.Tensor] = []
+            moms: list[torch.Tensor] = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -60,7 +68,7 @@ class RMSpropTF(torch.optim.Optimizer):
                     state["square_avg"] = torch.ones_like(p, memory_format=torch.preserve_format)
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 params.append(p)
-                grads.append(p.grad)
+                grads.append(p.grad)  # type: ignore[union-attr]  # a list until weight decay below
                 squares.append(state["square_avg"])
                 moms.append(state["momentum_buffer"])
             if not params:
@@ -122,13 +130,11 @@ def make_optimizer(
     groups = param_groups(model, weight_decay, decay_biases)
     key = name.lower()
     if key == "sgd":
-        kw = {"fused": True} if fused else {}
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, **kw)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, fused=True if fused else None)
     if key in ("rmsprop", "rmsprop_tf", "rmsproptf"):
         return RMSpropTF(groups, lr=lr, decay=0.9, momentum=0.9, eps=1e-3)
     if key == "adamw":
-        kw = {"fused": True} if fused else {}
-        return torch.optim.AdamW(groups, lr=lr, **kw)
+        return torch.optim.AdamW(groups, lr=lr, fused=True if fused else None)
     raise ValueError(f"unknown optimizer {name!r}; choose sgd, rmsprop or adamw")
 
 
@@ -145,11 +151,15 @@ def mnasnet_lr(
     warmup_epochs: float = 5.0,
     decay_epochs: float = 2.4,
     decay_rate: float = 0.97,
+    *,
+    warmup_steps: int | None = None,
 ) -> float:
     """The TF recipe: peak `base_lr * batch/256`; linear warm-up `peak * step / int(5 * spe)`;
-    afterwards `peak * 0.97 ** floor(step / (2.4 * spe))` (staircase counted from step 0)."""
+    afterwards `peak * 0.97 ** floor(step / (2.4 * spe))` (staircase counted from step 0).
+    `warmup_steps`, when given, replaces `int(warmup_epochs * spe)`."""
     peak = base_lr * batch_size / 256.0
-    warmup_steps = int(warmup_epochs * steps_per_epoch)
+    if warmup_steps is None:
+        warmup_steps = int(warmup_epochs * steps_per_epoch)
     if step < warmup_steps:
         return peak * step / warmup_steps
     return peak * decay_rate ** math.floor(step / (decay_epochs * steps_per_epoch))

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnas.errors import UserError
+from mnas.model import build_model
 from mnas.space import Architecture
 
 
@@ -40,13 +41,16 @@ def count_macs(model: nn.Module, resolution: int = 224, in_chans: int = 3) -> in
     return counter.get_total_flops() // 2
 
 
+def model_for(arch: Architecture, num_classes: int = 1000, width_mult: float = 1.0) -> nn.Module:
+    """The module whose params and MACs an architecture has (BN and dropout do not count)."""
+    return build_model(arch, num_classes=num_classes, width_mult=width_mult)
+
+
 def profile(arch_or_module: Architecture | nn.Module, resolution: int = 224,
             num_classes: int = 1000, width_mult: float = 1.0) -> Profile:
     """Params and MACs of an architecture (built with `num_classes`) or of a ready module."""
     if isinstance(arch_or_module, Architecture):
-        from mnas.model import build_model
-
-        model = build_model(arch_or_module, num_classes=num_classes, width_mult=width_mult)
+        model = model_for(arch_or_module, num_classes, width_mult)
     else:
         model = arch_or_module
     return Profile(count_params(model), count_macs(model, resolution), resolution)

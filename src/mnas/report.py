@@ -18,13 +18,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-from mnas.config import SearchConfig, parse_config  # noqa: E402
-from mnas.errors import UserError  # noqa: E402
-from mnas.store import DB_NAME, Store  # noqa: E402
-from mnas.trial import Trial  # noqa: E402
+from mnas.config import SearchConfig, parse_config
+from mnas.errors import UserError
+from mnas.store import DB_NAME, Store
+from mnas.trial import Trial
 
 REFERENCE_MODELS = ("mnasnet_a1", "mnasnet_b1", "mnasnet_small", "mobilenet_v2")
 LEADERBOARD_SIZE = 10
@@ -218,9 +218,8 @@ def leaderboard(run: Run, size: int = LEADERBOARD_SIZE) -> list[Trial]:
 def render_markdown(run: Run, refs: list[Reference]) -> str:
     c = run.config
     counts = {s: sum(t.status == s for t in run.trials) for s in ("done", "failed", "pending", "running")}
-    reward = (f"preset {c.reward.preset}" if c.reward.preset else
-              f"alpha {c.reward.alpha if c.reward.alpha is not None else -0.07:g}, "
-              f"beta {c.reward.beta if c.reward.beta is not None else -0.07:g}")
+    r = c.reward.to_reward()
+    reward = f"preset {c.reward.preset}" if c.reward.preset else f"alpha {r.alpha:g}, beta {r.beta:g}"
     lines = [
         f"# Search report: {run.run_dir.name}",
         "",

@@ -42,8 +42,8 @@ class Reward:
     """ACC x (LAT/T)^w with w = alpha below/at the target latency T and beta above it."""
 
     target_ms: float
-    alpha: float = -0.07
-    beta: float = -0.07
+    alpha: float = PRESETS["soft"][0]
+    beta: float = PRESETS["soft"][1]
 
     def __post_init__(self) -> None:
         target = _finite(self.target_ms, "reward target latency (target_ms)")
@@ -149,7 +149,7 @@ def hypervolume_points(
     ref_acc = _finite(ref_accuracy, "ref_accuracy")
     if ref_lat <= 0:
         raise UserError(f"hypervolume reference latency must be > 0 ms, got {ref_latency_ms!r}")
-    inside = [(a, l) for a, l in points if l < ref_lat and a > ref_acc]
+    inside = [(acc, lat) for acc, lat in points if lat < ref_lat and acc > ref_acc]
     volume = 0.0
     prev_acc = ref_acc
     for i in pareto_indices(inside):  # latency ascending, accuracy strictly increasing

@@ -27,7 +27,7 @@ def load_tensors(source: str | Path | bytes, what: str) -> Any:
         first = " ".join(str(exc).split())[:160]
         raise UserError(f"refusing to load {what}: it holds Python objects other than tensors and plain "
                         f"data, and loading it could run code ({first}); use a file written by mnas") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+    except Exception as exc:  # a truncated or damaged file can raise almost anything while unpickling
         first = " ".join(str(exc).split())[:160]
         raise UserError(f"{what} is not a readable torch file ({type(exc).__name__}: {first}); "
                         "it may be truncated or damaged") from None

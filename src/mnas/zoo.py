@@ -74,7 +74,7 @@ _ENTRIES += [_single_op_a1(e, k) for e in (3, 6) for k in (3, 5)]
 _REGISTRY: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
 
 
-def list() -> builtins.list[str]:  # noqa: A001 - the issue asks for mnas.zoo.list()
+def list() -> builtins.list[str]:  # the registry API is mnas.zoo.list(), as timm.list_models()
     """Every registered model name, in registry order."""
     return builtins.list(_REGISTRY)
 
@@ -121,14 +121,9 @@ def _arch_from_file(path: Path) -> Architecture:
                 return _arch_from_file(path / candidate)
         raise UserError(f"{path} is a folder without checkpoint.pt or arch.json")
     if path.suffix in (".pt", ".pth"):
-        from mnas.safe_load import load_tensors
+        from mnas.train.checkpoint import checkpoint_arch  # lazy: torch and the trainer only for checkpoints
 
-        ckpt = load_tensors(path, f"checkpoint {path}")
-        try:
-            return Architecture.from_dict(ckpt["arch"])
-        except (KeyError, TypeError):
-            raise UserError(f"{path} is not an mnas checkpoint (no architecture in it); "
-                            "expected a file written by `mnas train`") from None
+        return checkpoint_arch(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:

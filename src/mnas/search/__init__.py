@@ -7,7 +7,7 @@
 
 from mnas.search.evaluation import evaluate, latency_part, train_part
 from mnas.search.local import Executor, Hooks, LocalExecutor
-from mnas.search.loop import (SearchOutcome, make_reward, prepare, resume_search, start_search)
+from mnas.search.loop import SearchOutcome, make_reward, prepare, resume_search, start_search
 
 __all__ = [
     "Executor",

@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from mnas.config import DataConfig, SearchConfig
+from mnas.latency.target import Target
 from mnas.space import Architecture
 from mnas.trial import Trial
 
@@ -58,18 +59,11 @@ def dataset(config: SearchConfig) -> Any:
     return _dataset(config.data.model_dump_json())
 
 
-def target(config: SearchConfig) -> Any:
+def target(config: SearchConfig) -> Target:
     """The latency `Target` the config names (resolution/classes resolved by `prepare`)."""
-    from mnas.latency import Target
-
-    lat = config.latency
-    if lat.lut:
-        return _lut(lat.lut).target
-    if lat.resolution is None or lat.num_classes is None:
-        raise ValueError("latency.resolution / num_classes unresolved; run the config through prepare()")
-    return Target(backend=lat.backend, threads=lat.threads, resolution=lat.resolution,
-                  batch=lat.batch, num_classes=lat.num_classes, precision=lat.precision,
-                  device=lat.device, serial=lat.serial, benchmark_binary=lat.benchmark_binary)
+    if config.latency.lut:
+        return _lut(config.latency.lut).target
+    return config.latency.to_target()
 
 
 def latency_of(arch: Architecture, config: SearchConfig) -> float:
@@ -110,11 +104,7 @@ def train_part(arch: Architecture, config: SearchConfig) -> dict[str, Any]:
             import torch
 
             torch.set_num_threads(p.threads)
-        result = train_proxy(arch, dataset(config), epochs=p.epochs, batch_size=p.batch_size,
-                             optimizer=p.optimizer, lr=p.lr, schedule=p.schedule,
-                             label_smoothing=p.label_smoothing, weight_decay=p.weight_decay,
-                             device=p.device, seed=config.seed, time_budget_s=p.time_budget_s,
-                             max_steps=p.max_steps)
+        result = train_proxy(arch, dataset(config), p, seed=config.seed)
         accuracy = result.val_acc
         status = str(result.status)
         if status == "ok" and (accuracy is None or not math.isfinite(accuracy)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,8 +39,7 @@ class LocalExecutor:
         for trial in trials:
             trial.worker = worker_name()
             hooks.on_start(trial)
-            finished = evaluate(trial.arch, config, trial=trial,
-                                on_phase=lambda phase, t=trial: hooks.on_phase(t, phase))
+            finished = evaluate(trial.arch, config, trial=trial, on_phase=functools.partial(hooks.on_phase, trial))
             hooks.on_result(finished)
 
     def close(self) -> None:

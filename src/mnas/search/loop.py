@@ -19,6 +19,7 @@ from typing import Any
 from mnas import __version__
 from mnas.config import SearchConfig, parse_config
 from mnas.errors import UserError
+from mnas.reward import Reward
 from mnas.search.local import Executor, Hooks, LocalExecutor
 from mnas.search.progress import SearchProgress
 from mnas.store import DB_NAME, Store, dump_state, load_state
@@ -36,14 +37,8 @@ class SearchOutcome:
     elapsed_s: float
 
 
-def make_reward(config: SearchConfig) -> Any:
-    from mnas.reward import Reward
-
-    r = config.reward
-    if r.preset:
-        return Reward.preset(r.preset, r.target_ms)
-    return Reward(r.target_ms, -0.07 if r.alpha is None else r.alpha,
-                  -0.07 if r.beta is None else r.beta)
+def make_reward(config: SearchConfig) -> Reward:
+    return config.reward.to_reward()
 
 
 def make_search_strategy(config: SearchConfig, space: Any) -> Any:

@@ -1,0 +1,88 @@
+"""Training checkpoints: written atomically, read as data (`weights_only=True`), never as code.
+
+A checkpoint holds the architecture, the class count and resolution it was trained for, the model,
+EMA and optimiser states, where in the run it stopped (epoch, batch, step, RNG), the recipe and the
+run's config. `mnas.zoo` reads the architecture out of one through here as well.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnas.errors import UserError
+from mnas.model import build_model
+from mnas.safe_load import load_tensors
+from mnas.space import Architecture
+
+CHECKPOINT_NAME = "checkpoint.pt"
+REQUIRED_KEYS = frozenset({"arch", "model", "num_classes"})
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write `state` to a temp file, fsync, then rename: a crash never leaves half a checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The raw checkpoint dict (tensors and plain data only)."""
+    ckpt = load_tensors(path, f"checkpoint {path}")
+    if not isinstance(ckpt, dict) or not REQUIRED_KEYS <= set(ckpt):
+        raise UserError(f"{path} is not an mnas training checkpoint (expected keys arch, model, num_classes)")
+    return ckpt
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file given it or its run folder."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / CHECKPOINT_NAME
+    if not p.is_file():
+        raise UserError(f"checkpoint {p} not found; pass the checkpoint.pt written by `mnas train` or its folder")
+    return p
+
+
+def checkpoint_arch(path: str | Path) -> Architecture:
+    """Only the architecture a checkpoint was trained with."""
+    p = Path(path)
+    ckpt = read_checkpoint(p)
+    try:
+        return Architecture.from_dict(ckpt["arch"])
+    except (KeyError, TypeError):
+        raise UserError(f"{p} is not an mnas checkpoint (no architecture in it); expected a file written by "
+                        "`mnas train`") from None
+
+
+def load_checkpoint(path: str | Path, use_ema: bool | None = None) -> tuple[Architecture, nn.Module, dict[str, Any]]:
+    """(arch, model in eval mode, meta) from a checkpoint file or its folder.
+
+    The model carries the EMA weights when the recipe evaluates with them (unless use_ema=False).
+    meta holds everything but the state dicts (epoch, step, recipe, config, data, resolution...).
+    """
+    p = checkpoint_path(path)
+    ckpt = read_checkpoint(p)
+    arch = Architecture.from_dict(ckpt["arch"])
+    recipe = ckpt.get("recipe") or {}
+    model = build_model(arch, num_classes=int(ckpt["num_classes"]), dropout=recipe.get("dropout", 0.2),
+                        bn_momentum=recipe.get("bn_momentum", 0.1), bn_eps=recipe.get("bn_eps", 1e-3))
+    ema = ckpt.get("ema")
+    pick_ema = ckpt.get("eval_ema", False) if use_ema is None else use_ema
+    state = ema["state"] if (pick_ema and ema) else ckpt["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise UserError(f"{p}: the weights do not fit its architecture ({first}); the file is damaged") from None
+    model.eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "ema", "optimizer", "rng")}
+    meta["path"] = str(p)
+    meta["used_ema"] = bool(pick_ema and ema)
+    return arch, model, meta

@@ -1,0 +1,288 @@
+"""Full training of one network with a recipe: checkpoints, exact resume, progress, metrics.
+
+`fit` checkpoints to OUT/checkpoint.pt at every epoch end, every `checkpoint_every_s` seconds (an
+explicit check between steps) and on SIGINT/SIGTERM; metrics go to OUT/metrics.jsonl, the summary
+to OUT/summary.json. `resume=True` continues exactly: same batches, same RNG, same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnas.data import DatasetSplits
+from mnas.errors import UserError
+from mnas.space import Architecture
+from mnas.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from mnas.train.engine import Engine, EpochStats, SpeedOptions, build_engine, fork_rng, resolve_device, train_steps_per_epoch
+from mnas.train.progress import TrainProgress
+from mnas.train.recipes import Recipe, get_recipe, lr_schedule
+
+
+class TrainingInterrupted(Exception):
+    """Raised by `fit` after it saved a checkpoint because of SIGINT/SIGTERM or `stop_after_steps`."""
+
+    def __init__(self, checkpoint: Path, step: int) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}")
+        self.checkpoint = checkpoint
+        self.step = step
+
+
+@dataclass
+class FitConfig:
+    """Everything needed to rebuild a run; stored in the checkpoint under "config"."""
+
+    arch_name: str
+    data: str = "cifar10"
+    data_root: str | None = None
+    epochs: int = 10
+    recipe: str = "cifar"
+    batch_size: int | None = None
+    train_subset: int | None = None
+    val_size: float | int = 0.1
+    seed: int = 0
+    skeleton: str = "auto"
+    width_mult: float = 1.0
+    device: str = "auto"
+    compile: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def trim_metrics(path: Path, completed_epochs: int) -> None:
+    """Keep only lines for epochs the checkpoint has (a crash may have written one more)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("epoch", 0) <= completed_epochs:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """SIGINT / SIGTERM set a flag the step loop checks, so the checkpoint is consistent."""
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+
+    installed: list[tuple[int, Any]] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, OSError):
+                installed.append((sig, signal.signal(sig, handler)))
+    try:
+        yield lambda: flag["stop"]
+    finally:
+        for sig, old in installed:
+            signal.signal(sig, old)
+
+
+class _Run:
+    """One training run's engine and files: what a checkpoint holds and how it is restored."""
+
+    def __init__(self, arch: Architecture, data: DatasetSplits, config: FitConfig, out: Path, recipe: Recipe,
+                 batch_size: int, device: torch.device, speed: SpeedOptions) -> None:
+        self.arch, self.data, self.config, self.recipe = arch, data, config, recipe
+        self.ckpt_path = out / CHECKPOINT_NAME
+        self.metrics_path = out / "metrics.jsonl"
+        self.device = device
+        self.steps_per_epoch = train_steps_per_epoch(data, batch_size)
+        total = config.epochs * self.steps_per_epoch
+        self.lr_fn = lr_schedule(recipe.schedule, peak=recipe.base_lr * batch_size / 256.0, total_steps=total,
+                                 warmup_steps=recipe.warmup_steps(config.epochs, self.steps_per_epoch),
+                                 steps_per_epoch=self.steps_per_epoch, batch_size=batch_size)
+        self.engine: Engine = build_engine(
+            arch, data, lr_fn=self.lr_fn, optimizer=recipe.optimizer, batch_size=batch_size,
+            weight_decay=recipe.weight_decay, decay_biases=recipe.decay_biases, label_smoothing=recipe.label_smoothing,
+            ema_decay=recipe.ema_decay, dropout=recipe.dropout, bn_momentum=recipe.bn_momentum, bn_eps=recipe.bn_eps,
+            stable_init=recipe.stable_init, device=device, speed=speed, seed=config.seed,
+        )
+        self.config_record = {**asdict(config), "batch_size": batch_size}
+
+    def save(self, epoch: int, batch: int, running: EpochStats) -> None:
+        e = self.engine
+        rng = {"cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        save_checkpoint({
+            "arch": self.arch.to_dict(), "num_classes": self.data.num_classes, "resolution": self.data.resolution,
+            "model": e.model.state_dict(), "ema": e.ema.state_dict() if e.ema else None,
+            "optimizer": e.optimizer.state_dict(), "epoch": epoch, "batch_in_epoch": batch,
+            "step": e.step, "recipe": asdict(self.recipe), "config": self.config_record, "rng": rng,
+            "running": asdict(running), "data": {**self.data.describe(), "mean": self.data.mean, "std": self.data.std},
+            "eval_ema": e.ema is not None, "mnas_checkpoint": 1,
+        }, self.ckpt_path)
+
+    def restore(self, ckpt: dict[str, Any]) -> tuple[int, int, EpochStats]:
+        """Load a checkpoint's state; returns (epoch, batch in epoch, running stats) to continue from."""
+        e = self.engine
+        e.model.load_state_dict(ckpt["model"])
+        e.optimizer.load_state_dict(ckpt["optimizer"])
+        if e.ema is not None and ckpt.get("ema"):
+            e.ema.load_state_dict(ckpt["ema"])
+        e.step = int(ckpt["step"])
+        epoch, batch = int(ckpt["epoch"]), int(ckpt.get("batch_in_epoch", 0))
+        if batch:
+            torch.set_rng_state(ckpt["rng"]["cpu"])
+            if self.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+        trim_metrics(self.metrics_path, epoch)
+        return epoch, batch, EpochStats(**ckpt.get("running", {}))
+
+
+def _check_resumable(ckpt: dict[str, Any], data: DatasetSplits, path: Path) -> None:
+    if int(ckpt["num_classes"]) != data.num_classes:
+        raise UserError(f"{path} was trained on {ckpt['num_classes']} classes but the data has {data.num_classes}; "
+                        "resume with the dataset the run started with")
+    if int(ckpt.get("resolution", data.resolution)) != data.resolution:
+        raise UserError(f"{path} was trained at {ckpt['resolution']} px but the data is {data.resolution} px; "
+                        "resume with the dataset the run started with")
+
+
+def fit(
+    arch: Architecture,
+    data: DatasetSplits,
+    config: FitConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+    checkpoint_every_s: float = 120.0,
+    speed: SpeedOptions | None = None,
+    evaluate_test: bool = False,
+) -> dict[str, Any]:
+    """Train `arch` with `config.recipe` into `out` (see the module docstring).
+
+    `stop_after_steps` interrupts deliberately after that many steps (for tests), like a signal.
+    Returns a summary dict (val top-1, images/s, seconds, paths; test top-1 with evaluate_test,
+    the only place training touches the test set). Resuming a finished run trains nothing and
+    returns its stored summary.
+    """
+    out = Path(out)
+    recipe = get_recipe(config.recipe)
+    batch_size = config.batch_size or recipe.batch_size
+    if batch_size < 1 or config.epochs < 1:
+        raise UserError("--batch-size and --epochs must be positive")
+    dev = resolve_device(config.device)
+    run_arch = arch.for_resolution(data.resolution, config.skeleton)
+    ckpt: dict[str, Any] | None = None
+    if resume:
+        path = out / CHECKPOINT_NAME
+        if not path.is_file():
+            raise UserError(f"nothing to resume: {path} does not exist; start a run with --out {out}")
+        ckpt = read_checkpoint(path)
+        _check_resumable(ckpt, data, path)
+        run_arch = Architecture.from_dict(ckpt["arch"])
+        finished = _finished_summary(out, ckpt, config)
+        if finished is not None:
+            return finished
+    out.mkdir(parents=True, exist_ok=True)
+    with fork_rng(dev):
+        run = _Run(run_arch, data, config, out, recipe, batch_size, dev, speed or SpeedOptions(compile=config.compile))
+        epoch, batch_in_epoch, carry = 0, 0, EpochStats()
+        if ckpt is not None:
+            epoch, batch_in_epoch, carry = run.restore(ckpt)
+        elif run.metrics_path.exists():
+            run.metrics_path.unlink()
+        t_run = time.perf_counter()
+        summary = _train_epochs(run, epoch, batch_in_epoch, carry, progress=progress,
+                                stop_after_steps=stop_after_steps, checkpoint_every_s=checkpoint_every_s)
+        if evaluate_test:
+            summary["test_acc"], summary["test_loss"] = run.engine.evaluate(data.test, use_ema=run.engine.ema is not None)
+        summary = {
+            **summary, "epochs": config.epochs,
+            "seconds": time.perf_counter() - t_run, "checkpoint": str(run.ckpt_path), "metrics": str(run.metrics_path),
+            "arch": run_arch.name or run_arch.id, "arch_id": run_arch.id, "recipe": recipe.name,
+            "train_images": len(data.train), "val_images": len(data.val), "test_images": len(data.test),
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _finished_summary(out: Path, ckpt: dict[str, Any], config: FitConfig) -> dict[str, Any] | None:
+    """The stored summary of a run that already trained all its epochs (nothing is rewritten)."""
+    if int(ckpt["epoch"]) < config.epochs or int(ckpt.get("batch_in_epoch", 0)):
+        return None
+    path = out / "summary.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        raise UserError(f"{out} finished its {ckpt['epoch']} epochs but its summary.json is missing or damaged; "
+                        f"evaluate it with `mnas eval {out}`, or train longer with --epochs N") from None
+
+
+def _train_epochs(run: _Run, epoch: int, batch_in_epoch: int, carry: EpochStats, *, progress: bool,
+                  stop_after_steps: int | None, checkpoint_every_s: float) -> dict[str, Any]:
+    """The epoch loop: train, evaluate on the held-out split, checkpoint, log; stop on a signal."""
+    engine, epochs = run.engine, run.config.epochs
+    bar = TrainProgress(progress, epochs * run.steps_per_epoch, engine.step)
+    last_save = time.monotonic()
+    summary: dict[str, Any] = {}
+
+    def save(ep: int, batch: int, running: EpochStats) -> None:
+        nonlocal last_save
+        run.save(ep, batch, running)
+        last_save = time.monotonic()
+
+    def on_readout(ep: int, batch: int, st: EpochStats) -> None:
+        bar.update(engine.step, ep, epochs, st, st.seen / st.seconds if st.seconds else None)
+
+    try:
+        with stop_on_signals() as signalled:
+
+            def should_stop() -> bool:
+                return (stop_after_steps is not None and engine.step >= stop_after_steps) or signalled()
+
+            while epoch < epochs:
+                stats, done, reason = engine.train_epoch(
+                    epoch, start_batch=batch_in_epoch, carry=carry, on_readout=on_readout, should_stop=should_stop,
+                    save_due=lambda: time.monotonic() - last_save > checkpoint_every_s, save=save,
+                )
+                if reason == "diverged":
+                    good = run.ckpt_path if run.ckpt_path.exists() else "none"
+                    raise UserError(f"training diverged at step {engine.step} (loss {stats.loss:.3g}); lower the learning "
+                                    f"rate or use --recipe cifar; last good checkpoint: {good}")
+                if reason == "interrupted":
+                    save(epoch, done, stats)
+                    raise TrainingInterrupted(run.ckpt_path, engine.step)
+                val_acc, val_loss = engine.evaluate(run.data.val, use_ema=engine.ema is not None)
+                record = {
+                    "epoch": epoch + 1, "step": engine.step, "lr": run.lr_fn(max(0, engine.step - 1)),
+                    "train_loss": stats.loss, "train_acc": stats.acc, "val_acc": val_acc, "val_loss": val_loss,
+                    "images_per_s": stats.seen / stats.seconds if stats.seconds else 0.0,
+                    "epoch_seconds": stats.seconds, "time": time.time(),
+                }
+                epoch += 1
+                batch_in_epoch, carry = 0, EpochStats()
+                save(epoch, 0, carry)
+                append_jsonl(run.metrics_path, record)
+                bar.update(engine.step, epoch - 1, epochs, stats, record["images_per_s"], val_acc)
+                summary = record
+    finally:
+        bar.close()
+    return summary
