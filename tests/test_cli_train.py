@@ -12,6 +12,8 @@ import torch
 from mnas.cli import main
 from mnas.space import Architecture, BlockSpec
 
+pytestmark = pytest.mark.slow  # every test here trains, measures or searches
+
 TINY = Architecture(
     blocks=(
         BlockSpec("ds", 1, 3, 0, "identity", 16, 1, 1),

@@ -128,6 +128,7 @@ def test_cli_bad_strategy_knob_exit_2(tmp_path, capsys):
     assert code == 2 and "strategy: unknown knob(s) popsize" in err
 
 
+@pytest.mark.slow
 def test_cli_bad_config_in_a_real_process_has_no_traceback(tmp_path):
     path = _write(tmp_path, {"reward": {"target_ms": 2, "typo": 1}})
     proc = subprocess.run([sys.executable, "-m", "mnas", "search", "--config", str(path)],

@@ -72,6 +72,7 @@ def test_split_errors():
     assert len(va) == 20 and len(tr) == 80
 
 
+@pytest.mark.slow
 def test_full_file_is_preferred_and_env_var_is_used(monkeypatch, data_root):
     monkeypatch.setenv("MNAS_DATA", str(data_root))
     full = load_dataset("cifar10", val_size=5000)

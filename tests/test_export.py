@@ -20,6 +20,7 @@ def model_and_input():
     return model, x, y
 
 
+@pytest.mark.slow
 def test_to_onnx_runs_in_onnxruntime(tmp_path, model_and_input) -> None:
     import onnxruntime as ort
 
@@ -33,6 +34,7 @@ def test_to_onnx_runs_in_onnxruntime(tmp_path, model_and_input) -> None:
     np.testing.assert_allclose(out, y, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_to_tflite_runs_in_litert(tmp_path, model_and_input) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -48,6 +50,7 @@ def test_to_tflite_runs_in_litert(tmp_path, model_and_input) -> None:
     np.testing.assert_allclose(out, y, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_to_torchscript_loads_without_classes(tmp_path, model_and_input) -> None:
     from mnas.export import to_torchscript
 

@@ -74,6 +74,7 @@ def test_skip_semantics():
     assert not any(layer.has_skip for block in none.blocks for layer in block)
 
 
+@pytest.mark.slow
 def test_sampled_architectures_build_and_export_free_of_mnas():
     sp = SearchSpace.cifar()
     rng = random.Random(0)

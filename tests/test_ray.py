@@ -25,6 +25,8 @@ from mnas.search.ray_executor import RayExecutor, device_resource
 from mnas.store import Store, load_state
 from test_search import write_config
 
+pytestmark = pytest.mark.slow  # every test here trains, measures or searches
+
 # The part functions below must travel to Ray workers, which cannot import this test module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

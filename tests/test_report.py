@@ -18,6 +18,8 @@ from mnas.space import SearchSpace
 from mnas.store import Store, dump_state
 from mnas.trial import Trial
 
+pytestmark = pytest.mark.slow  # every test here trains, measures or searches
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONFIG = {"space": "mnasnet_cifar", "reward": {"target_ms": 5.0, "preset": "hard"},
           "data": {"dataset": "cifar10_subset"},

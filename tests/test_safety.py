@@ -49,6 +49,7 @@ def _one_line_error(r: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("command", [("arch", "show"), ("eval",), ("export",)])
+@pytest.mark.slow
 def test_crafted_checkpoint_is_refused_not_run(tmp_path, command):
     marker = tmp_path / "pwned"
     ckpt = _crafted_checkpoint(tmp_path / "checkpoint.pt", marker)
@@ -80,6 +81,7 @@ def _blob(obj) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_search_resume_of_a_crafted_store_is_one_line(tmp_path, data_root):
     from test_search import write_config
 
@@ -94,6 +96,7 @@ def test_search_resume_of_a_crafted_store_is_one_line(tmp_path, data_root):
     assert "refusing to load" in line and not marker.exists()
 
 
+@pytest.mark.slow
 def test_checkpoints_written_by_mnas_load_with_weights_only(tmp_path):
     """The files mnas writes itself hold only tensors and plain data."""
     from mnas.latency.backends.torch_eager import BACKEND, load_module

@@ -27,6 +27,8 @@ from mnas.space import SearchSpace
 from mnas.store import Store, load_state
 from mnas.strategies import make_strategy
 
+pytestmark = pytest.mark.slow  # every test here trains, measures or searches
+
 TINY_SPACE = {
     "name": "tiny_cifar",
     "base_filters": [8, 16, 24],

@@ -153,6 +153,7 @@ def test_cifar_skeleton_removes_one_downsampling():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_proxy_learns_above_chance(data):
     r = train_proxy(TINY, data, ProxyConfig(epochs=2, batch_size=50, device="cpu"), seed=0)
     assert r.status == "ok", r
@@ -161,6 +162,7 @@ def test_proxy_learns_above_chance(data):
     assert r.val_acc > 0.15 and r.val_loss < 2.25, r  # chance: 0.1 and ln(10) = 2.30
 
 
+@pytest.mark.slow
 def test_proxy_is_deterministic_under_a_seed(data):
     runs = [train_proxy(TINY, data, ProxyConfig(epochs=1, batch_size=50, max_steps=4, device="cpu"), seed=s) for s in (0, 0, 1)]
     assert all(r.status == "ok" for r in runs)
@@ -168,18 +170,21 @@ def test_proxy_is_deterministic_under_a_seed(data):
     assert runs[2].train_loss != runs[0].train_loss
 
 
+@pytest.mark.slow
 def test_proxy_with_paper_optimizer_and_schedule(data):
     r = train_proxy(TINY, data, ProxyConfig(epochs=1, batch_size=100, optimizer="rmsprop", schedule="mnasnet", ema_decay=0.9999,
                     device="cpu", max_steps=4))
     assert r.status == "ok" and math.isfinite(r.val_loss)
 
 
+@pytest.mark.slow
 def test_divergence_ends_with_status_not_exception(data):
     r = train_proxy(TINY, data, ProxyConfig(epochs=2, batch_size=50, lr=1e6, device="cpu"))
     assert r.status == "diverged"
     assert math.isnan(r.val_acc) and r.steps <= 20
 
 
+@pytest.mark.slow
 def test_time_budget_and_errors_are_statuses(data):
     r = train_proxy(TINY, data, ProxyConfig(epochs=5, batch_size=50, time_budget_s=1e-9, device="cpu"))
     assert r.status == "timeout" and r.steps == 0
@@ -191,6 +196,7 @@ def test_time_budget_and_errors_are_statuses(data):
     assert r.status.startswith("error: ")
 
 
+@pytest.mark.slow
 def test_max_steps_caps_the_run(data):
     r = train_proxy(TINY, data, ProxyConfig(epochs=10, batch_size=50, max_steps=3, device="cpu"))
     assert r.status == "ok" and r.steps == 3 and r.epochs == pytest.approx(3 / 20)
@@ -213,6 +219,7 @@ def small(data_root):
     return load_dataset("cifar10_subset", data_root=data_root, val_size=100, train_subset=300, seed=0)
 
 
+@pytest.mark.slow
 def test_fit_writes_checkpoint_and_metrics_and_resumes_exactly(small, tmp_path):
     straight = fit(TINY, small, _cfg(), tmp_path / "a", progress=False, evaluate_test=True)
     ck_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
@@ -241,6 +248,7 @@ def test_fit_writes_checkpoint_and_metrics_and_resumes_exactly(small, tmp_path):
     assert resumed["test_acc"] == straight["test_acc"]
 
 
+@pytest.mark.slow
 def test_resume_at_epoch_boundary_and_load_checkpoint(small, tmp_path):
     with pytest.raises(TrainingInterrupted):
         fit(TINY, small, _cfg(recipe="cifar", epochs=2), tmp_path, progress=False, stop_after_steps=3)
@@ -253,6 +261,7 @@ def test_resume_at_epoch_boundary_and_load_checkpoint(small, tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint.pt")[0] == TINY
 
 
+@pytest.mark.slow
 def test_resume_and_checkpoint_errors(small, tmp_path):
     with pytest.raises(UserError, match="nothing to resume"):
         fit(TINY, small, _cfg(), tmp_path / "empty", resume=True, progress=False)

@@ -9,6 +9,8 @@ import typer
 
 from mnas import zoo
 from mnas.errors import UserError
+from mnas.paths import writable_dir
+from mnas.space import SKELETONS
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "torchscript": ".pt"}
 
@@ -21,38 +23,68 @@ def _emit(obj: dict, as_json: bool, lines: list[str]) -> None:
             typer.echo(line)
 
 
+#: Settings that may differ on --resume, and what changing them means.
+RESUME_MAY_CHANGE = {"epochs": "trains to the new epoch count", "device": "continues on the new device",
+                     "data_root": "reads the same dataset from the new folder"}
+
+
 def train_cmd(
     arch: str | None = typer.Argument(None, help="A zoo name, an architecture file or string (optional with --resume)."),
-    data: str = typer.Option("cifar10", "--data", help="cifar10, cifar10_subset, fashion_mnist or imagefolder:PATH."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Epochs to train (default 10; with --resume: the run's)."),
+    data: str | None = typer.Option(None, "--data", help="cifar10 (default), cifar10_subset, fashion_mnist, imagefolder:P."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs to train (default 10; with --resume: the run's)."),
     recipe: str | None = typer.Option(None, "--recipe", help="mnasnet (the paper's) or cifar (default for <= 64 px data)."),
     out: Path | None = typer.Option(None, "--out", help="Run folder for checkpoint.pt, metrics.jsonl, summary.json."),
-    train_subset: int | None = typer.Option(None, "--train-subset", help="Stratified subset of the training images."),
-    val_size: float = typer.Option(0.1, "--val-size", help="Held-out validation: a fraction (<1) or a count."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Default: the recipe's (128)."),
+    train_subset: int | None = typer.Option(None, "--train-subset", min=1, help="Stratified subset of the training images."),
+    val_size: float | None = typer.Option(None, "--val-size", help="Held-out validation: a fraction (<1) or a count (0.1)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: the recipe's (128)."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Data folder (else $MNAS_DATA, else ~/.cache/mnas/data)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder from its checkpoint."),
-    seed: int = typer.Option(0, "--seed"),
-    width_mult: float = typer.Option(1.0, "--width-mult", help="Width multiplier of the architecture."),
-    skeleton: str = typer.Option("auto", "--skeleton", help="auto (CIFAR skeleton for <= 64 px), cifar or imagenet."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    seed: int | None = typer.Option(None, "--seed", help="Default 0."),
+    width_mult: float | None = typer.Option(None, "--width-mult", min=0.1, max=4.0, help="Width multiplier (default 1.0)."),
+    skeleton: str | None = typer.Option(None, "--skeleton", help="auto (CIFAR skeleton <= 64 px; default), cifar, imagenet."),
+    device: str | None = typer.Option(None, "--device", help="auto (default), cpu, cuda or cuda:N."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA)."),
     test: bool = typer.Option(False, "--test", help="Also report test top-1 at the end (else: `mnas eval`)."),
     as_json: bool = typer.Option(False, "--json", help="No progress bar; print one JSON summary."),
 ) -> None:
     """Train a network fully with checkpoints every epoch; --resume continues exactly."""
     from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
-    from mnas.train import FitConfig, TrainingInterrupted, checkpoint_path, fit, get_recipe, load_checkpoint
+    from mnas.train import FitConfig, TrainingInterrupted, checkpoint_path, fit, get_recipe, read_checkpoint
+    from mnas.train.engine import parse_device
 
+    given: dict[str, object] = {"data": data, "epochs": epochs, "recipe": recipe, "train_subset": train_subset,
+                                "val_size": val_size,
+             "batch_size": batch_size, "seed": seed, "width_mult": width_mult, "skeleton": skeleton,
+             "device": device, "data_root": str(data_root) if data_root else None}
+    given = {k: v for k, v in given.items() if v is not None}
+    vs = 0.1 if val_size is None else val_size
+    if vs <= 0 or (vs >= 1 and not float(vs).is_integer()):
+        raise UserError(f"--val-size {val_size:g} must be a fraction in (0, 1) or a whole count of images")
+    if skeleton is not None and skeleton not in SKELETONS:
+        raise UserError(f"--skeleton {skeleton!r}: choose one of {', '.join(SKELETONS)}")
+    if device is not None:
+        parse_device(device)
+    if recipe is not None:
+        get_recipe(recipe)
+    notes: list[str] = []
     if resume is not None:
-        _, _, meta = load_checkpoint(checkpoint_path(resume), use_ema=False)
-        saved = dict(meta.get("config") or {})
+        path = checkpoint_path(resume)
+        saved = dict(read_checkpoint(path).get("config") or {})
+        if arch is not None:
+            raise UserError("--resume continues the architecture stored in the checkpoint; drop the ARCH argument")
+        contradictions = [f"--{k.replace('_', '-')} {v} (the run has {saved.get(k)})" for k, v in given.items()
+                          if k not in RESUME_MAY_CHANGE and _differs(v, saved.get(k))]
+        if contradictions:
+            raise UserError(f"{', '.join(contradictions)} contradicts the checkpoint {path}; drop it to continue the "
+                            "run, or start a new run with --out")
+        for k, v in given.items():
+            if k in RESUME_MAY_CHANGE and _differs(v, saved.get(k)):
+                notes.append(f"--{k.replace('_', '-')} {v} (was {saved.get(k)}): {RESUME_MAY_CHANGE[k]}")
+        saved.update({k: v for k, v in given.items() if k in RESUME_MAY_CHANGE})
         saved.pop("extra", None)
         config = FitConfig(**{k: v for k, v in saved.items() if k in FitConfig.__dataclass_fields__})
-        if epochs is not None:
-            config.epochs = epochs
-        out = out or (resume if resume.is_dir() else resume.parent)
-        arch_obj, _ = zoo.resolve(str(checkpoint_path(resume)))
+        out = writable_dir(out or path.parent, "run folder")
+        arch_obj = zoo.resolve(str(path))[0]
     else:
         if arch is None:
             raise UserError("give an architecture (e.g. mnasnet_a1) or --resume RUN_DIR")
@@ -60,21 +92,21 @@ def train_cmd(
             raise UserError("--out DIR is required: the folder for checkpoint.pt and metrics.jsonl")
         if (out / "checkpoint.pt").exists():
             raise UserError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
-        if recipe is not None:
-            get_recipe(recipe)
-        arch_obj, name = zoo.resolve(arch, width_mult)
+        arch_obj, name = zoo.resolve(arch, 1.0 if width_mult is None else width_mult)
+        out = writable_dir(out, "run folder")
         config = FitConfig(
-            arch_name=name, data=data, data_root=str(data_root) if data_root else None, epochs=epochs or 10,
-            recipe=recipe or "", batch_size=batch_size, train_subset=train_subset,
-            val_size=int(val_size) if val_size >= 1 else val_size, seed=seed, skeleton=skeleton,
-            width_mult=width_mult, device=device, compile=compile_model,
+            arch_name=name, data=data or "cifar10", data_root=str(data_root) if data_root else None,
+            epochs=10 if epochs is None else epochs, recipe=recipe or "", batch_size=batch_size,
+            train_subset=train_subset, val_size=int(vs) if vs >= 1 else vs, seed=0 if seed is None else seed,
+            skeleton=skeleton or "auto", width_mult=1.0 if width_mult is None else width_mult,
+            device=device or "auto", compile=compile_model,
         )
-    dataset = load_dataset(
-        config.data, data_root=str(data_root) if data_root else config.data_root, val_size=config.val_size,
-        train_subset=config.train_subset, seed=config.seed,
-    )
+    dataset = load_dataset(config.data, data_root=config.data_root, val_size=config.val_size,
+                           train_subset=config.train_subset, seed=config.seed)
     if not config.recipe:
         config.recipe = "cifar" if dataset.resolution <= 64 else "mnasnet"
+    for note in notes:
+        typer.echo(f"resume: {note}", err=True)
     try:
         summary = fit(arch_obj, dataset, config, out, resume=resume is not None, progress=not as_json, evaluate_test=test)
     except TrainingInterrupted as exc:
@@ -88,6 +120,12 @@ def train_cmd(
         f"({summary['seconds']:.0f} s, {summary.get('images_per_s', 0):.0f} img/s)",
         f"checkpoint: {summary['checkpoint']}  (test top-1: mnas eval {out})",
     ])
+
+
+def _differs(given: object, saved: object) -> bool:
+    if isinstance(given, (int, float)) and isinstance(saved, (int, float)) and not isinstance(given, bool):
+        return float(given) != float(saved)
+    return given != saved
 
 
 def eval_cmd(

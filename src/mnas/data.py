@@ -16,7 +16,6 @@ import gzip
 import os
 import pickle
 import struct
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,10 +207,11 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
             if missing:
                 raise ValueError(f"missing keys {missing} (has {sorted(f.files)})")
             arrays = tuple(np.asarray(f[k]) for k in keys)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+    except Exception as exc:  # a truncated or damaged archive raises zlib, zipfile, OS and value errors
+        first = " ".join(str(exc).split())[:160]
         raise UserError(
-            f"{path} is corrupt or not a CIFAR npz ({exc}); expected keys x_train [N,32,32,3] uint8, "
-            "y_train, x_test, y_test: delete it and copy or download it again"
+            f"{path} is corrupt or not a CIFAR npz ({type(exc).__name__}: {first}); expected keys x_train "
+            "[N,32,32,3] uint8, y_train, x_test, y_test: delete it and copy or download it again"
         ) from None
     x_tr, y_tr, x_te, y_te = arrays
     _check_images(path, x_tr, y_tr, channels=3)
@@ -219,12 +219,45 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return x_tr, y_tr, x_te, y_te
 
 
-def _check_images(path: Path, x: np.ndarray, y: np.ndarray, channels: int) -> None:
-    if x.ndim != 4 or x.shape[-1] != channels or x.dtype != np.uint8 or len(x) != len(y) or len(x) == 0:
+def _check_images(path: Path, x: np.ndarray, y: np.ndarray, channels: int, num_classes: int = 10) -> None:
+    """Shape, dtype and label range, checked when the data is loaded (never mid-training)."""
+    if x.ndim != 4 or x.shape[-1] != channels or x.dtype != np.uint8 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
         raise UserError(
             f"{path} is corrupt: images {x.shape} {x.dtype} / labels {y.shape}; expected uint8 NHWC with "
             f"{channels} channels and one label per image: delete it and get it again"
         )
+    check_labels(path, y, num_classes)
+
+
+def check_labels(path: Path | str, labels: np.ndarray, num_classes: int) -> None:
+    """Labels must be whole numbers in 0..num_classes-1; the error counts the others and shows some."""
+    y = np.asarray(labels)
+    whole = np.issubdtype(y.dtype, np.integer) or (
+        np.issubdtype(y.dtype, np.floating) and bool(np.all(np.isfinite(y))) and bool(np.all(y == np.round(y))))
+    if not whole:
+        raise UserError(f"{path}: labels must be whole numbers (got dtype {y.dtype})")
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        values = ", ".join(str(int(v)) for v in np.unique(y[bad])[:8])
+        raise UserError(f"{path}: {int(bad.sum())} label(s) outside 0..{num_classes - 1} (values {values}); "
+                        f"this dataset has {num_classes} classes: fix or replace the file")
+
+
+class _NotData(pickle.UnpicklingError):
+    """A pickle that names code, not data."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads CIFAR-10's pickled batches as data: numpy arrays and builtin containers only; any other
+    global (the way a crafted pickle runs code) is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise _NotData(f"it names {module}.{name}, which is not data")
 
 
 def _read_cifar_batches(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -236,9 +269,12 @@ def _read_cifar_batches(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
             raise UserError(f"{path} is missing from {folder}; delete the folder and download CIFAR-10 again")
         try:
             with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
+                entry = _ArrayUnpickler(f, encoding="latin1").load()
             data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+        except _NotData as exc:
+            raise UserError(f"refusing to read {path}: {exc}; a CIFAR-10 batch holds only arrays and lists, "
+                            "download CIFAR-10 again") from None
         except Exception as exc:  # a truncated pickle can raise almost anything
             raise UserError(f"{path} is corrupt ({type(exc).__name__}: {exc}); download CIFAR-10 again") from None
         return np.ascontiguousarray(data), labels
@@ -306,7 +342,7 @@ def _array_splits(
     arrays: tuple[np.ndarray, ...], val_size: float | int, train_subset: int | None, seed: int
 ) -> tuple[ArraySplit, ArraySplit, ArraySplit, int]:
     x_tr, y_tr, x_te, y_te = arrays
-    y_tr = np.asarray(y_tr).astype(np.int64)
+    y_tr = np.asarray(y_tr).astype(np.int64)  # labels were range-checked on load (check_labels)
     y_te = np.asarray(y_te).astype(np.int64)
     tr_idx, val_idx = split_indices(y_tr, val_size, train_subset, seed)
     images = torch.from_numpy(np.ascontiguousarray(x_tr))
@@ -316,6 +352,8 @@ def _array_splits(
     val = ArraySplit(images[val_t].contiguous(), labels[val_t].contiguous(), val_t)
     test = ArraySplit(torch.from_numpy(np.ascontiguousarray(x_te)), torch.from_numpy(y_te), torch.arange(len(y_te)))
     num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    if num_classes < 2:
+        raise UserError("the data holds a single class; classification needs at least 2")
     return train, val, test, num_classes
 
 
@@ -323,7 +361,7 @@ def _load_imagefolder(
     path: Path, val_size: float | int, train_subset: int | None, seed: int, resolution: int
 ) -> DatasetSplits:
     """ImageNet-style tree: PATH/train/<class>/*.jpg and PATH/val (or PATH/test)/<class>/*.jpg."""
-    from torchvision import datasets, transforms
+    from torchvision import datasets, transforms  # lazy: torchvision only for image folders
 
     if not path.is_dir():
         raise UserError(f"image folder {path} does not exist; pass a folder with train/<class>/ images")
@@ -349,6 +387,9 @@ def _load_imagefolder(
         raise UserError(f"cannot read image folder {path}: {exc}") from None
     if test_view.class_to_idx != train_view.class_to_idx:
         raise UserError(f"{test_dir} has different classes from {train_dir}; both need the same class folders")
+    if len(train_view.classes) < 2:
+        raise UserError(f"{train_dir} holds {len(train_view.classes)} class folder(s); classification needs at least 2")
+    _check_image_files([p for p, _ in train_view.samples] + [p for p, _ in test_view.samples])
     labels = np.asarray(train_view.targets)
     tr_idx, val_idx = split_indices(labels, val_size, train_subset, seed)
     return DatasetSplits(
@@ -362,6 +403,18 @@ def _load_imagefolder(
         std=IMAGENET_STD,
         source=str(path),
     )
+
+
+def _check_image_files(paths: list[str]) -> None:
+    """Every image opens (its header is read, not the pixels), before any training starts."""
+    from PIL import Image  # lazy: Pillow only for image folders
+
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.size  # noqa: B018 - reading the header is the check
+        except Exception as exc:  # Pillow raises UnidentifiedImageError, OSError, ValueError...
+            raise UserError(f"image file {p} cannot be read ({type(exc).__name__}); remove or replace it") from None
 
 
 def load_dataset(

@@ -344,7 +344,13 @@ class Engine:
 
 
 def train_steps_per_epoch(data: DatasetSplits, batch_size: int) -> int:
-    """Batches per training epoch (the loader drops the last partial batch)."""
+    """Batches per training epoch (the loader drops the last partial batch); a training split
+    smaller than one batch is an error, not a run of zero steps."""
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1 (got {batch_size})")
+    if len(data.train) < batch_size:
+        raise UserError(f"the training split has {len(data.train)} images, fewer than one batch of {batch_size}; "
+                        "use a smaller batch size or more training images")
     return BatchLoader(data, data.train, batch_size, train=True).num_batches
 
 

@@ -185,9 +185,9 @@ def fit(
     """
     out = Path(out)
     recipe = get_recipe(config.recipe)
-    batch_size = config.batch_size or recipe.batch_size
+    batch_size = recipe.batch_size if config.batch_size is None else config.batch_size
     if batch_size < 1 or config.epochs < 1:
-        raise UserError("--batch-size and --epochs must be positive")
+        raise UserError(f"batch size and epochs must be >= 1 (got {batch_size} and {config.epochs})")
     dev = resolve_device(config.device)
     run_arch = arch.for_resolution(data.resolution, config.skeleton)
     ckpt: dict[str, Any] | None = None
