@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -134,7 +135,7 @@ def zoo_command(
     _check_resolution(resolution)
     from mnas.profile import count_macs, count_params, model_for  # lazy: torch (see mnas.cli)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in zoo.list():
         arch = zoo.get(name, width_mult)
         model = model_for(arch)
@@ -149,7 +150,7 @@ def zoo_command(
     for col in ("model", "params", "MACs", "input", "what"):
         t.add_column(col, justify="left" if col in ("model", "what") else "right")
     for r in rows:
-        t.add_row(str(r["name"]), f"{r['params']:,}", f"{int(r['macs']) / 1e6:,.1f}M", str(r["resolution"]),
+        t.add_row(str(r["name"]), f"{r['params']:,}", f"{r['macs'] / 1e6:,.1f}M", str(r["resolution"]),
                   str(r["description"]))
     console.print(t)
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from mnas.errors import UserError
+
+if TYPE_CHECKING:  # torch-backed modules load inside the commands (see mnas.cli)
+    from mnas.config import SearchConfig
+    from mnas.trial import Trial
 
 console = Console(stderr=True)
 
@@ -93,7 +98,7 @@ def best(
     typer.echo(json.dumps(record, indent=2))
 
 
-def export_trial(trial, config, out_dir: Path) -> list[Path]:
+def export_trial(trial: Trial, config: SearchConfig, out_dir: Path) -> list[Path]:
     """The picked network as ONNX (untrained: proxy weights are not kept) plus its arch strings."""
     from mnas.export import to_onnx  # lazy: torch (see mnas.cli)
     from mnas.model import build_model

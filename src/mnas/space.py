@@ -611,9 +611,9 @@ class SearchSpace:
                 msg = "required key is missing" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
                 parts.append(f"{where}: {msg}")
             raise UserError(f"{source}: " + "; ".join(parts)) from None
-        data = spec.model_dump()
+        data: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.model_dump().items()}
         data["ops"] = tuple(_op_choice(o) for o in d["ops"])
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

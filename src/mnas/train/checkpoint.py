@@ -35,7 +35,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The raw checkpoint dict (tensors and plain data only)."""
     ckpt = load_tensors(path, f"checkpoint {path}")
-    if not isinstance(ckpt, dict) or not REQUIRED_KEYS <= set(ckpt):
+    if not isinstance(ckpt, dict) or not set(ckpt) >= REQUIRED_KEYS:
         raise UserError(f"{path} is not an mnas training checkpoint (expected keys arch, model, num_classes)")
     return ckpt
 

@@ -214,7 +214,7 @@ class Engine:
         self.seed = seed
         self.lr_fn = lr_fn
         mem = torch.channels_last if self.speed.channels_last else torch.preserve_format
-        self.model = model.to(device=device, memory_format=mem)
+        self.model = model.to(device=device).to(memory_format=mem)
         self.forward_model: nn.Module = torch.compile(self.model) if self.speed.compile else self.model  # type: ignore[assignment]
         self.optimizer = make_optimizer(
             optimizer, self.model, lr_fn(0), weight_decay, decay_biases=decay_biases, fused=bool(self.speed.fused)

@@ -90,7 +90,7 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
     def handler(signum: int, frame: Any) -> None:
         flag["stop"] = True
 
-    installed: list[tuple[int, Any]] = []
+    installed: list[tuple[signal.Signals, Any]] = []
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError, OSError):

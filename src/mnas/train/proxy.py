@@ -69,7 +69,8 @@ def train_proxy(arch: Architecture, data: DatasetSplits, proxy: ProxyConfig | No
             lr_fn = lr_schedule(p.schedule, peak=peak, total_steps=total, steps_per_epoch=steps_per_epoch,
                                 batch_size=p.batch_size, warmup_steps=proxy_warmup_steps(p.schedule, p.warmup, total))
             engine = build_engine(
-                arch.for_resolution(data.resolution, p.skeleton), data, lr_fn=lr_fn, optimizer=p.optimizer, batch_size=p.batch_size,
+                arch.for_resolution(data.resolution, p.skeleton), data, lr_fn=lr_fn, optimizer=p.optimizer,
+                batch_size=p.batch_size,
                 weight_decay=p.weight_decay, decay_biases=True, label_smoothing=p.label_smoothing,
                 ema_decay=p.ema_decay, dropout=p.dropout, bn_momentum=p.bn_momentum, bn_eps=p.bn_eps,
                 stable_init=p.stable_init, device=dev,
@@ -96,7 +97,8 @@ def train_proxy(arch: Architecture, data: DatasetSplits, proxy: ProxyConfig | No
             val_acc, val_loss = engine.evaluate(data.val, use_ema=p.ema_decay is not None, batch_size=p.eval_batch_size)
             if not math.isfinite(val_loss):
                 status = "diverged"
-            return TrainResult(val_acc, val_loss, train_loss, done_epochs, ips, time.perf_counter() - t_start, status, engine.step)
+            seconds = time.perf_counter() - t_start
+            return TrainResult(val_acc, val_loss, train_loss, done_epochs, ips, seconds, status, engine.step)
     except Exception as exc:  # never raise into the search loop
         steps = engine.step if engine is not None else 0
         engine = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from mnas.errors import UserError
 from mnas.optim import SCHEDULES, cosine_lr, mnasnet_lr
+
 #: Peak learning rate per 256 images when a proxy config leaves `lr` empty.
 DEFAULT_LR_PER_256 = {"sgd": 0.2, "rmsprop": 0.016, "adamw": 0.002}
 
