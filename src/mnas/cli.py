@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import traceback
 
 import typer
 
-from mnas.errors import UserError
+from mnas.errors import Terminated, UserError
 
 app = typer.Typer(
     name="mnas",
@@ -56,6 +57,10 @@ def _usage_line(exc: typer.TyperException) -> str:
     return f"error: {where}: {text} (see '{where} --help')"
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every mistake is one line on stderr and exit code 2, never a traceback.
 
@@ -63,11 +68,17 @@ def main(argv: list[str] | None = None) -> None:
     (unknown command or option, missing argument or value); `NoArgsIsHelpError` asks for the help.
     Anything else that escapes is a bug: one line naming it, the traceback only with MNAS_DEBUG=1.
     """
+    # SIGTERM unwinds like Ctrl-C (stores close, children are stopped, the resume hint is printed);
+    # long-running loops that checkpoint between steps install their own handlers on top.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         result = app(args=argv, prog_name="mnas", standalone_mode=False)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(143)
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from mnas.errors import UserError
+from mnas.paths import writable_dir
 
 if TYPE_CHECKING:  # torch-backed modules load inside the commands (see mnas.cli)
     from mnas.config import SearchConfig
@@ -37,11 +38,14 @@ def search(
         if config is not None or out is not None:
             raise UserError("--resume continues a run with its stored config; drop --config/--out")
         run_dir = resume
+        if (run_dir / "trials.sqlite").is_file():
+            writable_dir(run_dir, "run folder", create=False)
     else:
         if config is None:
             raise UserError("give --config FILE.yaml (a new search) or --resume RUN_DIR")
         cfg = override_executor(load_config(config), executor, ray_address)
         run_dir = out or Path("runs") / f"{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        writable_dir(run_dir, "run folder (--out)", create=False)
     try:
         if resume is not None:
             outcome = resume_search(run_dir, executor_name=executor, ray_address=ray_address,
@@ -72,6 +76,8 @@ def report(
     """Write pareto.png, latency_hist.png, reward_curve.png and report.md into RUN_DIR."""
     from mnas.report import pareto_json, write_report  # lazy: torch (see mnas.cli)
 
+    if (run_dir / "trials.sqlite").is_file():
+        writable_dir(run_dir, "run folder (the report is written into it)", create=False)
     files = write_report(run_dir, zoo=zoo)
     if as_json:
         typer.echo(pareto_json(run_dir))
@@ -90,6 +96,8 @@ def best(
 
     if max_latency is not None and max_latency <= 0:
         raise UserError(f"--max-latency must be > 0 ms (got {max_latency:g})")
+    if export is not None:
+        writable_dir(export, "export folder (--export)", create=False)
     run = load_run(run_dir)
     trial = pick_best(run, max_latency)
     record = trial_record(trial)

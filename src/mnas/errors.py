@@ -8,3 +8,7 @@ how to fix it.
 
 class UserError(Exception):
     """Bad input from the user: a name, a file, a value. The message is shown as is."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwinding like Ctrl-C so every `finally` runs (the CLI exits with 143)."""

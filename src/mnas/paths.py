@@ -17,8 +17,9 @@ from typing import IO
 from mnas.errors import UserError
 
 
-def writable_dir(path: str | Path, what: str) -> Path:
-    """`path` is, or can be made, a folder this process may write into (created if missing)."""
+def writable_dir(path: str | Path, what: str, *, create: bool = True) -> Path:
+    """`path` is, or can be made, a folder this process may write into (created if missing,
+    unless `create` is False: then only checked)."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise UserError(f"{what} {p} is a file, not a folder; choose another path")
@@ -27,6 +28,8 @@ def writable_dir(path: str | Path, what: str) -> Path:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{what} {p} cannot be written ({parent} is not writable); choose a folder you can write to")
+    if not create:
+        return p
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
