@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from mnas.data import load_dataset
+from mnas.data import DatasetSplits, load_dataset
 from mnas.errors import UserError
 from mnas.model import build_model
 from mnas.profile import count_macs
-from mnas.space import DECISIONS, OpChoice, SearchSpace
+from mnas.space import DECISIONS, Architecture, OpChoice, SearchSpace
 from mnas.supernet import (
     Supernet,
     SupernetStep,
@@ -70,6 +70,8 @@ def _perturb_(net: Supernet, seed: int = 0) -> Supernet:
         for name, p in net.named_parameters():
             if ".kernel_transforms." in name:
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
+            if name.startswith("head.classifier."):  # zero-initialised: would make every logit 0
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     return net
 
 
@@ -92,11 +94,13 @@ def _decisions(space: SearchSpace) -> list[tuple[int, int, str]]:
     return [(i, sizes[i], f"block{i // 6 + 1}.{DECISIONS[i % 6]}") for i in range(len(sizes))]
 
 
-def _assert_parity(net: Supernet, arch, x: torch.Tensor) -> None:
+def _assert_parity(net: Supernet, arch: Architecture, x: torch.Tensor) -> None:
     model = extract(net, arch).eval()
     assert model.arch == net.resolve(arch)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), net(x, arch), rtol=1e-4, atol=1e-5)
+        expected = net(x, arch)
+        assert expected.std() > 1e-3  # a real comparison, not of constants
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
 
 
 # ---- every choice reachable and shape-correct ---------------------------------------------------
@@ -148,6 +152,13 @@ def test_an_architecture_outside_the_space_is_refused(nets):
         net(torch.zeros(1, 3, 32, 32), arch)
 
 
+def _weight(model: nn.Module, block: int, layer: int, part: str) -> torch.Tensor:
+    """The conv weight of `part` (conv_pw, conv_dw, conv_pwl) in layer `layer` of block `block`."""
+    conv = model.get_submodule(f"blocks.{block}.{layer}.body.{part}.0")
+    assert isinstance(conv, nn.Conv2d)
+    return conv.weight
+
+
 def test_weights_are_shared_where_shapes_nest(nets):
     net = nets["mnasnet_cifar"]
     space = net.space
@@ -159,20 +170,19 @@ def test_weights_are_shared_where_shapes_nest(nets):
     tokens[6 * 3 + 1] = 0  # and kernel 3
     small = space.decode(tokens)
     m6, m3 = extract(net, big), extract(net, small)
-    dw6 = m6.blocks[3][1].body.conv_dw[0].weight
-    dw3 = m3.blocks[3][1].body.conv_dw[0].weight
+    dw6, dw3 = _weight(m6, 3, 1, "conv_dw"), _weight(m3, 3, 1, "conv_dw")
     mid3 = dw3.shape[0]
     assert dw6.shape[0] == 2 * mid3 and dw3.shape[-1] == 3
     transform = net.layer(3, 1).families["mbconv"].conv_dw.kernel_transforms["k3"].detach()
     centre = dw6[:mid3, :, 1:4, 1:4].reshape(mid3, 9) @ transform
     torch.testing.assert_close(dw3.reshape(mid3, 9), centre)
     # the expansion of mbconv3 is the first rows of mbconv6's; the projection the first columns
-    torch.testing.assert_close(m3.blocks[3][1].body.conv_pw[0].weight, m6.blocks[3][1].body.conv_pw[0].weight[:mid3])
-    torch.testing.assert_close(m3.blocks[3][1].body.conv_pwl[0].weight, m6.blocks[3][1].body.conv_pwl[0].weight[:, :mid3])
+    torch.testing.assert_close(_weight(m3, 3, 1, "conv_pw"), _weight(m6, 3, 1, "conv_pw")[:mid3])
+    torch.testing.assert_close(_weight(m3, 3, 1, "conv_pwl"), _weight(m6, 3, 1, "conv_pwl")[:, :mid3])
     # fewer layers: the first n layers are the same weights
     tokens[6 * 3 + 5] = 0
     shallow = extract(net, space.decode(tokens))
-    torch.testing.assert_close(shallow.blocks[3][0].body.conv_dw[0].weight, m3.blocks[3][0].body.conv_dw[0].weight)
+    torch.testing.assert_close(_weight(shallow, 3, 0, "conv_dw"), _weight(m3, 3, 0, "conv_dw"))
 
 
 def test_op_families_do_not_share_weights(nets):
@@ -282,7 +292,7 @@ def test_sandwich_paths_are_largest_smallest_then_random(nets):
 @pytest.mark.parametrize("rule", ["spos", "sandwich"])
 def test_step_accumulates_every_paths_gradient_and_touches_every_parameter(user_space, rule):
     torch.manual_seed(0)
-    net = Supernet(user_space, num_classes=10, resolution=32).train()
+    net = Supernet(user_space, num_classes=10, resolution=32, zero_init_classifier=False).train()
     step = SupernetStep(net, rule=rule, num_random=1, label_smoothing=0.1, seed=4)
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
     torch.manual_seed(1)  # the head's dropout draws from the global RNG
@@ -356,7 +366,7 @@ def test_an_edited_space_in_the_file_is_refused(nets, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_data(data_root: Path):
+def small_data(data_root: Path) -> DatasetSplits:
     return load_dataset("cifar10_subset", data_root=data_root, val_size=200, train_subset=600, seed=0)
 
 

@@ -27,7 +27,7 @@ class Supernet(nn.Module):
 
     def __init__(self, space: SearchSpace, num_classes: int, resolution: int | None = None, *,
                  skeleton: str = "auto", dropout: float = 0.2, bn_momentum: float = 0.1,
-                 bn_eps: float = TF_BN_EPS, in_chans: int = 3) -> None:
+                 bn_eps: float = TF_BN_EPS, in_chans: int = 3, zero_init_classifier: bool = True) -> None:
         super().__init__()
         if num_classes < 1:
             raise UserError(f"num_classes must be >= 1 (got {num_classes})")
@@ -50,8 +50,10 @@ class Supernet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         widest_last = max(space.block_choices(space.num_blocks - 1)["filters"])
         self.head = SuperHead(widest_last, space.head_filters, num_classes, space.act, bn, dropout)
-        init_tf_(self)
-        # Kernel transforms start as the identity (init_tf_ only touches conv/BN/linear modules).
+        init_tf_(self)  # kernel transforms keep their identity start (init_tf_ touches conv/BN/linear only)
+        if zero_init_classifier:  # as the cifar recipe's stable_init_: the loss starts at log(classes)
+            nn.init.zeros_(self.head.classifier.weight)
+            nn.init.zeros_(self.head.classifier.bias)
 
     # ---- paths ---------------------------------------------------------------------------------
     def _resolve_space_arch(self, arch: Architecture) -> Architecture:
