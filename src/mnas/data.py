@@ -503,6 +503,7 @@ class BatchLoader:
         channels_last: bool = False,
         resolution: int | None = None,
         workers: int = 4,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.data = data
         self.split = split
@@ -517,6 +518,9 @@ class BatchLoader:
         self.channels_last = channels_last
         self.resolution = resolution
         self.workers = workers
+        self.rank, self.world = shard  # DDP: every rank takes its part of each global batch
+        if self.world > 1 and self.batch_size % self.world:
+            raise UserError(f"batch size {self.batch_size} must be a multiple of the {self.world} processes")
         self.start_batch = 0
         n = len(split)
         if n == 0:
@@ -566,6 +570,8 @@ class BatchLoader:
                 xb, yb = images.index_select(0, idx), labels.index_select(0, idx)
             if self.train and (self.pad or self.flip):
                 xb = augment_batch(xb, self.pad, self.flip, self._generator(self.epoch, k))
+            if self.world > 1:  # the same global batch as one process, this rank's share of it
+                xb, yb = xb[self.rank :: self.world], yb[self.rank :: self.world]
             yield self._finish(xb), yb
 
     def _iter_folder(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -579,11 +585,17 @@ class BatchLoader:
             rng = np.random.default_rng(mix_seed(self.seed, self.epoch, -1))
             indices = indices[rng.permutation(len(indices))]
         indices = indices[self.start_batch * self.batch_size :]
+        batch_size = self.batch_size
+        if self.world > 1:  # this rank's share of every global batch, in order
+            full = len(indices) // batch_size * batch_size if self.drop_last else len(indices)
+            indices = np.concatenate([indices[i : i + batch_size][self.rank :: self.world] for i in range(0, full, batch_size)]
+                                     or [indices[:0]])
+            batch_size //= self.world
         torch_gen = torch.Generator()
         torch_gen.manual_seed(mix_seed(self.seed, self.epoch, self.start_batch))
         loader = DataLoader(
             Subset(view, indices.tolist()),
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             shuffle=False,
             drop_last=self.drop_last,
             num_workers=self.workers,

@@ -125,9 +125,11 @@ def make_optimizer(
     *,
     decay_biases: bool = True,
     fused: bool = False,
+    groups: list[dict] | None = None,
 ) -> torch.optim.Optimizer:
-    """"sgd" (momentum 0.9, Nesterov), "rmsprop" (TF semantics) or "adamw"."""
-    groups = param_groups(model, weight_decay, decay_biases)
+    """"sgd" (momentum 0.9, Nesterov), "rmsprop" (TF semantics) or "adamw". `groups` replaces the
+    default parameter groups (`param_groups`) when a model needs its own decay rules."""
+    groups = groups if groups is not None else param_groups(model, weight_decay, decay_biases)
     key = name.lower()
     if key == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, fused=True if fused else None)

@@ -20,7 +20,8 @@ from mnas.safe_load import load_tensors
 from mnas.space import Architecture
 
 CHECKPOINT_NAME = "checkpoint.pt"
-REQUIRED_KEYS = frozenset({"arch", "model", "num_classes"})
+REQUIRED_KEYS = frozenset({"model", "num_classes"})
+KINDS = ("arch", "supernet")  # what a checkpoint trains: one network, or a supernet of a space
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -35,8 +36,8 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The raw checkpoint dict (tensors and plain data only)."""
     ckpt = load_tensors(path, f"checkpoint {path}")
-    if not isinstance(ckpt, dict) or not set(ckpt) >= REQUIRED_KEYS:
-        raise UserError(f"{path} is not an mnas training checkpoint (expected keys arch, model, num_classes)")
+    if not isinstance(ckpt, dict) or not set(ckpt) >= REQUIRED_KEYS or not any(k in ckpt for k in KINDS):
+        raise UserError(f"{path} is not an mnas training checkpoint (expected keys arch or supernet, model, num_classes)")
     return ckpt
 
 
@@ -53,7 +54,13 @@ def checkpoint_path(path: str | Path) -> Path:
 def checkpoint_arch(path: str | Path) -> Architecture:
     """Only the architecture a checkpoint was trained with."""
     p = Path(path)
-    ckpt = read_checkpoint(p)
+    return _arch_of(read_checkpoint(p), p)
+
+
+def _arch_of(ckpt: dict[str, Any], p: Path) -> Architecture:
+    if "arch" not in ckpt:
+        raise UserError(f"{p} is a supernet training checkpoint, not one network's; pick an architecture from it "
+                        "with `mnas supernet eval` or fine-tune one with `mnas train ARCH --init-from-supernet`")
     try:
         return Architecture.from_dict(ckpt["arch"])
     except (KeyError, TypeError):
@@ -69,7 +76,7 @@ def load_checkpoint(path: str | Path, use_ema: bool | None = None) -> tuple[Arch
     """
     p = checkpoint_path(path)
     ckpt = read_checkpoint(p)
-    arch = Architecture.from_dict(ckpt["arch"])
+    arch = _arch_of(ckpt, p)
     recipe = ckpt.get("recipe") or {}
     model = build_model(arch, num_classes=int(ckpt["num_classes"]), dropout=recipe.get("dropout", 0.2),
                         bn_momentum=recipe.get("bn_momentum", 0.1), bn_eps=recipe.get("bn_eps", 1e-3))

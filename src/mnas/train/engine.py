@@ -206,6 +206,8 @@ class Engine:
         seed: int,
         diverge_loss: float | None = None,
         step_fn: StepFn | None = None,
+        param_groups: list[dict[str, Any]] | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.device = device
         self.speed = speed.resolved(device)
@@ -217,8 +219,10 @@ class Engine:
         self.model = model.to(device=device).to(memory_format=mem)
         self.forward_model: nn.Module = torch.compile(self.model) if self.speed.compile else self.model  # type: ignore[assignment]
         self.optimizer = make_optimizer(
-            optimizer, self.model, lr_fn(0), weight_decay, decay_biases=decay_biases, fused=bool(self.speed.fused)
+            optimizer, self.model, lr_fn(0), weight_decay, decay_biases=decay_biases, fused=bool(self.speed.fused),
+            groups=param_groups,
         )
+        self.shard = shard
         self.step_fn: StepFn = step_fn or CrossEntropyStep(label_smoothing, self.autocast)
         self.ema = ModelEma(self.model, ema_decay) if ema_decay else None
         self.step = 0
@@ -233,8 +237,12 @@ class Engine:
     def loader(self, split: Split, train: bool, epoch: int = 0, batch_size: int | None = None) -> BatchLoader:
         return BatchLoader(
             self.data, split, batch_size or self.batch_size, train=train, device=self.device, seed=self.seed,
-            epoch=epoch, channels_last=bool(self.speed.channels_last),
+            epoch=epoch, channels_last=bool(self.speed.channels_last), shard=self.shard if train else (0, 1),
         )
+
+    def wrap(self, module: nn.Module) -> None:
+        """Run the steps through `module` (a DistributedDataParallel wrapper of `self.model`)."""
+        self.forward_model = module
 
     def steps_per_epoch(self) -> int:
         return self.loader(self.data.train, train=True).num_batches

@@ -19,12 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from mnas.data import DatasetSplits
+from mnas.data import DatasetSplits, mix_seed
 from mnas.errors import UserError
+from mnas.model import build_model
 from mnas.space import Architecture
 from mnas.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
-from mnas.train.engine import Engine, EpochStats, SpeedOptions, build_engine, fork_rng, resolve_device, train_steps_per_epoch
+from mnas.train.distributed import Distributed, from_environment
+from mnas.train.engine import (
+    Engine,
+    EpochStats,
+    SpeedOptions,
+    StepFn,
+    fork_rng,
+    resolve_device,
+    stable_init_,
+    train_steps_per_epoch,
+)
 from mnas.train.progress import TrainProgress
 from mnas.train.recipes import Recipe, get_recipe, lr_schedule
 
@@ -102,12 +114,27 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, old)
 
 
+@dataclass
+class Trainee:
+    """What `fit_trainee` trains: a module, how a step runs on it, its optimiser groups, how it is
+    scored after each epoch, and the plain data that names it in the checkpoint (an architecture,
+    or a supernet's space)."""
+
+    model: nn.Module
+    record: dict[str, Any]
+    step_fn: StepFn | None = None
+    param_groups: list[dict[str, Any]] | None = None
+    evaluate: Callable[[Engine], tuple[float, float]] | None = None  # (val top-1, val loss)
+    after_save: Callable[[Engine, Path], None] | None = None  # e.g. export the supernet file
+
+
 class _Run:
     """One training run's engine and files: what a checkpoint holds and how it is restored."""
 
-    def __init__(self, arch: Architecture, data: DatasetSplits, config: FitConfig, out: Path, recipe: Recipe,
-                 batch_size: int, device: torch.device, speed: SpeedOptions) -> None:
-        self.arch, self.data, self.config, self.recipe = arch, data, config, recipe
+    def __init__(self, trainee: Callable[[], Trainee], data: DatasetSplits, config: FitConfig, out: Path,
+                 recipe: Recipe, batch_size: int, device: torch.device, speed: SpeedOptions,
+                 dist: Distributed | None) -> None:
+        self.data, self.config, self.recipe, self.out, self.dist = data, config, recipe, out, dist
         self.ckpt_path = out / CHECKPOINT_NAME
         self.metrics_path = out / "metrics.jsonl"
         self.device = device
@@ -116,26 +143,43 @@ class _Run:
         self.lr_fn = lr_schedule(recipe.schedule, peak=recipe.base_lr * batch_size / 256.0, total_steps=total,
                                  warmup_steps=recipe.warmup_steps(config.epochs, self.steps_per_epoch),
                                  steps_per_epoch=self.steps_per_epoch, batch_size=batch_size)
-        self.engine: Engine = build_engine(
-            arch, data, lr_fn=self.lr_fn, optimizer=recipe.optimizer, batch_size=batch_size,
+        torch.manual_seed(mix_seed(config.seed, 11))  # the same initial weights on every rank
+        self.trainee = trainee()
+        self.engine = Engine(
+            self.trainee.model, data, optimizer=recipe.optimizer, lr_fn=self.lr_fn, batch_size=batch_size,
             weight_decay=recipe.weight_decay, decay_biases=recipe.decay_biases, label_smoothing=recipe.label_smoothing,
-            ema_decay=recipe.ema_decay, dropout=recipe.dropout, bn_momentum=recipe.bn_momentum, bn_eps=recipe.bn_eps,
-            stable_init=recipe.stable_init, device=device, speed=speed, seed=config.seed,
+            ema_decay=recipe.ema_decay, device=device, speed=speed, seed=config.seed, step_fn=self.trainee.step_fn,
+            param_groups=self.trainee.param_groups, shard=(dist.rank, dist.world) if dist else (0, 1),
         )
+        if dist is not None:
+            self.engine.wrap(dist.wrap(self.engine.model))
         self.config_record = {**asdict(config), "batch_size": batch_size}
 
+    @property
+    def main(self) -> bool:
+        return self.dist is None or self.dist.main
+
+    def evaluate(self) -> tuple[float, float]:
+        if self.trainee.evaluate is not None:
+            return self.trainee.evaluate(self.engine)
+        return self.engine.evaluate(self.data.val, use_ema=self.engine.ema is not None)
+
     def save(self, epoch: int, batch: int, running: EpochStats) -> None:
+        if not self.main:
+            return
         e = self.engine
         rng = {"cpu": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         save_checkpoint({
-            "arch": self.arch.to_dict(), "num_classes": self.data.num_classes, "resolution": self.data.resolution,
+            **self.trainee.record, "num_classes": self.data.num_classes, "resolution": self.data.resolution,
             "model": e.model.state_dict(), "ema": e.ema.state_dict() if e.ema else None,
             "optimizer": e.optimizer.state_dict(), "epoch": epoch, "batch_in_epoch": batch,
             "step": e.step, "recipe": asdict(self.recipe), "config": self.config_record, "rng": rng,
             "running": asdict(running), "data": {**self.data.describe(), "mean": self.data.mean, "std": self.data.std},
             "eval_ema": e.ema is not None, "mnas_checkpoint": 1,
         }, self.ckpt_path)
+        if self.trainee.after_save is not None:
+            self.trainee.after_save(e, self.out)
 
     def restore(self, ckpt: dict[str, Any]) -> tuple[int, int, EpochStats]:
         """Load a checkpoint's state; returns (epoch, batch in epoch, running stats) to continue from."""
@@ -150,7 +194,8 @@ class _Run:
             torch.set_rng_state(ckpt["rng"]["cpu"])
             if self.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
-        trim_metrics(self.metrics_path, epoch)
+        if self.main:
+            trim_metrics(self.metrics_path, epoch)
         return epoch, batch, EpochStats(**ckpt.get("running", {}))
 
 
@@ -175,21 +220,59 @@ def fit(
     checkpoint_every_s: float = 120.0,
     speed: SpeedOptions | None = None,
     evaluate_test: bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train `arch` with `config.recipe` into `out` (see the module docstring).
 
     `stop_after_steps` interrupts deliberately after that many steps (for tests), like a signal.
-    Returns a summary dict (val top-1, images/s, seconds, paths; test top-1 with evaluate_test,
-    the only place training touches the test set). Resuming a finished run trains nothing and
-    returns its stored summary.
+    `init_state` starts from these weights instead of the recipe's initialisation (e.g. inherited
+    from a supernet). Returns a summary dict (val top-1, images/s, seconds, paths; test top-1 with
+    evaluate_test, the only place training touches the test set). Resuming a finished run trains
+    nothing and returns its stored summary.
     """
+    out = Path(out)
+    recipe = get_recipe(config.recipe)
+    run_arch = arch.for_resolution(data.resolution, config.skeleton)
+    if resume:
+        ckpt_arch = read_checkpoint(out / CHECKPOINT_NAME).get("arch") if (out / CHECKPOINT_NAME).is_file() else None
+        if ckpt_arch is not None:
+            run_arch = Architecture.from_dict(ckpt_arch)
+
+    def trainee() -> Trainee:
+        net = build_model(run_arch, num_classes=data.num_classes, dropout=recipe.dropout,
+                          bn_momentum=recipe.bn_momentum, bn_eps=recipe.bn_eps)
+        if recipe.stable_init:
+            stable_init_(net)
+        if init_state is not None:
+            net.load_state_dict(init_state)
+        return Trainee(net, {"arch": run_arch.to_dict()})
+
+    summary = fit_trainee(trainee, data, config, out, resume=resume, progress=progress, stop_after_steps=stop_after_steps,
+                          checkpoint_every_s=checkpoint_every_s, speed=speed, evaluate_test=evaluate_test)
+    return {**summary, "arch": run_arch.name or run_arch.id, "arch_id": run_arch.id}
+
+
+def fit_trainee(
+    trainee: Callable[[], Trainee],
+    data: DatasetSplits,
+    config: FitConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+    checkpoint_every_s: float = 120.0,
+    speed: SpeedOptions | None = None,
+    evaluate_test: bool = False,
+) -> dict[str, Any]:
+    """The training run behind `fit` for any `Trainee` (a network, or a supernet), one process or
+    several under torchrun. `trainee()` is called after seeding, so initial weights follow the seed."""
     out = Path(out)
     recipe = get_recipe(config.recipe)
     batch_size = recipe.batch_size if config.batch_size is None else config.batch_size
     if batch_size < 1 or config.epochs < 1:
         raise UserError(f"batch size and epochs must be >= 1 (got {batch_size} and {config.epochs})")
     dev = resolve_device(config.device)
-    run_arch = arch.for_resolution(data.resolution, config.skeleton)
     ckpt: dict[str, Any] | None = None
     if resume:
         path = out / CHECKPOINT_NAME
@@ -197,31 +280,38 @@ def fit(
             raise UserError(f"nothing to resume: {path} does not exist; start a run with --out {out}")
         ckpt = read_checkpoint(path)
         _check_resumable(ckpt, data, path)
-        run_arch = Architecture.from_dict(ckpt["arch"])
         finished = _finished_summary(out, ckpt, config)
         if finished is not None:
             return finished
     out.mkdir(parents=True, exist_ok=True)
-    with fork_rng(dev):
-        run = _Run(run_arch, data, config, out, recipe, batch_size, dev, speed or SpeedOptions(compile=config.compile))
-        epoch, batch_in_epoch, carry = 0, 0, EpochStats()
-        if ckpt is not None:
-            epoch, batch_in_epoch, carry = run.restore(ckpt)
-        elif run.metrics_path.exists():
-            run.metrics_path.unlink()
-        t_run = time.perf_counter()
-        summary = _train_epochs(run, epoch, batch_in_epoch, carry, progress=progress,
-                                stop_after_steps=stop_after_steps, checkpoint_every_s=checkpoint_every_s)
-        if evaluate_test:
-            summary["test_acc"], summary["test_loss"] = run.engine.evaluate(data.test, use_ema=run.engine.ema is not None)
-        summary = {
-            **summary, "epochs": config.epochs,
-            "seconds": time.perf_counter() - t_run, "checkpoint": str(run.ckpt_path), "metrics": str(run.metrics_path),
-            "arch": run_arch.name or run_arch.id, "arch_id": run_arch.id, "recipe": recipe.name,
-            "train_images": len(data.train), "val_images": len(data.val), "test_images": len(data.test),
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+    dist = from_environment(dev)
+    if dist is not None:
+        dev = dist.device
+    try:
+        with fork_rng(dev):
+            run = _Run(trainee, data, config, out, recipe, batch_size, dev, speed or SpeedOptions(compile=config.compile), dist)
+            epoch, batch_in_epoch, carry = 0, 0, EpochStats()
+            if ckpt is not None:
+                epoch, batch_in_epoch, carry = run.restore(ckpt)
+            elif run.main and run.metrics_path.exists():
+                run.metrics_path.unlink()
+            t_run = time.perf_counter()
+            summary = _train_epochs(run, epoch, batch_in_epoch, carry, progress=progress and run.main,
+                                    stop_after_steps=stop_after_steps, checkpoint_every_s=checkpoint_every_s)
+            if evaluate_test:
+                summary["test_acc"], summary["test_loss"] = run.engine.evaluate(data.test, use_ema=run.engine.ema is not None)
+            summary = {
+                **summary, "epochs": config.epochs,
+                "seconds": time.perf_counter() - t_run, "checkpoint": str(run.ckpt_path), "metrics": str(run.metrics_path),
+                "recipe": recipe.name, "train_images": len(data.train), "val_images": len(data.val),
+                "test_images": len(data.test), **({"processes": dist.world} if dist else {}),
+            }
+            if run.main:
+                (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            return summary
+    finally:
+        if dist is not None:
+            dist.close()
 
 
 def _finished_summary(out: Path, ckpt: dict[str, Any], config: FitConfig) -> dict[str, Any] | None:
@@ -256,12 +346,19 @@ def _train_epochs(run: _Run, epoch: int, batch_in_epoch: int, carry: EpochStats,
         with stop_on_signals() as signalled:
 
             def should_stop() -> bool:
-                return (stop_after_steps is not None and engine.step >= stop_after_steps) or signalled()
+                stop = (stop_after_steps is not None and engine.step >= stop_after_steps) or signalled()
+                if run.dist is None:
+                    return stop
+                # ranks must stop at the same step: agree every 10 steps (a signal may reach only some)
+                return engine.step % 10 == 0 and run.dist.any(stop)
+
+            def save_due() -> bool:
+                return run.main and time.monotonic() - last_save > checkpoint_every_s
 
             while epoch < epochs:
                 stats, done, reason = engine.train_epoch(
                     epoch, start_batch=batch_in_epoch, carry=carry, on_readout=on_readout, should_stop=should_stop,
-                    save_due=lambda: time.monotonic() - last_save > checkpoint_every_s, save=save,
+                    save_due=save_due, save=save,
                 )
                 if reason == "diverged":
                     good = run.ckpt_path if run.ckpt_path.exists() else "none"
@@ -270,7 +367,7 @@ def _train_epochs(run: _Run, epoch: int, batch_in_epoch: int, carry: EpochStats,
                 if reason == "interrupted":
                     save(epoch, done, stats)
                     raise TrainingInterrupted(run.ckpt_path, engine.step)
-                val_acc, val_loss = engine.evaluate(run.data.val, use_ema=engine.ema is not None)
+                val_acc, val_loss = run.evaluate() if run.main else (float("nan"), float("nan"))
                 record = {
                     "epoch": epoch + 1, "step": engine.step, "lr": run.lr_fn(max(0, engine.step - 1)),
                     "train_loss": stats.loss, "train_acc": stats.acc, "val_acc": val_acc, "val_loss": val_loss,
@@ -280,7 +377,8 @@ def _train_epochs(run: _Run, epoch: int, batch_in_epoch: int, carry: EpochStats,
                 epoch += 1
                 batch_in_epoch, carry = 0, EpochStats()
                 save(epoch, 0, carry)
-                append_jsonl(run.metrics_path, record)
+                if run.main:
+                    append_jsonl(run.metrics_path, record)
                 bar.update(engine.step, epoch - 1, epochs, stats, record["images_per_s"], val_acc)
                 summary = record
     finally:
