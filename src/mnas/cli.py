@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "mnas.latency.cli",
     "mnas.cli_train",
     "mnas.cli_search",
+    "mnas.cli_supernet",
 )
 
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from mnas import zoo
 from mnas.errors import UserError
 from mnas.paths import writable_dir
-from mnas.space import SKELETONS
+from mnas.run_options import RunOptions
+
+if TYPE_CHECKING:  # torch-backed modules load inside the commands (see mnas.cli)
+    from mnas.data import DatasetSplits
+    from mnas.space import Architecture
+    from mnas.train import FitConfig
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "torchscript": ".pt"}
 
@@ -21,11 +27,6 @@ def _emit(obj: dict, as_json: bool, lines: list[str]) -> None:
     else:
         for line in lines:
             typer.echo(line)
-
-
-#: Settings that may differ on --resume, and what changing them means.
-RESUME_MAY_CHANGE = {"epochs": "trains to the new epoch count", "device": "continues on the new device",
-                     "data_root": "reads the same dataset from the new folder"}
 
 
 def train_cmd(
@@ -43,46 +44,27 @@ def train_cmd(
     width_mult: float | None = typer.Option(None, "--width-mult", min=0.1, max=4.0, help="Width multiplier (default 1.0)."),
     skeleton: str | None = typer.Option(None, "--skeleton", help="auto (CIFAR skeleton <= 64 px; default), cifar, imagenet."),
     device: str | None = typer.Option(None, "--device", help="auto (default), cpu, cuda or cuda:N."),
+    init_from_supernet: Path | None = typer.Option(None, "--init-from-supernet",
+                                                   help="Start from the weights ARCH inherits from this supernet."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA)."),
     test: bool = typer.Option(False, "--test", help="Also report test top-1 at the end (else: `mnas eval`)."),
     as_json: bool = typer.Option(False, "--json", help="No progress bar; print one JSON summary."),
 ) -> None:
     """Train a network fully with checkpoints every epoch; --resume continues exactly."""
     from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
-    from mnas.train import FitConfig, TrainingInterrupted, checkpoint_path, fit, get_recipe, read_checkpoint
-    from mnas.train.engine import parse_device
+    from mnas.train import RECIPES, FitConfig, TrainingInterrupted, checkpoint_path, fit, read_checkpoint
 
-    given: dict[str, object] = {"data": data, "epochs": epochs, "recipe": recipe, "train_subset": train_subset,
-                                "val_size": val_size,
-             "batch_size": batch_size, "seed": seed, "width_mult": width_mult, "skeleton": skeleton,
-             "device": device, "data_root": str(data_root) if data_root else None}
-    given = {k: v for k, v in given.items() if v is not None}
-    vs = 0.1 if val_size is None else val_size
-    if vs <= 0 or (vs >= 1 and not float(vs).is_integer()):
-        raise UserError(f"--val-size {val_size:g} must be a fraction in (0, 1) or a whole count of images")
-    if skeleton is not None and skeleton not in SKELETONS:
-        raise UserError(f"--skeleton {skeleton!r}: choose one of {', '.join(SKELETONS)}")
-    if device is not None:
-        parse_device(device)
-    if recipe is not None:
-        get_recipe(recipe)
+    opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
+                      seed, skeleton, device)
+    opts.check(tuple(RECIPES))
     notes: list[str] = []
     if resume is not None:
+        if arch is not None or width_mult is not None or init_from_supernet is not None:
+            raise UserError("--resume continues the network stored in the checkpoint; drop ARCH, --width-mult and "
+                            "--init-from-supernet")
         path = checkpoint_path(resume)
-        saved = dict(read_checkpoint(path).get("config") or {})
-        if arch is not None:
-            raise UserError("--resume continues the architecture stored in the checkpoint; drop the ARCH argument")
-        contradictions = [f"--{k.replace('_', '-')} {v} (the run has {saved.get(k)})" for k, v in given.items()
-                          if k not in RESUME_MAY_CHANGE and _differs(v, saved.get(k))]
-        if contradictions:
-            raise UserError(f"{', '.join(contradictions)} contradicts the checkpoint {path}; drop it to continue the "
-                            "run, or start a new run with --out")
-        for k, v in given.items():
-            if k in RESUME_MAY_CHANGE and _differs(v, saved.get(k)):
-                notes.append(f"--{k.replace('_', '-')} {v} (was {saved.get(k)}): {RESUME_MAY_CHANGE[k]}")
-        saved.update({k: v for k, v in given.items() if k in RESUME_MAY_CHANGE})
-        saved.pop("extra", None)
-        config = FitConfig(**{k: v for k, v in saved.items() if k in FitConfig.__dataclass_fields__})
+        saved, notes = opts.resumed(dict(read_checkpoint(path).get("config") or {}), str(path))
+        config = FitConfig(**{k: v for k, v in saved.items() if k in FitConfig.__dataclass_fields__ and k != "extra"})
         out = writable_dir(out or path.parent, "run folder")
         arch_obj = zoo.resolve(str(path))[0]
     else:
@@ -92,23 +74,20 @@ def train_cmd(
             raise UserError("--out DIR is required: the folder for checkpoint.pt and metrics.jsonl")
         if (out / "checkpoint.pt").exists():
             raise UserError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
-        arch_obj, name = zoo.resolve(arch, 1.0 if width_mult is None else width_mult)
+        wm = 1.0 if width_mult is None else width_mult
+        arch_obj, name = zoo.resolve(arch, wm)
         out = writable_dir(out, "run folder")
-        config = FitConfig(
-            arch_name=name, data=data or "cifar10", data_root=str(data_root) if data_root else None,
-            epochs=10 if epochs is None else epochs, recipe=recipe or "", batch_size=batch_size,
-            train_subset=train_subset, val_size=int(vs) if vs >= 1 else vs, seed=0 if seed is None else seed,
-            skeleton=skeleton or "auto", width_mult=1.0 if width_mult is None else width_mult,
-            device=device or "auto", compile=compile_model,
-        )
+        config = FitConfig(arch_name=name, width_mult=wm, compile=compile_model, **opts.new_run())
     dataset = load_dataset(config.data, data_root=config.data_root, val_size=config.val_size,
                            train_subset=config.train_subset, seed=config.seed)
     if not config.recipe:
         config.recipe = "cifar" if dataset.resolution <= 64 else "mnasnet"
+    init_state = _inherited_weights(init_from_supernet, arch_obj, dataset, config) if init_from_supernet else None
     for note in notes:
         typer.echo(f"resume: {note}", err=True)
     try:
-        summary = fit(arch_obj, dataset, config, out, resume=resume is not None, progress=not as_json, evaluate_test=test)
+        summary = fit(arch_obj, dataset, config, out, resume=resume is not None, progress=not as_json, evaluate_test=test,
+                      init_state=init_state)
     except TrainingInterrupted as exc:
         _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step}, as_json,
               [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas train --resume {out}"])
@@ -122,10 +101,16 @@ def train_cmd(
     ])
 
 
-def _differs(given: object, saved: object) -> bool:
-    if isinstance(given, (int, float)) and isinstance(saved, (int, float)) and not isinstance(given, bool):
-        return float(given) != float(saved)
-    return given != saved
+def _inherited_weights(path: Path, arch: Architecture, data: DatasetSplits, config: FitConfig) -> dict[str, Any]:
+    """The weights `arch` inherits from a supernet, for fine-tuning (the paper trains from scratch;
+    this is the weight-sharing alternative)."""
+    from mnas.supernet import extract, load_supernet  # lazy: torch (see mnas.cli)
+
+    supernet, _ = load_supernet(path, resolution=data.resolution, num_classes=data.num_classes)
+    if supernet.skeleton != config.skeleton:
+        raise UserError(f"the supernet {path} uses the {supernet.skeleton!r} skeleton, this run {config.skeleton!r}; "
+                        f"pass --skeleton {supernet.skeleton}")
+    return extract(supernet, arch).state_dict()
 
 
 def eval_cmd(

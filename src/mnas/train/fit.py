@@ -125,7 +125,7 @@ class Trainee:
     step_fn: StepFn | None = None
     param_groups: list[dict[str, Any]] | None = None
     evaluate: Callable[[Engine], tuple[float, float]] | None = None  # (val top-1, val loss)
-    after_save: Callable[[Engine, Path], None] | None = None  # e.g. export the supernet file
+    after_save: Callable[[Engine, Path], None] | None = None  # at each epoch end, e.g. export the supernet file
 
 
 class _Run:
@@ -178,7 +178,7 @@ class _Run:
             "running": asdict(running), "data": {**self.data.describe(), "mean": self.data.mean, "std": self.data.std},
             "eval_ema": e.ema is not None, "mnas_checkpoint": 1,
         }, self.ckpt_path)
-        if self.trainee.after_save is not None:
+        if self.trainee.after_save is not None and batch == 0:  # epoch ends only
             self.trainee.after_save(e, self.out)
 
     def restore(self, ckpt: dict[str, Any]) -> tuple[int, int, EpochStats]:

@@ -1,0 +1,77 @@
+"""The options `mnas train` and `mnas supernet train` share, checked before anything runs, and how
+they combine with a checkpoint on `--resume` (contradictions refused, allowed changes announced).
+
+Plain data and checks only (no torch), so the CLI validates them before loading anything heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from mnas.errors import UserError
+from mnas.space import SKELETONS
+
+#: Settings that may differ on --resume, and what changing them means.
+RESUME_MAY_CHANGE = {"epochs": "trains to the new epoch count", "device": "continues on the new device",
+                     "data_root": "reads the same dataset from the new folder"}
+DEFAULT_EPOCHS = 10
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the user typed (None: not given, so a new run takes the default and a resumed run the
+    checkpoint's value)."""
+
+    data: str | None = None
+    data_root: str | None = None
+    epochs: int | None = None
+    recipe: str | None = None
+    train_subset: int | None = None
+    val_size: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    skeleton: str | None = None
+    device: str | None = None
+
+    def check(self, recipes: tuple[str, ...]) -> None:
+        vs = self.val_size
+        if vs is not None and (vs <= 0 or (vs >= 1 and not float(vs).is_integer())):
+            raise UserError(f"--val-size {vs:g} must be a fraction in (0, 1) or a whole count of images")
+        if self.skeleton is not None and self.skeleton not in SKELETONS:
+            raise UserError(f"--skeleton {self.skeleton!r}: choose one of {', '.join(SKELETONS)}")
+        if self.recipe is not None and self.recipe not in recipes:
+            raise UserError(f"unknown recipe {self.recipe!r}; choose one of: {', '.join(recipes)}")
+        if self.device is not None and self.device not in ("auto", "cpu", "cuda") and not (
+                self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            raise UserError(f"unknown device {self.device!r}; choose auto, cpu, cuda or cuda:N")
+
+    def given(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def new_run(self) -> dict[str, Any]:
+        """The run's settings with every default filled in (the recipe stays "" = by resolution)."""
+        vs = 0.1 if self.val_size is None else self.val_size
+        return {"data": self.data or "cifar10", "data_root": self.data_root,
+                "epochs": DEFAULT_EPOCHS if self.epochs is None else self.epochs, "recipe": self.recipe or "",
+                "train_subset": self.train_subset, "val_size": int(vs) if vs >= 1 else vs,
+                "batch_size": self.batch_size, "seed": 0 if self.seed is None else self.seed,
+                "skeleton": self.skeleton or "auto", "device": self.device or "auto"}
+
+    def resumed(self, saved: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+        """The checkpoint's settings with the allowed changes applied, and a note for each change."""
+        given = self.given()
+        wrong = [f"--{k.replace('_', '-')} {v} (the run has {saved.get(k)})" for k, v in given.items()
+                 if k not in RESUME_MAY_CHANGE and _differs(v, saved.get(k))]
+        if wrong:
+            raise UserError(f"{', '.join(wrong)} contradicts the checkpoint {where}; drop it to continue the run, "
+                            "or start a new run with --out")
+        notes = [f"--{k.replace('_', '-')} {v} (was {saved.get(k)}): {RESUME_MAY_CHANGE[k]}"
+                 for k, v in given.items() if k in RESUME_MAY_CHANGE and _differs(v, saved.get(k))]
+        return {**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE}}, notes
+
+
+def _differs(given: object, saved: object) -> bool:
+    if isinstance(given, (int, float)) and isinstance(saved, (int, float)) and not isinstance(given, bool):
+        return float(given) != float(saved)
+    return given != saved

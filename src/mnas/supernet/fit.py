@@ -1,0 +1,85 @@
+"""Training a supernet for real: the project's training run (`mnas.train.fit_trainee`) driving
+`SupernetStep`, so it has the same data pipeline, held-out split, optimiser, progress bar,
+checkpoints, Ctrl-C, `--resume` and torchrun as `mnas train`. Every epoch end also writes
+`supernet.pt` (weights + space, what scoring and search load), so a stopped run is usable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mnas.data import DatasetSplits
+from mnas.errors import UserError
+from mnas.space import SearchSpace
+from mnas.supernet.io import load_supernet, save_supernet
+from mnas.supernet.network import Supernet
+from mnas.supernet.sampling import RULES
+from mnas.supernet.score import score_one, scoring_data
+from mnas.supernet.step import SupernetStep
+from mnas.supernet.training import supernet_param_groups
+from mnas.train import FitConfig, SpeedOptions, get_recipe
+from mnas.train.engine import Engine
+from mnas.train.fit import Trainee, fit_trainee
+
+
+@dataclass(frozen=True)
+class SupernetSettings:
+    """How paths are sampled per step, and how each epoch's largest path is scored."""
+
+    rule: str = "sandwich"
+    num_random: int = 2
+    eval_bn_batches: int = 4
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise UserError(f"unknown sampling rule {self.rule!r}; choose one of {', '.join(RULES)}")
+        if self.num_random < 0 or self.eval_bn_batches < 1:
+            raise UserError("num_random must be >= 0 and eval_bn_batches >= 1")
+
+
+def _trainee(space: SearchSpace, data: DatasetSplits, config: FitConfig, settings: SupernetSettings) -> Callable[[], Trainee]:
+    recipe = get_recipe(config.recipe)
+
+    def make() -> Trainee:
+        net = Supernet(space, data.num_classes, data.resolution, skeleton=config.skeleton, dropout=recipe.dropout,
+                       bn_momentum=recipe.bn_momentum, bn_eps=recipe.bn_eps)
+        step = SupernetStep(net, rule=settings.rule, num_random=settings.num_random,
+                            label_smoothing=recipe.label_smoothing, seed=config.seed)
+        sd_cache: dict[str, Any] = {}
+
+        def evaluate(engine: Engine) -> tuple[float, float]:
+            """Held-out top-1 of the largest path after BN re-estimation (the teacher's quality)."""
+            if "sd" not in sd_cache:
+                sd_cache["sd"] = scoring_data(data, bn_batches=settings.eval_bn_batches, images=len(data.val),
+                                              device=engine.device, seed=config.seed)
+            return score_one(net, net.largest(), sd_cache["sd"]), float("nan")
+
+        def after_save(engine: Engine, out: Path) -> None:
+            save_supernet(net, out, {"data": data.describe(), "step": engine.step, "config": asdict(config),
+                                     "training": {"recipe": recipe.name, "rule": settings.rule,
+                                                  "num_random": settings.num_random, "seed": config.seed}})
+
+        return Trainee(net, {"supernet": net.config()}, step, supernet_param_groups(net, recipe.weight_decay),
+                       evaluate, after_save)
+
+    return make
+
+
+def fit_supernet(space: SearchSpace, data: DatasetSplits, config: FitConfig, out: str | Path, *,
+                 settings: SupernetSettings | None = None, resume: bool = False, progress: bool = True,
+                 stop_after_steps: int | None = None, checkpoint_every_s: float = 120.0,
+                 speed: SpeedOptions | None = None) -> dict[str, Any]:
+    """Train a supernet of `space` on `data` into `out` (checkpoint.pt for resume, supernet.pt)."""
+    known = SupernetSettings.__dataclass_fields__
+    settings = settings or SupernetSettings(**{k: v for k, v in config.extra.items() if k in known})
+    config.extra = {**config.extra, "rule": settings.rule, "num_random": settings.num_random,
+                    "eval_bn_batches": settings.eval_bn_batches, "space": space.to_dict()}
+    summary = fit_trainee(_trainee(space, data, config, settings), data, config, out, resume=resume, progress=progress,
+                          stop_after_steps=stop_after_steps, checkpoint_every_s=checkpoint_every_s, speed=speed)
+    return {**summary, "space": space.name, "rule": settings.rule, "supernet": str(Path(out) / "supernet.pt")}
+
+
+__all__ = ["SupernetSettings", "fit_supernet", "load_supernet"]
