@@ -6,7 +6,6 @@ checkpoints, Ctrl-C, `--resume` and torchrun as `mnas train`. Every epoch end al
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from mnas.supernet.step import SupernetStep
 from mnas.supernet.training import supernet_param_groups
 from mnas.train import FitConfig, SpeedOptions, get_recipe
 from mnas.train.engine import Engine
-from mnas.train.fit import Trainee, fit_trainee
+from mnas.train.fit import Trainee, TraineeFactory, fit_trainee
 
 
 @dataclass(frozen=True)
@@ -40,10 +39,12 @@ class SupernetSettings:
             raise UserError("num_random must be >= 0 and eval_bn_batches >= 1")
 
 
-def _trainee(space: SearchSpace, data: DatasetSplits, config: FitConfig, settings: SupernetSettings) -> Callable[[], Trainee]:
+def _trainee(space: SearchSpace, data: DatasetSplits, config: FitConfig, settings: SupernetSettings) -> TraineeFactory:
     recipe = get_recipe(config.recipe)
 
-    def make() -> Trainee:
+    def make(ckpt: dict[str, Any] | None) -> Trainee:
+        if ckpt is not None and SearchSpace.from_dict(ckpt["supernet"]["space"]) != space:
+            raise UserError("the checkpoint holds a supernet of another space; resume with the space it was started with")
         net = Supernet(space, data.num_classes, data.resolution, skeleton=config.skeleton, dropout=recipe.dropout,
                        bn_momentum=recipe.bn_momentum, bn_eps=recipe.bn_eps)
         step = SupernetStep(net, rule=settings.rule, num_random=settings.num_random,

@@ -128,12 +128,16 @@ class Trainee:
     after_save: Callable[[Engine, Path], None] | None = None  # at each epoch end, e.g. export the supernet file
 
 
+#: Builds the trainee; on resume it gets the checkpoint (to rebuild what the record names).
+TraineeFactory = Callable[[dict[str, Any] | None], Trainee]
+
+
 class _Run:
     """One training run's engine and files: what a checkpoint holds and how it is restored."""
 
-    def __init__(self, trainee: Callable[[], Trainee], data: DatasetSplits, config: FitConfig, out: Path,
+    def __init__(self, trainee: TraineeFactory, data: DatasetSplits, config: FitConfig, out: Path,
                  recipe: Recipe, batch_size: int, device: torch.device, speed: SpeedOptions,
-                 dist: Distributed | None) -> None:
+                 dist: Distributed | None, ckpt: dict[str, Any] | None) -> None:
         self.data, self.config, self.recipe, self.out, self.dist = data, config, recipe, out, dist
         self.ckpt_path = out / CHECKPOINT_NAME
         self.metrics_path = out / "metrics.jsonl"
@@ -144,7 +148,7 @@ class _Run:
                                  warmup_steps=recipe.warmup_steps(config.epochs, self.steps_per_epoch),
                                  steps_per_epoch=self.steps_per_epoch, batch_size=batch_size)
         torch.manual_seed(mix_seed(config.seed, 11))  # the same initial weights on every rank
-        self.trainee = trainee()
+        self.trainee = trainee(ckpt)
         self.engine = Engine(
             self.trainee.model, data, optimizer=recipe.optimizer, lr_fn=self.lr_fn, batch_size=batch_size,
             weight_decay=recipe.weight_decay, decay_biases=recipe.decay_biases, label_smoothing=recipe.label_smoothing,
@@ -230,15 +234,13 @@ def fit(
     evaluate_test, the only place training touches the test set). Resuming a finished run trains
     nothing and returns its stored summary.
     """
-    out = Path(out)
     recipe = get_recipe(config.recipe)
     run_arch = arch.for_resolution(data.resolution, config.skeleton)
-    if resume:
-        ckpt_arch = read_checkpoint(out / CHECKPOINT_NAME).get("arch") if (out / CHECKPOINT_NAME).is_file() else None
-        if ckpt_arch is not None:
-            run_arch = Architecture.from_dict(ckpt_arch)
 
-    def trainee() -> Trainee:
+    def trainee(ckpt: dict[str, Any] | None) -> Trainee:
+        nonlocal run_arch
+        if ckpt is not None:
+            run_arch = Architecture.from_dict(ckpt["arch"])
         net = build_model(run_arch, num_classes=data.num_classes, dropout=recipe.dropout,
                           bn_momentum=recipe.bn_momentum, bn_eps=recipe.bn_eps)
         if recipe.stable_init:
@@ -253,7 +255,7 @@ def fit(
 
 
 def fit_trainee(
-    trainee: Callable[[], Trainee],
+    trainee: TraineeFactory,
     data: DatasetSplits,
     config: FitConfig,
     out: str | Path,
@@ -266,7 +268,8 @@ def fit_trainee(
     evaluate_test: bool = False,
 ) -> dict[str, Any]:
     """The training run behind `fit` for any `Trainee` (a network, or a supernet), one process or
-    several under torchrun. `trainee()` is called after seeding, so initial weights follow the seed."""
+    several under torchrun. `trainee(checkpoint or None)` is called after seeding, so initial weights
+    follow the seed."""
     out = Path(out)
     recipe = get_recipe(config.recipe)
     batch_size = recipe.batch_size if config.batch_size is None else config.batch_size
@@ -289,7 +292,8 @@ def fit_trainee(
         dev = dist.device
     try:
         with fork_rng(dev):
-            run = _Run(trainee, data, config, out, recipe, batch_size, dev, speed or SpeedOptions(compile=config.compile), dist)
+            run = _Run(trainee, data, config, out, recipe, batch_size, dev, speed or SpeedOptions(compile=config.compile),
+                       dist, ckpt)
             epoch, batch_in_epoch, carry = 0, 0, EpochStats()
             if ckpt is not None:
                 epoch, batch_in_epoch, carry = run.restore(ckpt)
