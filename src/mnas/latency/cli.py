@@ -17,9 +17,11 @@ from mnas import zoo
 from mnas.errors import UserError
 from mnas.latency.backends import backend_names, get_backend
 from mnas.latency.lifetime import terminate_as_exit
+from mnas.latency.lut import LatencyTable, build_lut, check_output, check_tables, validate_lut
 from mnas.latency.protocol import DEFAULT_REFERENCE, Protocol, check_threads, measure_many, reference_latency
 from mnas.latency.result import LatencyResult, ReferenceLatency
 from mnas.latency.target import Target
+from mnas.space import SearchSpace
 
 app = typer.Typer(help="Measure latency on real runtimes; build and validate lookup tables.",
                   no_args_is_help=True)
@@ -215,9 +217,7 @@ def build_lut_cmd(
     force_threads: bool = _FORCE_THREADS,
 ) -> None:
     """Measure every layer configuration of a space (resumable; progress and ETA shown)."""
-    from mnas.latency.lut import build_lut, check_output
-    from mnas.space import SearchSpace
-
+    check_tables(target)
     _processes(processes)
     if pack_size is not None and pack_size < 1:
         raise UserError(f"--pack-size must be >= 1 (got {pack_size})")
@@ -250,8 +250,6 @@ def validate_lut_cmd(
 ) -> None:
     """Measure random architectures for real (against the table's reference) and compare with the
     table's predictions."""
-    from mnas.latency.lut import LatencyTable, validate_lut
-
     _processes(processes)
     if samples < 2:
         raise UserError(f"--samples must be >= 2 (got {samples})")

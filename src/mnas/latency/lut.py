@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from mnas.errors import UserError
-from mnas.latency.backends import ModelFile, backend_names, get_backend
+from mnas.latency.backends import Backend, ModelFile, backend_names, get_backend
 from mnas.latency.exporter import Job, arch_file, exporter, pool_size
 from mnas.latency.lifetime import terminate_as_exit
 from mnas.latency.protocol import (
@@ -111,6 +111,13 @@ class LatencyTable:
         """Predicted latency in ms (microseconds of work: dictionary look-ups and a sum)."""
         value = self._calibrated(*self.raw(arch, allow_missing))
         return value * self.reference.ms if self.reference is not None else value
+
+    def estimate(self, arch: Architecture, allow_missing: bool = False) -> tuple[float, float | None]:
+        """(ms, relative) with one look-up."""
+        value = self._calibrated(*self.raw(arch, allow_missing))
+        if self.reference is None:
+            return value, None
+        return value * self.reference.ms, value
 
     def _calibrated(self, s: float, n: int) -> float:
         c = self.calibration
@@ -247,6 +254,15 @@ def validation_archs(space: SearchSpace, n: int, seed: int = 777, resolution: in
     return [space.sample(rng).for_resolution(res) for _ in range(n)]
 
 
+def check_tables(backend_name: str) -> Backend:
+    """The backend, if it can build latency tables."""
+    backend = get_backend(backend_name)
+    if not backend.tables:
+        able = [n for n in backend_names() if get_backend(n).tables]
+        raise UserError(f"latency tables cannot be built for the {backend.name} backend; use {', '.join(able)}")
+    return backend
+
+
 def check_output(out: Path, force: bool) -> None:
     """Before any measuring: `out` must be a writable file path, and a finished table there is
     only replaced with `force`."""
@@ -296,10 +312,7 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
         raise UserError(f"--pack-size must be >= 1 (got {pack_size})")
     if calibration < 0:
         raise UserError(f"--calibration must be >= 0 (got {calibration})")
-    backend = get_backend(target.backend)
-    if not backend.tables:
-        able = [n for n in backend_names() if get_backend(n).tables]
-        raise UserError(f"latency tables cannot be built for the {backend.name} backend; use {', '.join(able)}")
+    backend = check_tables(target.backend)
     reason = backend.unavailable()
     if reason:
         raise UserError(f"backend {target.backend} cannot run here: {reason}")

@@ -120,9 +120,8 @@ class TableLatency:
         return self.table.regressed
 
     def estimate(self, arch: Architecture) -> Estimate:
-        runs = arch.for_resolution(self.target.resolution)
-        return Estimate(self.table.predict(runs, self.allow_missing),
-                        self.table.predict_relative(runs, self.allow_missing), "lut")
+        ms, relative = self.table.estimate(arch.for_resolution(self.target.resolution), self.allow_missing)
+        return Estimate(ms, relative, "lut")
 
     def estimate_many(self, archs: Sequence[Architecture]) -> list[Estimate]:
         return [self.estimate(a) for a in archs]

@@ -26,8 +26,11 @@ class PackModule(nn.Module):
         return tuple(m(x) for m, x in zip(self.units, xs, strict=True))
 
 
-def pack_module(units: Sequence[Unit]) -> tuple[PackModule, tuple[torch.Tensor, ...]]:
-    """The pack in eval mode and one example input per unit."""
-    modules = [build_unit(u) for u in units]
-    xs = tuple(torch.randn(*unit_input_shape(u)) for u in units)
+def pack_module(units: Sequence[Unit], seed: int = 0) -> tuple[PackModule, tuple[torch.Tensor, ...]]:
+    """The pack in eval mode and one example input per unit; the same weights for the same units
+    (seeded, without touching the caller's random state)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        modules = [build_unit(u) for u in units]
+        xs = tuple(torch.randn(*unit_input_shape(u)) for u in units)
     return PackModule(modules).eval(), xs
