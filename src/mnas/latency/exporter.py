@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
@@ -72,25 +73,38 @@ def _init_worker(parent: int, backend: tuple[str, str]) -> None:
     register_backend(*backend)
 
 
-def _arch_job(arch_json: str, target: dict[str, Any], path: str) -> str:
-    return str(export_arch(Architecture.from_json(arch_json), Target.from_dict(target), Path(path)))
+def _timed(fn: Callable[[], Path]) -> tuple[str, float]:
+    """(the file, CPU seconds its export took)."""
+    c0 = time.process_time()
+    return str(fn()), time.process_time() - c0
 
 
-def _pack_job(units: list[dict[str, Any]], target: dict[str, Any], path: str) -> str:
-    return str(export_pack([unit_from_dict(u) for u in units], Target.from_dict(target), Path(path)))
+def _arch_job(arch_json: str, target: dict[str, Any], path: str) -> tuple[str, float]:
+    return _timed(lambda: export_arch(Architecture.from_json(arch_json), Target.from_dict(target), Path(path)))
+
+
+def _pack_job(units: list[dict[str, Any]], target: dict[str, Any], path: str) -> tuple[str, float]:
+    return _timed(lambda: export_pack([unit_from_dict(u) for u in units], Target.from_dict(target), Path(path)))
 
 
 class Job:
-    """An export in progress: `result()` waits for it (or runs it here when there is no pool)."""
+    """An export in progress: `result()` waits for it (or runs it here when there is no pool) and
+    returns the file; `cpu_seconds` then says what the conversion cost."""
 
-    def __init__(self, fn: Callable[[], str] | None = None, handle: AsyncResult[str] | None = None) -> None:
+    def __init__(self, fn: Callable[[], tuple[str, float]] | None = None,
+                 handle: AsyncResult[tuple[str, float]] | None = None) -> None:
         self._fn, self._handle = fn, handle
-        self._value: str | None = None
+        self._value: tuple[str, float] | None = None
 
     def result(self) -> str:
         if self._value is None:
-            self._value = self._handle.get() if self._handle is not None else self._fn() if self._fn else ""
-        return str(self._value)
+            self._value = self._handle.get() if self._handle is not None else self._fn() if self._fn else ("", 0.0)
+        return self._value[0]
+
+    @property
+    def cpu_seconds(self) -> float:
+        self.result()
+        return self._value[1] if self._value is not None else 0.0
 
 
 class Exporter:
@@ -106,12 +120,12 @@ class Exporter:
 
     def arch(self, arch: Architecture, path: Path) -> Job:
         if self.pool is None or path.exists():
-            return Job(lambda: str(export_arch(arch, self.target, path)))
+            return Job(lambda: _timed(lambda: export_arch(arch, self.target, path)))
         return Job(handle=self.pool.apply_async(_arch_job, (arch.to_json(), self.target.to_dict(), str(path))))
 
     def pack(self, units: Sequence[Unit], path: Path) -> Job:
         if self.pool is None:
-            return Job(lambda: str(export_pack(units, self.target, path)))
+            return Job(lambda: _timed(lambda: export_pack(units, self.target, path)))
         return Job(handle=self.pool.apply_async(_pack_job, ([unit_to_dict(u) for u in units],
                                                             self.target.to_dict(), str(path))))
 
@@ -126,9 +140,10 @@ class Exporter:
         self.pool.join()
 
 
-def pool_size(jobs: int, backend: Backend) -> int:
-    """Background converters for `jobs` exports: one per core for slow converters, else none."""
-    if not backend.parallel_export or jobs < 2:
+def pool_size(jobs: int, backend: Backend, many: bool = False) -> int:
+    """Background converters for `jobs` exports: one per core for slow converters (or for `many`
+    exports, e.g. a table's packs, where the pool's start-up pays off), else none."""
+    if not (backend.parallel_export or many) or jobs < 2:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(jobs, cores))

@@ -331,7 +331,7 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
     todo = [u for u in all_units if u.key not in table.entries]
     size = pack_size or backend.default_pack_size
     packs = [todo[i:i + size] for i in range(0, len(todo), size)]
-    workers = export_workers if export_workers is not None else pool_size(len(packs), backend)
+    workers = export_workers if export_workers is not None else pool_size(len(packs), backend, many=len(packs) >= 4)
     pack_processes: list[int] = []
     archs = calibration_archs(space, calibration, seed, target.resolution)
     with terminate_as_exit(), tempfile.TemporaryDirectory(prefix="mnas-lut-") as tmp, \
@@ -342,6 +342,7 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
         lookahead = max(2, 2 * workers)
         jobs = {k: ex.pack(packs[k], Path(tmp) / f"pack{k}{backend.suffix}") for k in range(min(lookahead, len(packs)))}
         calibration_jobs: list[Job] = []
+        timing = {"wait_s": 0.0, "export_cpu_s": 0.0, "measure_s": 0.0}
         for k, pack in enumerate(packs + [[]]):
             if k + lookahead < len(packs):
                 jobs[k + lookahead] = ex.pack(packs[k + lookahead], Path(tmp) / f"pack{k + lookahead}{backend.suffix}")
@@ -349,9 +350,15 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
                 calibration_jobs = [ex.arch(a, arch_file(a, target, keep, backend)) for a in archs]
             if not pack:
                 break
-            path = Path(jobs.pop(k).result())
+            w = time.time()
+            job = jobs.pop(k)
+            path = Path(job.result())
+            timing["wait_s"] += time.time() - w
+            timing["export_cpu_s"] += job.cpu_seconds
+            m = time.time()
             per_proc = measure_rounds({0: ModelFile(path, parts=len(pack))}, ref_file, target, processes,
                                       protocol, backend)[0]
+            timing["measure_s"] += time.time() - m
             path.unlink(missing_ok=True)
             pack_processes.append(len(per_proc))
             table.entries.update(_entries(pack, per_proc, processes, protocol, ref))
@@ -359,15 +366,18 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
             table.save(partial)
             bar.advance(task, len(pack))
         layers_s = spent + time.time() - t0
-        for job in calibration_jobs:
-            job.result()
+        w = time.time()
+        timing["calibration_export_cpu_s"] = sum(job.cpu_seconds for job in calibration_jobs)
+        timing["calibration_wait_s"] = time.time() - w
         measured: list[float] = []
+        c = time.time()
         if archs:
             ctask = bar.add_task("calibration", total=len(archs))
             res = measure_many(archs, target, processes=processes, cache=db, protocol=protocol, reference=ref_arch,
                                on_result=lambda i, r: bar.advance(ctask, 1))
             measured = [float(r.relative or r.median_ms) for r in res]
             table.calibration = fit_calibration([table.raw(a) for a in archs], measured)
+        timing["calibration_s"] = time.time() - c
     table.calibration["samples"] = len(measured)
     if measured:
         pred = [table.predict_relative(a) or 0.0 for a in archs]
@@ -375,7 +385,7 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
     table.build = {"seconds": spent + time.time() - t0, "layer_seconds": layers_s,
                    "units": len(table.entries), "pack_size": size, "processes": processes,
                    "calibration_archs": len(archs), "started_at": started, "finished_at": time.time(),
-                   "pack_processes": pack_processes, "export_workers": workers,
+                   "pack_processes": pack_processes, "export_workers": workers, **timing,
                    "unstable_units": sum(not e.get("stable", True) for e in table.entries.values())}
     table.save(out)
     partial.unlink(missing_ok=True)

@@ -87,7 +87,7 @@ def unit_input_shape(unit: Unit) -> tuple[int, int, int, int]:
 
 def build_unit(unit: Unit) -> nn.Module:
     """The module mnas.model builds for this unit (eval mode, TF BatchNorm settings)."""
-    from torch import nn
+    from torch import nn  # lazy: tables and predictions use units without torch; only building needs it
 
     from mnas.model import TF_BN_EPS, TF_BN_MOMENTUM, ConvBnAct, Layer
 

@@ -18,6 +18,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -56,8 +57,6 @@ class Runner:
 def timed_parts(runners: Sequence[Runner]) -> Runner:
     """One runner that runs `runners` in turn and times each with the wall clock: a pack whose
     units are separate signatures / modules, measured as one item with one part per unit."""
-    import time
-
     calls: list[list[float]] = []
     clock = time.perf_counter_ns
 

@@ -6,6 +6,9 @@ own signature: each signature is exported, decomposed and lowered on its own), a
 flatbuffer is then split into one subgraph + signature per unit (the official schema's object
 API), so each unit runs, and is timed, on its own. XNNPACK delegates every subgraph; a unit
 timed in a split pack takes what the same unit converted alone takes.
+
+Imports of the runtime, numpy and torch sit inside the methods on purpose: the registry imports
+every backend module, and a measuring process loads only the runtime it measures.
 """
 
 from __future__ import annotations

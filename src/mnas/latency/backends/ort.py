@@ -4,6 +4,9 @@ A table pack is one .onnx holding K independent units; one `run` executes all of
 per-node profiler attributes the time to units by node name (`/units.<i>/...`). Layout reorders
 that ORT inserts only because a unit starts or ends the pack (they do not occur between layers of
 a real network) are left out; reorders inside a unit (e.g. around SE) are counted.
+
+Imports of the runtime, numpy and torch sit inside the methods on purpose: the registry imports
+every backend module, and a measuring process loads only the runtime it measures.
 """
 
 from __future__ import annotations

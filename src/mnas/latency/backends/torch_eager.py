@@ -1,4 +1,7 @@
-"""Eager PyTorch: set_num_threads, optional channels_last, CUDA event timing on a GPU."""
+"""Eager PyTorch: set_num_threads, optional channels_last, CUDA event timing on a GPU.
+torch is this backend's runtime, so this module imports it; the registry imports a backend module
+only when that backend is asked for.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +10,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from torch import nn
+
 from mnas.errors import UserError
 from mnas.latency.backends.base import Backend, Runner, dist_version, timed_parts
+from mnas.latency.units import Unit, build_unit, unit_from_dict, unit_input_shape, unit_to_dict
+from mnas.model import build_model
+from mnas.safe_load import load_tensors
+from mnas.space import Architecture
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from mnas.latency.target import Target
-    from mnas.latency.units import Unit
 
 
 class TorchBackend(Backend):
-    """Imports of torch and mnas.model are lazy here: a worker of another backend never needs them."""
-
     name = "torch"
     suffix = ".pt"
     default_pack_size = 64
@@ -28,8 +33,6 @@ class TorchBackend(Backend):
     def version(self, target: Target) -> str:
         v = dist_version("torch")
         if target.device == "cuda":
-            import torch
-
             v += f" cuda {torch.version.cuda}"
         return v
 
@@ -38,8 +41,6 @@ class TorchBackend(Backend):
 
     def machine(self, target: Target) -> str:
         if target.device == "cuda":
-            import torch
-
             return f"cuda:{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
         return super().machine(target)
 
@@ -48,10 +49,6 @@ class TorchBackend(Backend):
         architecture and weights; any other module as a traced TorchScript program inside the
         record (TorchScript holds no Python objects). `torch.export` is no alternative: its loader
         falls back to full unpickling."""
-        import torch
-
-        from mnas.space import Architecture
-
         path.parent.mkdir(parents=True, exist_ok=True)
         module = module.eval()
         arch = getattr(module, "arch", None)
@@ -69,8 +66,6 @@ class TorchBackend(Backend):
         return path
 
     def load(self, path: Path, target: Target) -> Runner:
-        import torch
-
         torch.set_num_threads(target.threads)
         model = load_module(path)
         x = torch.randn(target.batch, 3, target.resolution, target.resolution)
@@ -102,20 +97,11 @@ class TorchBackend(Backend):
 
     def export_pack(self, units: Sequence[Unit], path: Path, target: Target) -> Path:
         """The units as data; the worker rebuilds them (no pickled modules)."""
-        import torch
-
-        from mnas.latency.units import unit_to_dict
-
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"units": [unit_to_dict(u) for u in units]}, path)
         return path
 
     def load_pack(self, path: Path, target: Target, count: int) -> Runner:
-        import torch
-
-        from mnas.latency.units import build_unit, unit_from_dict, unit_input_shape
-        from mnas.safe_load import load_tensors
-
         torch.set_num_threads(target.threads)
         saved = load_tensors(path, f"latency pack {path}")
         runners = []
@@ -126,8 +112,6 @@ class TorchBackend(Backend):
 
 
 def _module_runner(module: Any, x: Any) -> Runner:
-    import torch
-
     def run() -> None:
         with torch.inference_mode():
             module(x)
@@ -137,12 +121,6 @@ def _module_runner(module: Any, x: Any) -> Runner:
 
 def load_module(path: Path) -> Any:
     """The module `TorchBackend.export` wrote, read with `weights_only=True`."""
-    import torch
-
-    from mnas.model import build_model
-    from mnas.safe_load import load_tensors
-    from mnas.space import Architecture
-
     record = load_tensors(path, f"torch model file {path}")
     kind = record.get("format") if isinstance(record, dict) else None
     if kind == "mnas-arch":
