@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--space", default="mnasnet")
     ap.add_argument("--resolution", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--num-classes", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--calibration", type=int, default=32)
     ap.add_argument("--processes", type=int, default=3)
@@ -67,7 +68,7 @@ def main() -> None:
 
 def run(space: SearchSpace, backend: str, args: argparse.Namespace) -> dict[str, Any]:
     target = Target(backend=backend, threads=args.threads, resolution=args.resolution or space.resolution,
-                    num_classes=1000)
+                    num_classes=args.num_classes)
     cache = LatencyCache()
     folder = args.out or cache.path.parent / "luts"
     out = folder / f"{space.name}_{backend}_{target.fingerprint}.json"

@@ -1,23 +1,33 @@
 """Model files for measuring: whole networks and table packs, written atomically, optionally by a
-pool of background processes.
+pool of background converter processes.
 
-LiteRT conversion costs seconds of CPU per network (about 1 s per layer), which would dominate a
-table build or a batch of candidates; a pool of idle-priority processes (one per core) converts
-while the measurements, at normal priority on their pinned core, go on. A measurement disturbed
-by a converter on the other core is exactly what the reference interleaving cancels.
+LiteRT conversion costs about a second of CPU per layer, which would dominate a table build or a
+batch of candidates; a pool of converter processes works while the measurements go on: one per
+core that does not measure, pinned there at normal priority, and one on the measuring core(s) at
+idle priority (SCHED_IDLE), which only uses the time the measurements leave. A measurement
+disturbed by a converter on another core (shared caches, memory bandwidth) is what the reference
+interleaving cancels.
+
+The converters are `python -m mnas.latency.exporter` processes fed one JSON job per line (not
+multiprocessing: that re-imports the caller's main script in every child). They die with their
+parent.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
+import json
 import os
+import queue
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from multiprocessing.pool import AsyncResult, Pool
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from mnas.errors import UserError
 from mnas.latency.backends import Backend, get_backend, register_backend
 from mnas.latency.lifetime import die_with_parent, idle_priority
 from mnas.latency.target import Target
@@ -66,39 +76,39 @@ def export_pack(units: Sequence[Unit], target: Target, path: Path) -> Path:
     return path
 
 
-# ---- the pool ------------------------------------------------------------------------------------
-def _init_worker(parent: int, backend: tuple[str, str]) -> None:
-    die_with_parent(parent)
-    idle_priority()
-    register_backend(*backend)
-
-
-def _timed(fn: Callable[[], Path]) -> tuple[str, float]:
+def _run_job(job: dict[str, Any]) -> tuple[str, float]:
     """(the file, CPU seconds its export took)."""
+    target = Target.from_dict(job["target"])
     c0 = time.process_time()
-    return str(fn()), time.process_time() - c0
+    if job["kind"] == "arch":
+        path = export_arch(Architecture.from_json(job["arch"]), target, Path(job["path"]))
+    else:
+        path = export_pack([unit_from_dict(u) for u in job["units"]], target, Path(job["path"]))
+    return str(path), time.process_time() - c0
 
 
-def _arch_job(arch_json: str, target: dict[str, Any], path: str) -> tuple[str, float]:
-    return _timed(lambda: export_arch(Architecture.from_json(arch_json), Target.from_dict(target), Path(path)))
-
-
-def _pack_job(units: list[dict[str, Any]], target: dict[str, Any], path: str) -> tuple[str, float]:
-    return _timed(lambda: export_pack([unit_from_dict(u) for u in units], Target.from_dict(target), Path(path)))
-
-
+# ---- jobs and the pool -------------------------------------------------------------------------
 class Job:
     """An export in progress: `result()` waits for it (or runs it here when there is no pool) and
     returns the file; `cpu_seconds` then says what the conversion cost."""
 
-    def __init__(self, fn: Callable[[], tuple[str, float]] | None = None,
-                 handle: AsyncResult[tuple[str, float]] | None = None) -> None:
-        self._fn, self._handle = fn, handle
+    def __init__(self, spec: dict[str, Any], inline: bool) -> None:
+        self.spec = spec
+        self.inline = inline
+        self._done = threading.Event()
         self._value: tuple[str, float] | None = None
+        self._error: str | None = None
+
+    def finish(self, value: tuple[str, float] | None, error: str | None = None) -> None:
+        self._value, self._error = value, error
+        self._done.set()
 
     def result(self) -> str:
-        if self._value is None:
-            self._value = self._handle.get() if self._handle is not None else self._fn() if self._fn else ("", 0.0)
+        if self.inline and not self._done.is_set():
+            self.finish(_run_job(self.spec))
+        self._done.wait()
+        if self._error is not None or self._value is None:
+            raise UserError(f"exporting {Path(self.spec['path']).name} failed: {self._error}")
         return self._value[0]
 
     @property
@@ -110,51 +120,128 @@ class Job:
 class Exporter:
     """Submit exports; with `workers == 0` they run in this process when their result is asked for."""
 
-    def __init__(self, target: Target, workers: int) -> None:
+    def __init__(self, target: Target, workers: int, measuring: Sequence[int] = ()) -> None:
         self.target = target
-        self.pool: Pool | None = None
-        if workers > 0:
-            backend = get_backend(target.backend)
-            self.pool = multiprocessing.get_context("spawn").Pool(
-                workers, initializer=_init_worker, initargs=(os.getpid(), (backend.name, backend.module)))
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.procs: list[subprocess.Popen[str]] = []
+        self.threads: list[threading.Thread] = []
+        backend = get_backend(target.backend)
+        for cpus, idle in placement(workers, measuring):
+            boot = json.dumps({"parent": os.getpid(), "backend": [backend.name, backend.module], "cpus": cpus,
+                               "idle": idle})
+            proc = subprocess.Popen([sys.executable, "-m", "mnas.latency.exporter", boot], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+            thread = threading.Thread(target=self._feed, args=(proc,), daemon=True)
+            thread.start()
+            self.procs.append(proc)
+            self.threads.append(thread)
+
+    def _feed(self, proc: subprocess.Popen[str]) -> None:
+        """Hand this converter one job at a time until the queue says stop."""
+        stdin: IO[str] | None = proc.stdin
+        stdout: IO[str] | None = proc.stdout
+        while True:
+            job = self.jobs.get()
+            if job is None or stdin is None or stdout is None:
+                break
+            try:
+                stdin.write(json.dumps(job.spec) + "\n")
+                stdin.flush()
+                line = stdout.readline()
+                reply: dict[str, Any] = json.loads(line) if line else {"error": f"the converter stopped (exit {proc.poll()})"}
+            except (OSError, ValueError) as exc:
+                reply = {"error": f"the converter failed: {exc}"}
+            job.finish((str(reply["path"]), float(reply["cpu"])) if "path" in reply else None, reply.get("error"))
+        if stdin is not None:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    def _submit(self, spec: dict[str, Any], path: Path) -> Job:
+        job = Job(spec, inline=not self.procs or path.exists())
+        if not job.inline:
+            self.jobs.put(job)
+        return job
 
     def arch(self, arch: Architecture, path: Path) -> Job:
-        if self.pool is None or path.exists():
-            return Job(lambda: _timed(lambda: export_arch(arch, self.target, path)))
-        return Job(handle=self.pool.apply_async(_arch_job, (arch.to_json(), self.target.to_dict(), str(path))))
+        return self._submit({"kind": "arch", "arch": arch.to_json(), "target": self.target.to_dict(),
+                             "path": str(path)}, path)
 
     def pack(self, units: Sequence[Unit], path: Path) -> Job:
-        if self.pool is None:
-            return Job(lambda: _timed(lambda: export_pack(units, self.target, path)))
-        return Job(handle=self.pool.apply_async(_pack_job, ([unit_to_dict(u) for u in units],
-                                                            self.target.to_dict(), str(path))))
+        return self._submit({"kind": "pack", "units": [unit_to_dict(u) for u in units],
+                             "target": self.target.to_dict(), "path": str(path)}, path)
 
     def close(self, failed: bool = False) -> None:
-        """Wait for the pool's work; on failure (or SIGTERM, Ctrl-C) stop its processes at once."""
-        if self.pool is None:
-            return
+        """Wait for the converters' work; on failure (or SIGTERM, Ctrl-C) stop them at once."""
         if failed:
-            self.pool.terminate()
-        else:
-            self.pool.close()
-        self.pool.join()
+            for proc in self.procs:
+                proc.kill()
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join(timeout=None if not failed else 5)
+        for proc in self.procs:
+            proc.wait()
+
+
+def placement(workers: int, measuring: Sequence[int]) -> list[tuple[list[int], bool]]:
+    """(cores, idle priority) per converter: the non-measuring cores first, at normal priority;
+    the rest on the measuring cores (or anywhere) at idle priority."""
+    others = [c for c in all_cores() if c not in measuring]
+    out: list[tuple[list[int], bool]] = [([c], False) for c in others[:workers]]
+    while len(out) < workers:
+        out.append((list(measuring) or all_cores(), True))
+    return out
+
+
+def all_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
 def pool_size(jobs: int, backend: Backend, many: bool = False) -> int:
     """Background converters for `jobs` exports: one per core for slow converters (or for `many`
-    exports, e.g. a table's packs, where the pool's start-up pays off), else none."""
+    exports, e.g. a table's packs, where the start-up pays off), else none."""
     if not (backend.parallel_export or many) or jobs < 2:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(jobs, cores))
+    return max(1, min(jobs, len(all_cores())))
 
 
 @contextlib.contextmanager
-def exporter(target: Target, workers: int) -> Iterator[Exporter]:
-    ex = Exporter(target, workers)
+def exporter(target: Target, workers: int, measuring: Sequence[int] = ()) -> Iterator[Exporter]:
+    """Converters for `target`'s files; `measuring`: the cores measurements are pinned to."""
+    ex = Exporter(target, workers, measuring)
     try:
         yield ex
     except BaseException:
         ex.close(failed=True)
         raise
     ex.close()
+
+
+# ---- a converter process -----------------------------------------------------------------------
+def main(argv: list[str]) -> int:
+    """Convert jobs read from stdin, one JSON line each; answer one JSON line each on stdout."""
+    boot = json.loads(argv[0])
+    die_with_parent(boot["parent"])
+    if boot.get("cpus") and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(boot["cpus"]))
+    if boot.get("idle"):
+        idle_priority()
+    register_backend(*boot["backend"])
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # converters print; keep the answer channel clean
+    for line in sys.stdin:
+        job: dict[str, Any] = json.loads(line)
+        try:
+            path, cpu = _run_job(job)
+            reply: dict[str, Any] = {"path": path, "cpu": cpu}
+        except Exception as exc:  # a bad model: report it, keep converting the others
+            reply = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]}
+        answers.write(json.dumps(reply) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+
+__all__ = ["Exporter", "Job", "arch_file", "export_arch", "export_module", "export_pack", "exporter", "pool_size"]

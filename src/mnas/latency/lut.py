@@ -48,6 +48,7 @@ from mnas.latency.protocol import (
     DEFAULT_REFERENCE,
     Protocol,
     closest,
+    measure_cpus,
     measure_many,
     measure_rounds,
     reference_arch,
@@ -332,10 +333,11 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
     size = pack_size or backend.default_pack_size
     packs = [todo[i:i + size] for i in range(0, len(todo), size)]
     workers = export_workers if export_workers is not None else pool_size(len(packs), backend, many=len(packs) >= 4)
+    measuring = measure_cpus(target.threads, protocol.force_threads) if backend.local else []
     pack_processes: list[int] = []
     archs = calibration_archs(space, calibration, seed, target.resolution)
     with terminate_as_exit(), tempfile.TemporaryDirectory(prefix="mnas-lut-") as tmp, \
-            exporter(target, workers) as ex, _progress(progress) as bar:
+            exporter(target, workers, measuring) as ex, _progress(progress) as bar:
         keep = db.models_dir if db is not None else Path(tmp)
         ref_file = Path(ex.arch(ref_arch, arch_file(ref_arch, target, keep, backend)).result())
         task = bar.add_task("layers", total=len(all_units), completed=len(all_units) - len(todo))

@@ -134,7 +134,8 @@ def _files(items: Sequence[Any], todo: Sequence[int], target: Target, backend: B
     """Export every item to do (architectures into `keep`, reused; modules into `tmp`)."""
     archs = [i for i in todo if isinstance(items[i], Architecture)]
     out: dict[int, Path] = {}
-    with exporter(target, pool_size(len(archs), backend)) as ex:
+    measuring = measure_cpus(target.threads, True) if backend.local else []
+    with exporter(target, pool_size(len(archs), backend), measuring) as ex:
         jobs = {i: ex.arch(items[i], arch_file(items[i], target, keep, backend)) for i in archs}
         for i in todo:
             if i not in jobs:
