@@ -25,7 +25,7 @@ from mnas.latency.model import MeasuredLatency
 from mnas.latency.protocol import Protocol
 from mnas.space import SearchSpace
 
-RAMP = (100, 1000)  # calls of a process over which the clock slows from 1x to 1.6x
+RAMP = (0, 300)  # calls of a process over which the clock slows from 1x to 1.6x
 
 
 def cost_ms(module) -> float:
