@@ -177,3 +177,18 @@ def test_a_killed_measurement_leaves_no_worker_and_no_temp_folder(tmp_path: Path
         assert [p.name for p in tmp.iterdir() if p.name.startswith("mnas-")] == []
     else:  # SIGKILL cannot be handled: the job folder stays, but the worker died before finishing it
         assert list(tmp.glob("mnas-lat-*/job.json")) and not list(tmp.glob("mnas-lat-*/result.json"))
+
+
+@pytest.mark.slow
+def test_measure_json_reports_relative_and_the_reference(capsys, tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path))
+    proc = mnas_here(capsys, "latency", "measure", "mnasnet_small", "-b", "onnxruntime", "-r", "32", "--json")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["reference"] == "mobilenet_v2" and d["relative"] > 0 and d["raw_ms"] > 0
+    assert d["median_ms"] == pytest.approx(d["relative"] * d["reference_ms"])
+    assert d["reference_date"].endswith("UTC") and d["reference_spread"] >= 0 and d["processes"] >= 3
+    text = mnas_here(capsys, "latency", "measure", "mnasnet_small", "-b", "onnxruntime", "-r", "32")
+    assert "(cached)" in text.stdout and "x mobilenet_v2" in text.stdout and "measured 20" in text.stdout

@@ -7,6 +7,7 @@ thread count above the cores present (unless --force-threads), no existing table
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,14 @@ def _reference_line(ref: ReferenceLatency) -> str:
             f"(spread {100 * ref.spread:.1f}% over {ref.processes} processes{'' if ref.stable else ', unstable'})")
 
 
+def _date(t: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if t else None
+
+
 def _result_dict(result: LatencyResult, label: str, target: Target) -> dict[str, Any]:
     d = result.to_dict()
-    d.update(name=label, arch_id=result.arch_id, runtime=target.runtime_version)
+    d.update(name=label, arch_id=result.arch_id, runtime=target.runtime_version,
+             reference_date=_date(result.reference_measured_at))
     return d
 
 
@@ -114,7 +120,8 @@ def measure(
     cached = " (cached)" if result.cached else ""
     typer.echo(f"{label}: {result.median_ms:.3f} ms on {target.label} [{target.runtime_version}]{cached}")
     if result.relative is not None:
-        typer.echo(f"  = {result.relative:.4f} x {result.reference} ({result.reference_ms:.3f} ms); "
+        typer.echo(f"  = {result.relative:.4f} x {result.reference} ({result.reference_ms:.3f} ms, measured "
+                   f"{_date(result.reference_measured_at)}, spread {100 * (result.reference_spread or 0):.1f}%); "
                    f"this run's own time {result.raw_ms:.3f} ms")
     typer.echo(f"  p10 {result.p10_ms:.3f}  p90 {result.p90_ms:.3f}  cv {100 * result.cv:.1f}%  "
                f"spread {100 * result.spread:.1f}%  processes {result.processes}  runs {result.runs}  "
