@@ -172,6 +172,7 @@ class LatencyTable:
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(self.to_dict(), f, indent=1, sort_keys=True)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a table is an ordinary file
             os.replace(tmp, out)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -378,11 +379,13 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
             res = measure_many(archs, target, processes=processes, cache=db, protocol=protocol, reference=ref_arch,
                                on_result=lambda i, r: bar.advance(ctask, 1))
             measured = [float(r.relative or r.median_ms) for r in res]
-            table.calibration = fit_calibration([table.raw(a) for a in archs], measured)
+            before = table.regressed  # a partial table (`units`): count what the regression filled
+            table.calibration = fit_calibration([table.raw(a, allow_missing=True) for a in archs], measured)
+            timing["calibration_regressed_units"] = table.regressed - before
         timing["calibration_s"] = time.time() - c
     table.calibration["samples"] = len(measured)
     if measured:
-        pred = [table.predict_relative(a) or 0.0 for a in archs]
+        pred = [table.predict_relative(a, allow_missing=True) or 0.0 for a in archs]
         table.calibration["fit_mape"] = 100 * statistics.fmean(abs(p - m) / m for p, m in zip(pred, measured, strict=True))
     table.build = {"seconds": spent + time.time() - t0, "layer_seconds": layers_s,
                    "units": len(table.entries), "pack_size": size, "processes": processes,
