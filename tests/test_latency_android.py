@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from mnas.errors import UserError
+from mnas.latency.backends import ModelFile
 from mnas.latency.backends.android import BACKEND, Adb
-from mnas.latency.protocol import Protocol
-from mnas.latency.result import summarise
+from mnas.latency.protocol import Protocol, measure_rounds
+from mnas.latency.result import ReferenceLatency, summarise
 from mnas.latency.target import Target
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adb"
@@ -42,14 +43,21 @@ def _calls(log: Path) -> list[list[str]]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-def _files(tmp_path: Path) -> tuple[Path, dict[int, Path]]:
+def _files(tmp_path: Path) -> tuple[Path, list[ModelFile]]:
     binary = tmp_path / "benchmark_model"
     binary.write_bytes(b"\x7fELF fake benchmark binary")
-    models = {}
+    models = []
     for i in range(2):
-        models[i] = tmp_path / f"model{i}.tflite"
-        models[i].write_bytes(b"TFL3 model")
+        path = tmp_path / f"model{i}.tflite"
+        path.write_bytes(f"TFL3 model {i}".encode())
+        models.append(ModelFile(path))
     return binary, models
+
+
+def _reference(tmp_path: Path) -> Path:
+    ref = tmp_path / "reference.tflite"
+    ref.write_bytes(b"TFL3 reference")
+    return ref
 
 
 @pytest.mark.parametrize("output, expected_ms", [
@@ -60,13 +68,14 @@ def _files(tmp_path: Path) -> tuple[Path, dict[int, Path]]:
 ])
 def test_measure_on_fake_phone(fake_adb: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                output: str, expected_ms: float) -> None:
+    """Absolute: every file timed `processes` times, round-robin, files pushed once."""
     monkeypatch.setenv("FAKE_ADB_OUTPUT", output)
     binary, models = _files(tmp_path)
     target = Target(backend="android", benchmark_binary=str(binary))
-    samples = BACKEND.measure_files(models, target, 3, Protocol())
+    samples = measure_rounds(dict(enumerate(models)), None, target, 3, Protocol(), BACKEND)
     assert set(samples) == {0, 1} and all(len(s) == 3 for s in samples.values())
-    result = summarise(samples[0], target)
-    assert result.median_ms == pytest.approx(expected_ms)
+    result = summarise([s[0] for s in samples[0]], target)
+    assert result.median_ms == pytest.approx(expected_ms) and result.relative is None
     assert result.processes == 3
 
     calls = _calls(fake_adb)
@@ -84,10 +93,38 @@ def test_measure_on_fake_phone(fake_adb: Path, tmp_path: Path, monkeypatch: pyte
     assert any("chmod 755 /data/local/tmp/mnas/benchmark_model" in c[-1] for c in calls)
 
 
+@pytest.mark.parametrize("drift", [0.0, 0.05])
+def test_relative_to_the_reference_on_a_throttling_phone(fake_adb: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, drift: float) -> None:
+    """benchmark_model runs of the reference and the files in alternation (ref, model0, ref,
+    model1, ref): each file's run is divided by the mean of the two reference runs around it, so
+    a phone that slows down run after run (5% per run here) leaves the ratio exact."""
+    monkeypatch.setenv("FAKE_ADB_OUTPUT", "benchmark_new.txt")  # the models: median 58016 us
+    monkeypatch.setenv("FAKE_ADB_GRAPHS", '{"reference": "benchmark_summary.txt"}')  # avg 61802.4 us
+    monkeypatch.setenv("FAKE_ADB_DRIFT", str(drift))
+    binary, models = _files(tmp_path)
+    target = Target(backend="android", benchmark_binary=str(binary))
+    samples = measure_rounds(dict(enumerate(models)), _reference(tmp_path), target, 3, Protocol(), BACKEND)
+    expected = 58016 / 61802.4
+    ref = ReferenceLatency("mobilenet_v2", "id", 61.8024, 0.01, 0.0, 3, True, target)
+    for i in (0, 1):
+        per_process = [s[0] for s in samples[i]]
+        assert [s.relative for s in per_process] == pytest.approx([expected] * 3, rel=1e-9)
+        result = summarise(per_process, target, reference=ref)
+        assert result.relative == pytest.approx(expected, rel=1e-9) and result.stable
+        assert result.median_ms == pytest.approx(58.016, rel=1e-9)
+        raw = sorted(s.median_ms for s in per_process)  # the phone's own times drift
+        assert (raw[-1] / raw[0] > 1.2) == (drift > 0)
+    runs = [c[-1].split("--graph=")[1].split()[0].rsplit("/", 1)[1] for c in _calls(fake_adb) if "--graph" in c[-1]]
+    assert runs[:5] == ["reference.tflite", "model0.tflite", "reference.tflite", "model1.tflite", "reference.tflite"]
+    pushes = [Path(c[3]).name for c in _calls(fake_adb) if c[:3] == ["-s", "emulator-5554", "push"]]
+    assert sorted(pushes) == ["benchmark_model", "model0.tflite", "model1.tflite", "reference.tflite"]
+
+
 def test_threads_pin_to_the_big_cores(fake_adb: Path, tmp_path: Path) -> None:
     binary, models = _files(tmp_path)
     target = Target(backend="android", threads=4, benchmark_binary=str(binary))
-    BACKEND.measure_files({0: models[0]}, target, 1, Protocol())
+    BACKEND.measure_files(models[:1], None, target, Protocol(), [])
     run = [c[-1] for c in _calls(fake_adb) if "--graph" in c[-1]][0]
     assert run.startswith("taskset f0 ") and "--num_threads=4" in run
 
@@ -103,7 +140,7 @@ def test_missing_adb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ADB", raising=False)
     binary, models = _files(tmp_path)
     with pytest.raises(UserError) as exc:
-        BACKEND.measure_files(models, Target(backend="android", benchmark_binary=str(binary)), 3, Protocol())
+        BACKEND.measure_files(models, None, Target(backend="android", benchmark_binary=str(binary)), Protocol(), [])
     assert "adb not found" in _one_line(exc)
     assert BACKEND.unavailable() is not None
 

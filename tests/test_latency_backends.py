@@ -1,5 +1,7 @@
 """Every backend that runs here measures a real model through the protocol: LiteRT (the default),
-ONNX Runtime and eager PyTorch (channels_last too). CUDA timing needs a GPU."""
+ONNX Runtime and eager PyTorch (channels_last too). CUDA timing needs a GPU. Absolute timing here
+(reference=None) keeps these fast; the reference interleaving is the same code for every local
+backend (tests/test_latency_protocol.py, tests/test_latency_seam.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from torch import nn
 
 from mnas.errors import UserError
 from mnas.latency import LatencyCache, Target, measure
-from mnas.latency.backends import backend_names, get_backend
+from mnas.latency.backends import ModelFile, backend_names, get_backend
 from mnas.latency.protocol import Protocol
 from mnas.space import SearchSpace
 
@@ -28,44 +30,46 @@ def _check(r, target: Target, processes: int) -> None:
     assert r.runs >= 60 * r.processes and 0 <= r.preempted_fraction <= 1 and r.cv >= 0
 
 
+@pytest.mark.slow
 def test_litert_default_backend_on_an_architecture(tmp_path) -> None:
     """The default target is LiteRT; an Architecture is built, converted and timed."""
     arch = SearchSpace.cifar().sample(1)
     target = Target(resolution=32, num_classes=10)
     assert target.backend == "litert"
-    r = measure(arch, target, processes=1, cache=LatencyCache(tmp_path / "c.sqlite"))
+    r = measure(arch, target, processes=1, cache=LatencyCache(tmp_path / "c.sqlite"), reference=None)
     _check(r, target, 1)
     assert "ai-edge-litert" in target.runtime_version
 
 
+@pytest.mark.slow
 def test_onnxruntime_backend() -> None:
     target = Target(backend="onnxruntime", resolution=32, num_classes=10)
-    _check(measure(_tiny(), target, processes=2, cache=None), target, 2)
+    _check(measure(_tiny(), target, processes=2, cache=None, reference=None), target, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_torch_backend(channels_last: bool) -> None:
     target = Target(backend="torch", resolution=32, num_classes=10, channels_last=channels_last)
-    _check(measure(_tiny(), target, processes=1, cache=None), target, 1)
+    _check(measure(_tiny(), target, processes=1, cache=None, reference=None), target, 1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU for CUDA event timing")
 def test_torch_cuda_backend() -> None:
     target = Target(backend="torch", device="cuda", resolution=32, num_classes=10)
-    _check(measure(_tiny(), target, processes=1, cache=None), target, 1)
+    _check(measure(_tiny(), target, processes=1, cache=None, reference=None), target, 1)
 
 
-def test_every_local_backend_reports_a_version() -> None:
+def test_every_backend_reports_a_version() -> None:
     for name in backend_names():
-        v = get_backend(name).version(Target(backend="onnxruntime"))
+        v = get_backend(name).describe()
         assert v and "missing" not in v
 
 
 def test_worker_failure_is_one_clear_line(tmp_path) -> None:
-    from mnas.latency.protocol import run_worker
-
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx file")
+    target = Target(backend="onnxruntime", resolution=32)
     with pytest.raises(UserError) as exc:
-        run_worker(bad, Target(backend="onnxruntime", resolution=32))
+        get_backend("onnxruntime").measure_files([ModelFile(bad)], None, target, Protocol(), [])
     assert "onnxruntime worker failed on broken.onnx" in str(exc.value) and "\n" not in str(exc.value)

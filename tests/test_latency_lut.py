@@ -1,4 +1,6 @@
-"""Layer lookup table on a tiny space: build (packs, resume), predict fast, validate with a plot."""
+"""Layer lookup table on a tiny space: build against the reference (packs, resume keyed to the
+output), predict fast and in relative terms, refuse what it cannot predict, validate with a
+plot; every bad output path or option is refused before measuring."""
 
 from __future__ import annotations
 
@@ -7,109 +9,156 @@ import random
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import torch
 
 from mnas.errors import UserError
 from mnas.latency import LatencyCache, Target
-from mnas.latency.lut import LatencyTable, build_lut, evaluate, fit_calibration, validate_lut
-from mnas.latency.units import arch_units, space_units
+from mnas.latency.backends import get_backend
+from mnas.latency.lut import LatencyTable, build_lut, check_output, evaluate, fit_calibration, validate_lut
+from mnas.latency.packs import pack_module
+from mnas.latency.protocol import Protocol
+from mnas.latency.session import time_session
+from mnas.latency.units import arch_units, space_units, unit_input_shape
 from mnas.space import SearchSpace
 
 TINY = {
     "name": "tiny", "base_filters": [8, 16], "base_layers": [1, 2], "strides": [1, 2],
     "ops": ["ds", "mbconv3"], "kernels": [3], "se_ratios": [0, 0.25], "skips": ["identity"],
-    "filter_multipliers": [1.0], "layer_deltas": [0], "stem_filters": 8, "stem_stride": 2,
+    "filter_multipliers": [1.0], "layer_deltas": [0], "stem_filters": 8, "stem_stride": 1,
     "head_filters": 32, "resolution": 32,
 }
+ORT32 = Target(backend="onnxruntime", resolution=32, num_classes=10)
+QUICK = Protocol(warmup_iters=10, warmup_s=0.0, iters=30)
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def cache(tmp_path_factory) -> LatencyCache:
+    return LatencyCache(tmp_path_factory.mktemp("lutcache") / "lat.sqlite")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, cache):
     space = SearchSpace.from_dict(TINY)
-    target = Target(backend="onnxruntime", resolution=32, num_classes=10)
     folder = tmp_path_factory.mktemp("lut")
-    cache = LatencyCache(folder / "lat.sqlite")
     units = space_units(space, 32, 10)
     out = folder / "lut.json"
-    # an interrupted build: the first pack's entries were saved (marked by a sentinel value)
-    first = build_lut(space, target, folder / "first.json", processes=1, calibration=0,
-                      pack_size=4, cache=cache, progress=False, units=units[:4])
-    partial = LatencyTable(target=target, entries={k: {**e, "median_ms": 0.123}
-                                                   for k, e in first.entries.items()},
-                           space=space.to_dict())
+    # an interrupted build of the same output: the first pack's entries were saved (marked)
+    first = build_lut(space, ORT32, folder / "first.json", processes=1, calibration=0, pack_size=4, cache=cache,
+                      progress=False, units=units[:4], protocol=QUICK)
+    key = dict(first.build.get("resume_key") or {})
+    assert not key  # a finished table keeps no resume key
+    partial = LatencyTable(target=ORT32, entries={k: {**e, "relative": 0.000123} for k, e in first.entries.items()},
+                           space=space.to_dict(), reference=first.reference,
+                           build={"resume_key": {"out": str(out.resolve()), "fingerprint": ORT32.fingerprint,
+                                                 "space": space.to_dict(), "reference_id": first.reference.arch_id}})
     partial.save(folder / "lut.json.partial")
+    # a partial of ANOTHER output in the same folder is not used
+    other = LatencyTable(target=ORT32, entries={k: {**e, "relative": 9.9} for k, e in first.entries.items()},
+                         space=space.to_dict(), reference=first.reference,
+                         build={"resume_key": {**partial.build["resume_key"], "out": str(folder / "x.json")}})
+    other.save(folder / "x.json.partial")
     t = time.time()
-    table = build_lut(space, target, out, processes=1, calibration=3, pack_size=4, cache=cache,
-                      progress=False)
-    return space, target, table, out, cache, units, time.time() - t
+    table = build_lut(space, ORT32, out, processes=1, calibration=6, pack_size=4, cache=cache, progress=False,
+                      protocol=QUICK)
+    return space, table, out, units, time.time() - t
 
 
-def test_every_unit_is_in_the_table_and_resume_kept_saved_entries(built) -> None:
-    space, target, table, out, _, units, _ = built
+@pytest.mark.slow
+def test_every_unit_is_in_the_table_relative_to_the_reference(built) -> None:
+    space, table, out, units, _ = built
     assert set(table.entries) == {u.key for u in units}
-    kept = [e for e in table.entries.values() if e["median_ms"] == 0.123]
-    assert len(kept) == 4  # resumed: the saved pack was not measured again
-    fresh = [e for e in table.entries.values() if e["median_ms"] != 0.123]
-    assert all(e["median_ms"] > 0 and e["count"] >= 30 and len(e["per_process_ms"]) == 1 for e in fresh)
+    kept = [e for e in table.entries.values() if e["relative"] == 0.000123]
+    assert len(kept) == 4  # resumed from the partial of this output, not measured again
+    assert not any(e["relative"] == 9.9 for e in table.entries.values())
+    fresh = [e for e in table.entries.values() if e["relative"] != 0.000123]
+    ref = table.reference
+    assert ref is not None and ref.name == "mobilenet_v2" and ref.ms > 0 and ref.processes >= 3
+    for e in fresh:
+        assert 0 < e["relative"] < 1 and e["median_ms"] == pytest.approx(e["relative"] * ref.ms)
+        assert e["count"] >= 10 and len(e["per_process_relative"]) == 1
     assert not out.with_name(out.name + ".partial").exists()
     assert table.build["units"] == len(units) and table.build["seconds"] > 0
-    assert table.calibration["samples"] == 3
+    assert table.calibration["samples"] == 6
 
 
-@pytest.mark.parametrize("max_spread, expected", [(1.0, 2), (0.0, 3)])
-def test_packs_get_more_processes_while_they_disagree(tmp_path, max_spread: float, expected: int) -> None:
-    """The protocol's consensus rule on a pack's total: max_spread=0 never agrees, so the pack
-    runs max_processes and its entries are flagged unstable."""
-    from mnas.latency.protocol import Protocol
-
+@pytest.mark.slow
+@pytest.mark.parametrize("spread, expected", [(1e9, 2), (0.0, 3)])
+def test_packs_get_more_processes_while_they_disagree(tmp_path, cache, spread: float, expected: int) -> None:
+    """The consensus rule on a pack's total relative: a spread of 0 never agrees, so the pack
+    runs max_processes and its entries are flagged unstable; an endless one always agrees."""
     space = SearchSpace.from_dict(TINY)
-    target = Target(backend="onnxruntime", resolution=32, num_classes=10)
-    table = build_lut(space, target, tmp_path / "t.json", processes=2, calibration=0, pack_size=4,
-                      cache=None, progress=False, units=space_units(space, 32, 10)[:4],
-                      protocol=Protocol(warmup_s=0.0, max_spread=max_spread, max_processes=3))
+    proto = Protocol(warmup_iters=5, warmup_s=0.0, iters=20, max_relative_spread=spread, max_processes=3)
+    table = build_lut(space, ORT32, tmp_path / "t.json", processes=2, calibration=0, pack_size=4, cache=cache,
+                      progress=False, units=space_units(space, 32, 10)[:4], protocol=proto)
     assert table.build["pack_processes"] == [expected]
     assert table.build["unstable_units"] == (0 if expected == 2 else 4)
     for e in table.entries.values():
-        assert len(e["per_process_ms"]) == expected and len(e["used_processes"]) == 2
-        assert e["stable"] == (expected == 2) and e["median_ms"] > 0
+        assert len(e["per_process_relative"]) == expected and len(e["used_processes"]) == 2
+        assert e["stable"] == (expected == 2) and e["relative"] > 0
 
 
+@pytest.mark.slow
 def test_table_round_trips_and_predicts_fast(built) -> None:
-    space, target, table, out, *_ = built
+    space, table, out, *_ = built
     loaded = LatencyTable.load(out)
-    assert loaded.target == target and loaded.search_space() == space
+    assert loaded.target == ORT32 and loaded.search_space() == space and loaded.reference == table.reference
     archs = [space.sample(random.Random(i)) for i in range(50)]
     t = time.perf_counter()
     preds = [loaded.predict(a) for a in archs]
     per_arch_ms = (time.perf_counter() - t) / len(archs) * 1e3
     assert per_arch_ms < 1.0
-    assert preds == [table.predict(a) for a in archs]
-    assert all(p > 0 for p in preds)
-    assert not loaded.missing(archs[0])
+    assert preds == [table.predict(a) for a in archs] and all(p > 0 for p in preds)
+    rel = [loaded.predict_relative(a) for a in archs]
+    assert preds == pytest.approx([r * table.reference.ms for r in rel])
+    assert loaded.coverage() == (len(table.entries), len(table.entries))
 
 
-def test_missing_keys_are_regressed(built) -> None:
-    space, target, table, *_ = built
+@pytest.mark.slow
+def test_missing_layers_are_an_error_or_counted(built) -> None:
+    space, table, *_ = built
     wider = replace(space.sample(random.Random(0)), head_filters=48)
-    assert table.missing(wider)  # the head with 48 filters was never measured
-    assert table.predict(wider) > 0
+    assert table.missing(wider) and len(table.missing(wider)) == 1  # the 48-filter head was never measured
+    with pytest.raises(UserError, match=r"1 of the \d+ layers of .* are not in this latency table"):
+        table.predict(wider)
+    before = table.regressed
+    assert table.predict(wider, allow_missing=True) > 0 and table.regressed == before + 1
 
 
-def test_validation_reports_metrics_and_plot(built, tmp_path) -> None:
-    space, target, table, out, cache, *_ = built
-    v = validate_lut(LatencyTable.load(out), samples=4, processes=1, cache=cache, plot=tmp_path / "s.png")
+@pytest.mark.slow
+def test_a_table_for_another_target_is_refused(built) -> None:
+    _, table, *_ = built
+    table.check_target(ORT32)
+    with pytest.raises(UserError, match="built for onnxruntime 1t 32px b1, not onnxruntime 1t 64px b1"):
+        table.check_target(ORT32.replace(resolution=64))
+    with pytest.raises(UserError, match="backend onnxruntime vs litert"):
+        table.check_target(ORT32.replace(backend="litert"))
+
+
+@pytest.mark.slow
+def test_validation_measures_like_the_build(built, cache, tmp_path) -> None:
+    space, table, out, *_ = built
+    v = validate_lut(LatencyTable.load(out), samples=4, processes=1, cache=cache, plot=tmp_path / "s.png",
+                     protocol=QUICK)
     assert v.n == 4 and len(v.measured_ms) == 4 and all(m > 0 for m in v.measured_ms)
+    assert v.reference_ms == table.reference.ms
+    assert v.measured_ms == pytest.approx([r * table.reference.ms for r in v.measured_relative])
     assert v.mape >= 0 and v.rmse_ms >= 0 and -1 <= v.kendall_tau <= 1 and 0 <= v.within_10 <= 100
+    assert v.coverage == (len(table.entries), len(table.entries)) and v.regressed_archs == 0
     assert (tmp_path / "s.png").stat().st_size > 1000
     assert json.loads(json.dumps(v.to_dict()))["n"] == 4
+    again = validate_lut(LatencyTable.load(out), samples=4, processes=1, cache=cache, protocol=QUICK)
+    assert again.measured_ms == v.measured_ms  # cached ground truth ...
+    fresh = validate_lut(LatencyTable.load(out), samples=4, processes=1, cache=cache, protocol=QUICK, fresh=True)
+    assert fresh.measured_ms != v.measured_ms  # ... unless asked for an independent one
 
 
 def test_metrics_and_calibration_on_known_numbers() -> None:
     m = evaluate([1.0, 2.08, 2.9, 4.36], [1.0, 2.0, 3.0, 4.0])
     assert m["within_5"] == 75.0 and m["within_10"] == 100.0 and m["kendall_tau"] == 1.0
     assert m["mape"] == pytest.approx(100 * (0 + 0.04 + 1 / 30 + 0.09) / 4)
-    raw = [(s, n) for s, n in [(1.0, 10), (2.0, 12), (3.0, 15), (4.0, 11), (5.0, 18), (2.5, 14),
-                               (3.5, 13), (1.5, 16)]]
+    raw = [(1.0, 10), (2.0, 12), (3.0, 15), (4.0, 11), (5.0, 18), (2.5, 14), (3.5, 13), (1.5, 16)]
     measured = [1.1 * s + 0.01 * n + 0.2 for s, n in raw]
     c = fit_calibration(raw, measured)
     assert c["scale"] == pytest.approx(1.1) and c["per_unit"] == pytest.approx(0.01)
@@ -125,12 +174,90 @@ def test_units_of_an_architecture_sum_up() -> None:
     assert {u.key for u in units} <= {u.key for u in space_units(space, 32, 10)}
 
 
-def test_bad_inputs(tmp_path) -> None:
+def test_the_space_is_tabled_as_it_runs_at_the_resolution() -> None:
+    """At 64 px and below the network that runs has the low-resolution skeleton: the table's
+    units are those of `arch.for_resolution(64)`, for every architecture of the space."""
+    space = SearchSpace.default()
+    keys = {u.key for u in space_units(space, 64, 10)}
+    for seed in range(5):
+        arch = space.sample(random.Random(seed)).for_resolution(64)
+        assert {u.key for u in arch_units(arch, 64, 10)} <= keys
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d, "is a directory"),
+    (lambda d: (d / "t.json").write_text("{}") and d / "t.json", "already exists; pass --force"),
+    (lambda d: (d / "f").write_text("x") and d / "f" / "sub" / "t.json", "is a file, not a folder"),
+])
+def test_bad_outputs_are_refused_before_measuring(tmp_path, make, message) -> None:
+    out = make(tmp_path)
+    t = time.perf_counter()
+    with pytest.raises(UserError, match=message):
+        build_lut(SearchSpace.from_dict(TINY), ORT32, out, progress=False, cache=None)
+    assert time.perf_counter() - t < 5  # nothing was measured
+
+
+def test_force_overwrites_only_when_asked(tmp_path) -> None:
+    existing = tmp_path / "t.json"
+    existing.write_text("{}")
+    check_output(existing, force=True)
+    with pytest.raises(UserError, match="already exists"):
+        check_output(existing, force=False)
+    assert existing.read_text() == "{}"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"pack_size": 0}, "--pack-size must be >= 1"), ({"pack_size": -3}, "--pack-size must be >= 1"),
+    ({"processes": 0}, "processes must be >= 1"), ({"calibration": -1}, "--calibration must be >= 0"),
+])
+def test_nonsense_options_are_refused(tmp_path, kwargs, message) -> None:
+    good = tmp_path / "good.json"
+    good.write_text('{"entries": "a finished table"}')
+    with pytest.raises(UserError, match=message):
+        build_lut(SearchSpace.from_dict(TINY), ORT32, good, progress=False, cache=None, force=True, **kwargs)
+    assert good.read_text() == '{"entries": "a finished table"}'
+
+
+def test_bad_tables_are_one_line(tmp_path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         LatencyTable.load(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(UserError, match="not a latency table"):
         LatencyTable.load(tmp_path / "bad.json")
-    with pytest.raises(UserError, match="not supported yet"):
+    (tmp_path / "bin.json").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match="binary file"):
+        LatencyTable.load(tmp_path / "bin.json")
+    with pytest.raises(UserError, match="is a directory"):
+        LatencyTable.load(tmp_path)
+    with pytest.raises(UserError, match="cannot be built for the android backend"):
         build_lut(SearchSpace.from_dict(TINY), Target(backend="android", benchmark_binary=__file__),
                   tmp_path / "x.json", progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "litert", "torch"])
+def test_a_pack_times_each_unit_on_its_own(tmp_path, backend: str) -> None:
+    """Every backend that builds tables: one file for the pack, one part per unit, in order; for
+    LiteRT the one-signature conversion split into per-unit signatures computes each unit's
+    output exactly as the torch module does."""
+    space = SearchSpace.from_dict(TINY)
+    units = space_units(space, 32, 10)[:3]
+    target = Target(backend=backend, resolution=32, num_classes=10)
+    be = get_backend(backend)
+    path = be.export_pack(units, tmp_path / f"pack{be.suffix}", target)
+    runner = be.load_pack(path, target, len(units))
+    assert runner.parts == 3
+    (samples,) = time_session([runner], Protocol(warmup_iters=3, warmup_s=0.0, iters=10))
+    assert len(samples) == 3 and all(s.median_ms > 0 and s.runs >= 10 for s in samples)
+    if backend == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(path))
+        pack, _ = pack_module(units)  # the same weights as the exported pack's
+        for i, (u, m) in enumerate(zip(units, pack.units, strict=True)):
+            x = np.random.rand(*unit_input_shape(u)).astype(np.float32)
+            (y,) = interp.get_signature_runner(f"u{i}")(x=x).values()
+            with torch.no_grad():
+                expected = m(torch.from_numpy(x)).numpy()
+            assert y.shape == expected.shape and np.allclose(y, expected, atol=1e-4)
+

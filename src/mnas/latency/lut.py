@@ -1,20 +1,29 @@
 """Layer-level latency lookup table: build it for a target and a space, predict, validate.
 
-Prediction = calibration(sum of the units' table entries): the stem, every layer and the head are
-looked up by key; the calibration, fitted on a few dozen whole-model measurements, corrects what
-runtimes do across layer boundaries (fusion, re-layout, per-call overhead):
-    predicted = scale * sum + per_unit * n_units + offset.
-Keys the table lacks (a space edited after the build) are filled by a per-op regression on MACs.
+Everything is relative to a reference network (default mobilenet_v2 at the target's resolution),
+timed in the same processes as the units: an entry is unit / reference, a prediction is
+    relative = scale * sum(entries) + per_unit * n_units + offset
+(the calibration, fitted on a few dozen whole networks measured against the same reference,
+corrects what runtimes do across layer boundaries: fusion, re-layout, per-call overhead), and
+ms = relative x the reference's latency on the target (measured once, recorded in the table with
+its date and spread). So a slow period of the machine during the build moves neither the entries
+nor the ground truth of `validate_lut`.
 
-Building measures packs of many units per exported model (see `packs`), each pack in >= 3
-processes (more while the fastest three disagree on the pack's total: the protocol's consensus
-rule, applied to the whole pack because a slow period slows every unit of a process alike), and
-an entry is the median of the agreeing processes' medians. It saves after every pack
-(`OUT.partial`), so an interrupted build resumes.
+An architecture with units the table lacks is an error (the table was built for another space or
+target) unless `allow_missing`: then they are predicted by a per-op regression on MACs and counted.
+
+Building measures packs of many units per exported file (one conversion per pack, in background
+processes for slow converters; see `exporter`), each pack in >= 3 processes (more while the
+processes disagree on the pack's total relative: the protocol's consensus rule), and saves after
+every pack (`OUT.partial`, keyed to the output, the target, the space and the reference), so an
+interrupted build resumes. The output is checked writable before any measuring, written to a
+temporary file and renamed only on success, and an existing finished table is not overwritten
+without `force`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,19 +31,37 @@ import random
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+
+import numpy as np
 
 from mnas.errors import UserError
-from mnas.latency.protocol import DEFAULT, Protocol, measure_cpus, measure_many, run_worker
-from mnas.latency.result import consensus
+from mnas.latency.backends import Backend, ModelFile, backend_names, get_backend
+from mnas.latency.exporter import Job, arch_file, exporter, pool_size
+from mnas.latency.lifetime import terminate_as_exit
+from mnas.latency.protocol import (
+    DEFAULT,
+    DEFAULT_PROTOCOL,
+    DEFAULT_REFERENCE,
+    Protocol,
+    closest,
+    measure_cpus,
+    measure_many,
+    measure_rounds,
+    reference_arch,
+    reference_latency,
+    resolve_cache,
+)
+from mnas.latency.result import ReferenceLatency
 from mnas.latency.target import Target
 from mnas.latency.units import Unit, arch_units, space_units, unit_from_dict, unit_macs, unit_to_dict
 from mnas.space import Architecture, SearchSpace
 
-FORMAT_VERSION = 1
-PACK_SIZE = {"onnxruntime": 64, "litert": 32, "torch": 64}
+FORMAT_VERSION = 2  # 2: entries relative to a reference; 1 (still read): absolute ms
+NO_CALIBRATION = {"scale": 1.0, "per_unit": 0.0, "offset": 0.0}
 
 
 @dataclass
@@ -42,75 +69,136 @@ class LatencyTable:
     target: Target
     entries: dict[str, dict[str, Any]]
     space: dict[str, Any] | None = None
-    calibration: dict[str, float] = field(default_factory=lambda: {"scale": 1.0, "per_unit": 0.0, "offset": 0.0})
+    calibration: dict[str, float] = field(default_factory=lambda: dict(NO_CALIBRATION))
     build: dict[str, Any] = field(default_factory=dict)
+    reference: ReferenceLatency | None = None  # None: an old absolute table (format 1)
+    regressed: int = 0  # units predicted by the MACs regression (allow_missing) so far
     _fallback: dict[str, list[float]] | None = field(default=None, repr=False)
+
+    @property
+    def relative(self) -> bool:
+        return self.reference is not None
 
     # ---- prediction ---------------------------------------------------------------------------
     def units(self, arch: Architecture) -> list[Unit]:
         return arch_units(arch, self.target.resolution, self.target.num_classes)
 
-    def raw(self, arch: Architecture) -> tuple[float, int]:
-        """(sum of unit entries in ms, number of units)."""
-        total, units = 0.0, self.units(arch)
+    def _value(self, entry: dict[str, Any]) -> float:
+        return float(entry["relative"] if self.relative else entry["median_ms"])
+
+    def raw(self, arch: Architecture, allow_missing: bool = False) -> tuple[float, int]:
+        """(sum of the unit entries, number of units); relative to the reference for a relative
+        table, ms for an old one. `arch` as it runs (see `Architecture.for_resolution`)."""
+        units = self.units(arch)
+        missing = [u.key for u in units if u.key not in self.entries]
+        if missing and not allow_missing:
+            raise UserError(f"{len(missing)} of the {len(units)} layers of {arch.id} are not in this latency "
+                            f"table (e.g. {missing[0]}): it was built for another space, resolution or class "
+                            "count; build one for this space with `mnas latency build-lut`")
+        total = 0.0
         for u in units:
             e = self.entries.get(u.key)
-            total += e["median_ms"] if e is not None else self._regress(u)
+            total += self._value(e) if e is not None else self._regress(u)
+        self.regressed += len(missing)
         return total, len(units)
 
-    def predict(self, arch: Architecture) -> float:
+    def predict_relative(self, arch: Architecture, allow_missing: bool = False) -> float | None:
+        """Predicted latency / the reference's (None for an old absolute table)."""
+        if not self.relative:
+            return None
+        return self._calibrated(*self.raw(arch, allow_missing))
+
+    def predict(self, arch: Architecture, allow_missing: bool = False) -> float:
         """Predicted latency in ms (microseconds of work: dictionary look-ups and a sum)."""
-        s, n = self.raw(arch)
+        value = self._calibrated(*self.raw(arch, allow_missing))
+        return value * self.reference.ms if self.reference is not None else value
+
+    def estimate(self, arch: Architecture, allow_missing: bool = False) -> tuple[float, float | None]:
+        """(ms, relative) with one look-up."""
+        value = self._calibrated(*self.raw(arch, allow_missing))
+        if self.reference is None:
+            return value, None
+        return value * self.reference.ms, value
+
+    def _calibrated(self, s: float, n: int) -> float:
         c = self.calibration
         return c["scale"] * s + c["per_unit"] * n + c["offset"]
 
     def missing(self, arch: Architecture) -> list[str]:
         return [u.key for u in self.units(arch) if u.key not in self.entries]
 
-    def _regress(self, unit: Unit) -> float:
-        """ms ~ a * MACs + b per op kind, fitted on the table's own entries."""
-        if self._fallback is None:
-            import numpy as np
+    def coverage(self, space: SearchSpace | None = None) -> tuple[int, int]:
+        """(units of the space the table holds, units of the space at the table's resolution)."""
+        sp = space or self.search_space()
+        keys = {u.key for u in space_units(sp, self.target.resolution, self.target.num_classes)}
+        return len(keys & set(self.entries)), len(keys)
 
+    def check_target(self, target: Target) -> None:
+        """A table predicts for the target it was built for; anything else is an error."""
+        diff = self.target.differences(target)
+        if diff:
+            raise UserError(f"this latency table was built for {self.target.label}, not {target.label} "
+                            f"({'; '.join(diff)}); build one for this target with `mnas latency build-lut`")
+
+    def _regress(self, unit: Unit) -> float:
+        """value ~ a * MACs + b per op kind, fitted on the table's own entries."""
+        if self._fallback is None:
             by_op: dict[str, list[tuple[float, float]]] = {}
             for e in self.entries.values():
                 u = unit_from_dict(e["unit"])
-                by_op.setdefault(u.op, []).append((unit_macs(u), e["median_ms"]))
+                by_op.setdefault(u.op, []).append((unit_macs(u), self._value(e)))
             fits = {}
             for op, pts in by_op.items():
                 x = np.array([[m, 1.0] for m, _ in pts])
                 y = np.array([t for _, t in pts])
-                fits[op] = list(np.linalg.lstsq(x, y, rcond=None)[0]) if len(pts) >= 2 else [0.0, float(y.mean())]
+                fits[op] = [float(v) for v in np.linalg.lstsq(x, y, rcond=None)[0]] if len(pts) >= 2 \
+                    else [0.0, float(y.mean())]
             self._fallback = fits
         a, b = self._fallback.get(unit.op) or next(iter(self._fallback.values()), [0.0, 0.0])
         return max(0.0, a * unit_macs(unit) + b)
 
     # ---- persistence --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT_VERSION, "target": self.target.to_dict(),
+        return {"format": FORMAT_VERSION if self.relative else 1, "target": self.target.to_dict(),
                 "fingerprint": self.target.fingerprint, "space": self.space,
+                "reference": self.reference.to_dict() if self.reference is not None else None,
                 "calibration": self.calibration, "build": self.build, "entries": self.entries}
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically: a temporary file in the same folder, renamed when complete."""
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
-        os.replace(tmp, out)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=1, sort_keys=True)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a table is an ordinary file
+            os.replace(tmp, out)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+    def load(cls, path: str | os.PathLike[str]) -> LatencyTable:
         p = Path(path)
+        what = "is not a latency table written by `mnas latency build-lut`"
+        if p.is_dir():
+            raise UserError(f"{p} is a directory, not a latency table; pass the table's JSON file")
         try:
             d = json.loads(p.read_text())
+            ref = d.get("reference")
             return cls(target=Target.from_dict(d["target"]), entries=d["entries"], space=d.get("space"),
-                       calibration=d.get("calibration") or {"scale": 1.0, "per_unit": 0.0, "offset": 0.0},
-                       build=d.get("build") or {})
+                       calibration=d.get("calibration") or dict(NO_CALIBRATION), build=d.get("build") or {},
+                       reference=ReferenceLatency.from_dict(ref) if ref else None)
         except FileNotFoundError:
             raise UserError(f"latency table {p} does not exist; build one with `mnas latency build-lut`") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UserError(f"{p} is not a latency table written by `mnas latency build-lut` ({exc})") from None
+        except PermissionError:
+            raise UserError(f"cannot read latency table {p}: permission denied") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{p} {what} (it is a binary file)") from None
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{p} {what} ({type(exc).__name__}: {str(exc)[:80]})") from None
 
     def search_space(self) -> SearchSpace:
         if not self.space:
@@ -124,13 +212,11 @@ def fit_calibration(raw: Sequence[tuple[float, int]], measured: Sequence[float])
     whichever predicts held-out models better (leave-one-out relative error): with few or noisy
     whole-model measurements the three-parameter fit overfits. Rows are weighted by 1/measured
     so relative errors count equally."""
-    import numpy as np
-
     y = np.asarray(measured, dtype=float)
     s = np.array([r[0] for r in raw], dtype=float)
     n = np.array([r[1] for r in raw], dtype=float)
     if len(y) == 0:
-        return {"scale": 1.0, "per_unit": 0.0, "offset": 0.0}
+        return dict(NO_CALIBRATION)
     full = np.stack([s, n, np.ones_like(s)], axis=1)
 
     def fit(rows: np.ndarray, cols: list[int]) -> np.ndarray:
@@ -142,7 +228,7 @@ def fit_calibration(raw: Sequence[tuple[float, int]], measured: Sequence[float])
     candidates = [[0]]
     if len(y) >= 8 and np.ptp(n) > 0:
         candidates.append([0, 1, 2])
-    best, best_err = None, float("inf")
+    best, best_err = [0], float("inf")
     for cols in candidates:
         errs = [abs(full[i] @ fit(np.array([j for j in range(len(y)) if j != i]), cols) / y[i] - 1)
                 for i in range(len(y))] if len(y) > len(cols) else [0.0]
@@ -155,128 +241,214 @@ def fit_calibration(raw: Sequence[tuple[float, int]], measured: Sequence[float])
 
 
 # ---- building -----------------------------------------------------------------------------------
-def calibration_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Architecture]:
-    """The architectures whose whole-model latency fits the calibration (deterministic)."""
-    return [space.sample(random.Random(seed * 100003 + i)) for i in range(n)]
+def calibration_archs(space: SearchSpace, n: int, seed: int = 0, resolution: int | None = None) -> list[Architecture]:
+    """The architectures whose whole-model latency fits the calibration (deterministic), as they
+    run at `resolution` (default: the space's)."""
+    res = resolution or space.resolution
+    return [space.sample(random.Random(seed * 100003 + i)).for_resolution(res) for i in range(n)]
 
 
-def validation_archs(space: SearchSpace, n: int, seed: int = 777) -> list[Architecture]:
+def validation_archs(space: SearchSpace, n: int, seed: int = 777, resolution: int | None = None) -> list[Architecture]:
     """The random architectures validate_lut measures (deterministic; disjoint seeds from the
-    calibration's in practice)."""
+    calibration's in practice), as they run at `resolution`."""
     rng = random.Random(seed)
-    return [space.sample(rng) for _ in range(n)]
+    res = resolution or space.resolution
+    return [space.sample(rng).for_resolution(res) for _ in range(n)]
 
 
-def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike, *, processes: int = 3,
-              calibration: int = 32, pack_size: int | None = None, seed: int = 0,
-              cache: Any = DEFAULT, protocol: Protocol = Protocol(), progress: bool = True,
-              units: Sequence[Unit] | None = None) -> LatencyTable:
-    """Measure every unit the space can produce, fit the calibration, save to `out`."""
-    if target.backend == "android":
-        raise UserError("build-lut measures on this machine: use --target litert, onnxruntime or torch "
-                        "(tables for the android backend are not supported yet)")
-    from mnas.latency.backends import get_backend
+def check_tables(backend_name: str) -> Backend:
+    """The backend, if it can build latency tables."""
+    backend = get_backend(backend_name)
+    if not backend.tables:
+        able = [n for n in backend_names() if get_backend(n).tables]
+        raise UserError(f"latency tables cannot be built for the {backend.name} backend; use {', '.join(able)}")
+    return backend
 
-    reason = get_backend(target.backend).unavailable()
+
+def check_output(out: Path, force: bool) -> None:
+    """Before any measuring: `out` must be a writable file path, and a finished table there is
+    only replaced with `force`."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; name the table's file, e.g. {out / 'lut.json'}")
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it, or choose another --out")
+    folder = out.parent
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot write {out}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: {probe} is not writable")
+
+
+def _partial_key(out: Path, target: Target, space: dict[str, Any], reference: ReferenceLatency) -> dict[str, Any]:
+    return {"out": str(out.resolve()), "fingerprint": target.fingerprint, "space": space,
+            "reference_id": reference.arch_id}
+
+
+def _resume(partial: Path, key: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], float]:
+    """The entries and seconds of an interrupted build of the same output, target, space, reference."""
+    if not partial.is_file():
+        return {}, 0.0
+    try:
+        prev = LatencyTable.load(partial)
+    except UserError:
+        return {}, 0.0
+    if prev.build.get("resume_key") != key:
+        return {}, 0.0
+    return prev.entries, float(prev.build.get("seconds", 0.0))
+
+
+def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *, processes: int = 3,
+              calibration: int = 32, pack_size: int | None = None, seed: int = 0, cache: Any = DEFAULT,
+              protocol: Protocol = DEFAULT_PROTOCOL, progress: bool = True, units: Sequence[Unit] | None = None,
+              reference: str | Architecture = DEFAULT_REFERENCE, force: bool = False,
+              export_workers: int | None = None) -> LatencyTable:
+    """Measure every unit the space can produce at the target's resolution against the reference,
+    fit the calibration, save to `out`. `export_workers`: background converters (default: one
+    per core for slow converters, none otherwise)."""
+    if processes < 1:
+        raise UserError(f"processes must be >= 1 (got {processes}); the protocol asks for 3")
+    if pack_size is not None and pack_size < 1:
+        raise UserError(f"--pack-size must be >= 1 (got {pack_size})")
+    if calibration < 0:
+        raise UserError(f"--calibration must be >= 0 (got {calibration})")
+    backend = check_tables(target.backend)
+    reason = backend.unavailable()
     if reason:
         raise UserError(f"backend {target.backend} cannot run here: {reason}")
     out = Path(out)
-    partial = out.with_name(out.name + ".partial")
-    all_units = list(units) if units is not None else space_units(space, target.resolution, target.num_classes)
-    table = LatencyTable(target=target, entries={}, space=space.to_dict())
+    check_output(out, force)
+    db = resolve_cache(cache)
     started = time.time()
-    spent = 0.0
-    if partial.exists():  # resume
-        try:
-            prev = LatencyTable.load(partial)
-        except UserError:
-            prev = None
-        if prev is not None and prev.target.fingerprint == target.fingerprint and prev.space == table.space:
-            table.entries = prev.entries
-            spent = float(prev.build.get("seconds", 0.0))
-    todo = [u for u in all_units if u.key not in table.entries]
-    size = pack_size or PACK_SIZE.get(target.backend, 32)
-    packs = [todo[i:i + size] for i in range(0, len(todo), size)]
-    cpus = measure_cpus(target.threads)
-    pack_processes: list[int] = []
     t0 = time.time()
-    with _progress(progress) as bar:
+    ref_name, ref_arch = reference_arch(reference, target)
+    ref = reference_latency(target, ref_arch, cache=db, protocol=protocol, name=ref_name)
+    all_units = list(units) if units is not None else space_units(space, target.resolution, target.num_classes)
+    table = LatencyTable(target=target, entries={}, space=space.to_dict(), reference=ref)
+    partial = out.with_name(out.name + ".partial")
+    key = _partial_key(out, target, table.space or {}, ref)
+    table.entries, spent = _resume(partial, key)
+    todo = [u for u in all_units if u.key not in table.entries]
+    size = pack_size or backend.default_pack_size
+    packs = [todo[i:i + size] for i in range(0, len(todo), size)]
+    workers = export_workers if export_workers is not None else pool_size(len(packs), backend, many=len(packs) >= 4)
+    measuring = measure_cpus(target.threads, protocol.force_threads) if backend.local else []
+    pack_processes: list[int] = []
+    archs = calibration_archs(space, calibration, seed, target.resolution)
+    with terminate_as_exit(), tempfile.TemporaryDirectory(prefix="mnas-lut-") as tmp, \
+            exporter(target, workers, measuring) as ex, _progress(progress) as bar:
+        keep = db.models_dir if db is not None else Path(tmp)
+        ref_file = Path(ex.arch(ref_arch, arch_file(ref_arch, target, keep, backend)).result())
         task = bar.add_task("layers", total=len(all_units), completed=len(all_units) - len(todo))
-        for pack in packs:
-            with tempfile.TemporaryDirectory(prefix="mnas-pack-") as tmp:
-                from mnas.latency.packs import SUFFIX, export_pack
-
-                path = export_pack(pack, target, Path(tmp) / f"pack{SUFFIX[target.backend]}")
-                per_proc = [run_worker(path, target, protocol, cpus, pack=len(pack)) for _ in range(processes)]
-                while True:  # a slow period of the machine slows every unit of a process alike
-                    totals = [sum(s.median_ms for s in proc) for proc in per_proc]
-                    chosen, agree = consensus(totals, processes, protocol.max_spread)
-                    if agree or len(per_proc) >= protocol.max_processes:
-                        break
-                    per_proc.append(run_worker(path, target, protocol, cpus, pack=len(pack)))
+        lookahead = max(2, 2 * workers)
+        jobs = {k: ex.pack(packs[k], Path(tmp) / f"pack{k}{backend.suffix}") for k in range(min(lookahead, len(packs)))}
+        calibration_jobs: list[Job] = []
+        timing = {"wait_s": 0.0, "export_cpu_s": 0.0, "measure_s": 0.0}
+        for k, pack in enumerate(packs + [[]]):
+            if k + lookahead < len(packs):
+                jobs[k + lookahead] = ex.pack(packs[k + lookahead], Path(tmp) / f"pack{k + lookahead}{backend.suffix}")
+            elif db is not None and not calibration_jobs:  # convert the calibration models meanwhile
+                calibration_jobs = [ex.arch(a, arch_file(a, target, keep, backend)) for a in archs]
+            if not pack:
+                break
+            w = time.time()
+            job = jobs.pop(k)
+            path = Path(job.result())
+            timing["wait_s"] += time.time() - w
+            timing["export_cpu_s"] += job.cpu_seconds
+            m = time.time()
+            per_proc = measure_rounds({0: ModelFile(path, parts=len(pack))}, ref_file, target, processes,
+                                      protocol, backend)[0]
+            timing["measure_s"] += time.time() - m
+            path.unlink(missing_ok=True)
             pack_processes.append(len(per_proc))
-            for i, u in enumerate(pack):
-                samples = [per_proc[p][i] for p in sorted(chosen)]
-                medians = [s.median_ms for s in samples]
-                pooled = [t for s in samples for t in (s.times_ms or [])]
-                table.entries[u.key] = {
-                    "median_ms": statistics.median(medians),
-                    "mean_ms": statistics.fmean(pooled) if pooled else statistics.fmean(medians),
-                    "std_ms": statistics.pstdev(pooled) if pooled else 0.0,
-                    "count": len(pooled),
-                    "per_process_ms": [proc[i].median_ms for proc in per_proc],
-                    "used_processes": sorted(chosen),
-                    "stable": agree,
-                    "preempted_fraction": statistics.fmean(s.preempted_fraction for s in samples),
-                    "unit": unit_to_dict(u),
-                }
-            table.build = {"seconds": spent + time.time() - t0, "units": len(table.entries)}
+            table.entries.update(_entries(pack, per_proc, processes, protocol, ref))
+            table.build = {"seconds": spent + time.time() - t0, "units": len(table.entries), "resume_key": key}
             table.save(partial)
             bar.advance(task, len(pack))
-        layers_s = time.time() - t0
-        archs = calibration_archs(space, calibration, seed)
+        layers_s = spent + time.time() - t0
+        w = time.time()
+        timing["calibration_export_cpu_s"] = sum(job.cpu_seconds for job in calibration_jobs)
+        timing["calibration_wait_s"] = time.time() - w
         measured: list[float] = []
+        c = time.time()
         if archs:
             ctask = bar.add_task("calibration", total=len(archs))
-            res = measure_many(archs, target, processes=processes, cache=cache, protocol=protocol,
+            res = measure_many(archs, target, processes=processes, cache=db, protocol=protocol, reference=ref_arch,
                                on_result=lambda i, r: bar.advance(ctask, 1))
-            measured = [r.median_ms for r in res]
-            table.calibration = fit_calibration([table.raw(a) for a in archs], measured)
+            measured = [float(r.relative or r.median_ms) for r in res]
+            before = table.regressed  # a partial table (`units`): count what the regression filled
+            table.calibration = fit_calibration([table.raw(a, allow_missing=True) for a in archs], measured)
+            timing["calibration_regressed_units"] = table.regressed - before
+        timing["calibration_s"] = time.time() - c
     table.calibration["samples"] = len(measured)
     if measured:
-        pred = [table.predict(a) for a in archs]
-        table.calibration["fit_mape"] = 100 * statistics.fmean(abs(p - m) / m for p, m in zip(pred, measured))
-    table.build = {"seconds": spent + time.time() - t0, "layer_seconds": spent + layers_s,
+        pred = [table.predict_relative(a, allow_missing=True) or 0.0 for a in archs]
+        table.calibration["fit_mape"] = 100 * statistics.fmean(abs(p - m) / m for p, m in zip(pred, measured, strict=True))
+    table.build = {"seconds": spent + time.time() - t0, "layer_seconds": layers_s,
                    "units": len(table.entries), "pack_size": size, "processes": processes,
                    "calibration_archs": len(archs), "started_at": started, "finished_at": time.time(),
-                   "pack_processes": pack_processes,
+                   "pack_processes": pack_processes, "export_workers": workers, **timing,
                    "unstable_units": sum(not e.get("stable", True) for e in table.entries.values())}
     table.save(out)
     partial.unlink(missing_ok=True)
     return table
 
 
+def _entries(pack: Sequence[Unit], per_proc: list[list[Any]], processes: int, protocol: Protocol,
+             ref: ReferenceLatency) -> dict[str, dict[str, Any]]:
+    """One entry per unit: the median over the processes whose pack totals agree best (a slow
+    period moves every unit of a process alike, so the choice is made on the whole pack)."""
+    totals = [sum(float(s.relative or 0.0) for s in proc) for proc in per_proc]
+    chosen, stable = closest(totals, processes, protocol.max_relative_spread)
+    out = {}
+    for i, u in enumerate(pack):
+        samples = [per_proc[p][i] for p in sorted(chosen)]
+        relative = statistics.median(float(s.relative or 0.0) for s in samples)
+        pooled = [t for s in samples for t in (s.times_ms or [])]
+        out[u.key] = {
+            "relative": relative,
+            "median_ms": relative * ref.ms,
+            "raw_ms": statistics.median(s.median_ms for s in samples),
+            "std_ms": statistics.pstdev(pooled) if pooled else 0.0,
+            "count": len(pooled),
+            "per_process_relative": [float(proc[i].relative or 0.0) for proc in per_proc],
+            "per_process_ms": [proc[i].median_ms for proc in per_proc],
+            "used_processes": sorted(chosen),
+            "stable": stable,
+            "preempted_fraction": statistics.fmean(s.preempted_fraction for s in samples),
+            "unit": unit_to_dict(u),
+        }
+    return out
+
+
 class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *a, **k):
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
         return 0
 
-    def advance(self, *a, **k):
+    def advance(self, *args: Any, **kwargs: Any) -> None:
         pass
 
 
-def _progress(enabled: bool):
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
     if not enabled:
-        return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        yield _NoProgress()
+        return
+    from rich.progress import (  # lazy: terminals only
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), transient=False) as bar:
+        yield bar
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -292,26 +464,28 @@ class Validation:
     predicted_ms: list[float]
     measured_ms: list[float]
     arch_ids: list[str]
+    measured_relative: list[float] = field(default_factory=list)
+    reference_ms: float | None = None
+    coverage: tuple[int, int] = (0, 0)  # (units of the space in the table, units of the space)
+    regressed_archs: int = 0  # architectures with units predicted by the regression
 
     @property
     def meets_bar(self) -> bool:
-        """The issue's bar: MAPE <= 5%, Kendall tau >= 0.9, 100% within +-10%."""
-        return self.mape <= 5.0 and self.kendall_tau >= 0.9 and self.within_10 >= 100.0
+        """The latency issue's bar: MAPE <= 3%, Kendall tau >= 0.95, 100% within +-10%."""
+        return self.mape <= 3.0 and self.kendall_tau >= 0.95 and self.within_10 >= 100.0
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return {**asdict(self), "meets_bar": self.meets_bar}
 
 
 def evaluate(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
-    from scipy.stats import kendalltau
+    from scipy.stats import kendalltau  # lazy: scipy is slow to import and needed only here
 
-    err = [(p - m) / m for p, m in zip(predicted, measured)]
+    err = [(p - m) / m for p, m in zip(predicted, measured, strict=True)]
     tau = kendalltau(predicted, measured).statistic if len(measured) > 1 else float("nan")
     return {
         "mape": 100 * statistics.fmean(abs(e) for e in err),
-        "rmse_ms": math.sqrt(statistics.fmean((p - m) ** 2 for p, m in zip(predicted, measured))),
+        "rmse_ms": math.sqrt(statistics.fmean((p - m) ** 2 for p, m in zip(predicted, measured, strict=True))),
         "kendall_tau": float(tau),
         "within_5": 100 * sum(abs(e) <= 0.05 for e in err) / len(err),
         "within_10": 100 * sum(abs(e) <= 0.10 for e in err) / len(err),
@@ -319,29 +493,41 @@ def evaluate(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
 
 
 def validate_lut(table: LatencyTable, samples: int = 100, *, seed: int = 777, processes: int = 3,
-                 cache: Any = DEFAULT, protocol: Protocol = Protocol(), space: SearchSpace | None = None,
-                 plot: str | os.PathLike | None = None,
+                 cache: Any = DEFAULT, protocol: Protocol = DEFAULT_PROTOCOL, space: SearchSpace | None = None,
+                 plot: str | os.PathLike[str] | None = None, fresh: bool = False,
                  on_result: Callable[[int, Any], None] | None = None) -> Validation:
-    """Measure `samples` random architectures of the table's space and compare with predictions."""
+    """Measure `samples` random architectures of the table's space for real, the same way the
+    table was built (against its reference), and compare with the predictions. `fresh`: measure
+    again even if cached (an independent second ground truth)."""
     if samples < 2:
-        raise UserError("validate with at least 2 samples (the issue's bar uses 100)")
+        raise UserError(f"validate with at least 2 samples (got {samples}; the bar uses 100)")
     sp = space or table.search_space()
-    archs = validation_archs(sp, samples, seed)
+    archs = validation_archs(sp, samples, seed, table.target.resolution)
     t = time.perf_counter()
-    predicted = [table.predict(a) for a in archs]
+    predicted, regressed = [], 0
+    for a in archs:
+        n = table.regressed
+        predicted.append(table.predict(a, allow_missing=True))
+        regressed += table.regressed > n
     predict_us = (time.perf_counter() - t) / len(archs) * 1e6
-    res = measure_many(archs, table.target, processes=processes, cache=cache, protocol=protocol,
-                       on_result=on_result)
-    measured = [r.median_ms for r in res]
+    ref = table.reference
+    res = measure_many(archs, table.target, processes=processes, cache=cache, protocol=protocol, fresh=fresh,
+                       reference=ref.architecture() if ref is not None else None, on_result=on_result)
+    if ref is not None:  # ground truth in the table's terms: relative x the table's reference latency
+        measured = [float(r.relative or 0.0) * ref.ms for r in res]
+    else:
+        measured = [r.median_ms for r in res]
     v = Validation(n=len(archs), predict_us=predict_us, predicted_ms=predicted, measured_ms=measured,
-                   arch_ids=[a.id for a in archs], **evaluate(predicted, measured))
+                   arch_ids=[a.id for a in archs], measured_relative=[float(r.relative or 0.0) for r in res],
+                   reference_ms=ref.ms if ref is not None else None, coverage=table.coverage(sp),
+                   regressed_archs=regressed, **evaluate(predicted, measured))
     if plot:
         scatter(v, plot, title=f"LUT {table.target.label}")
     return v
 
 
-def scatter(v: Validation, path: str | os.PathLike, title: str = "") -> Path:
-    import matplotlib
+def scatter(v: Validation, path: str | os.PathLike[str], title: str = "") -> Path:
+    import matplotlib  # lazy: plotting is optional and slow to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,43 +1,50 @@
-"""The measurement protocol (measured here to give 1-3% spread between processes).
+"""The measurement protocol.
 
-Each candidate is timed in >= 3 separate processes, interleaved with the other candidates (so a
-slow period of the machine hits all of them alike). Inside a process: pin to one core per thread,
-warm up >= 30 iterations and >= 0.5 s, time >= 60 iterations, and flag every iteration whose
-process CPU time / wall time is below 0.9 (the process was preempted: a job on the same core
-doubles latency at a clean-looking 0.6% CV). When more than 10% are flagged the timed loop is run
-again (a bounded number of times) and the cleanest attempt kept. The result is the median of the
-per-process medians, with the flagged fraction reported.
+Each process is pinned to one core per thread and times the candidates and a reference network
+(default: mobilenet_v2, built for the target's resolution and class count) in alternation, one
+inference each (see `session`): warm-up >= 30 rounds and >= 0.5 s, >= 60 timed rounds, preempted
+calls flagged (process CPU time / wall time < 0.9) and re-timed. One process times up to
+`items_per_process` candidates against the same reference, so a batch of a search costs a few
+processes, not a few per candidate.
 
-The CPU-time check cannot see a slow period caused outside this machine's scheduler (on a shared
-virtual machine the other tenant sits on the host and slows a whole process by 10-40% at a clean
-CPU/wall ratio). Such slowdowns only ever add time, so the `processes` fastest per-process medians
-must agree within `max_spread` (5%); when they do not, the candidate gets another interleaved
-round, up to `max_processes`, and the result is the median of those fastest processes (flagged
-`stable=False` if they never agreed). On a quiet machine this is the plain median of medians.
+Every candidate is timed in >= 3 separate processes, round-robin over the candidates. Its result:
+- `relative`: the median of the per-process ratios candidate / reference, over the `processes`
+  per-process ratios lying closest together; they must agree within `max_relative_spread`. The
+  ratio cancels slow periods of the machine (a neighbour on a shared host slows a whole process by
+  10-40% at a clean CPU/wall ratio; a phone throttles), which an absolute time cannot.
+- `median_ms = relative x` the reference's latency on this target, measured once with the full
+  protocol (`reference_latency`), cached, and reported with its date and spread.
+- `raw_ms`: the candidate's own absolute time (median of the `processes` fastest per-process
+  medians), for comparison; it moves with the weather.
+While the used processes disagree, the candidate gets another round, up to `max_processes`
+(`stable=False` if they never agree). Without a reference (`reference=None`) the absolute rule
+alone decides, as for the reference's own latency.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from mnas import zoo
 from mnas.errors import UserError
-from mnas.latency.result import LatencyResult, ProcessSample, consensus, summarise
+from mnas.latency.backends import Backend, ModelFile, get_backend
+from mnas.latency.cache import LatencyCache
+from mnas.latency.exporter import arch_file, export_module, exporter, pool_size
+from mnas.latency.lifetime import terminate_as_exit
+from mnas.latency.result import LatencyResult, ReferenceLatency, closest, consensus, summarise
+from mnas.latency.sample import ProcessSample
 from mnas.latency.target import Target
+from mnas.space import Architecture
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from mnas.latency.backends.base import Runner
-    from mnas.latency.cache import LatencyCache
-    from mnas.space import Architecture
+DEFAULT_REFERENCE = "mobilenet_v2"
 
 
 @dataclass(frozen=True)
@@ -50,64 +57,51 @@ class Protocol:
     preempt_ratio: float = 0.9
     max_flagged: float = 0.10
     retries: int = 2
+    min_clean: int = 10  # fewer clean (unpreempted) calls than this: use every call
     worker_timeout_s: float = 900.0
-    max_spread: float = 0.05
+    max_spread: float = 0.05  # absolute: the fastest processes agree within this
+    max_relative_spread: float = 0.02  # relative: the closest processes agree within this
     max_processes: int = 9
+    items_per_process: int = 16  # candidates timed against the reference in one process
+    force_threads: bool = False  # allow more threads than cores (never sensible for latency)
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_iters", "iters", "max_processes", "items_per_process"):
+            if getattr(self, name) < 1:
+                raise UserError(f"protocol {name} must be >= 1 (got {getattr(self, name)})")
 
 
-DEFAULT = object()  # "use the default cache"
+DEFAULT_PROTOCOL = Protocol()
 
 
-# ---- inside a measuring process ---------------------------------------------------------------
+class Default:
+    """The marker for "the default latency cache" (a class, so it survives pickling for Ray)."""
+
+
+DEFAULT: Any = Default()
+
+
+# ---- inside a measuring process -----------------------------------------------------------------
 def pin(cpus: Sequence[int]) -> None:
     """Pin this process to `cpus` (best effort where sched_setaffinity is missing)."""
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(cpus))
 
 
-def time_runner(runner: "Runner", protocol: Protocol = Protocol()) -> ProcessSample:
-    """Warm up, then time iterations. Iterations that look preempted are set aside; when more
-    than `max_flagged` of an attempt is flagged, time another attempt (at most `retries` more)
-    until `iters` clean iterations exist. The statistics use the clean iterations (all of them
-    if fewer than half of `iters` are clean); the flagged fraction is reported."""
-    t_end = time.perf_counter() + protocol.warmup_s
-    i = 0
-    while i < protocol.warmup_iters or time.perf_counter() < t_end:
-        runner.run()
-        i += 1
-    every: list[float] = []
-    clean: list[float] = []
-    attempts = 0
-    for attempts in range(1, protocol.retries + 2):
-        times, flags = _timed_loop(runner, protocol)
-        every += times
-        clean += [t for t, f in zip(times, flags) if not f]
-        if sum(flags) / len(flags) <= protocol.max_flagged or len(clean) >= protocol.iters:
-            break
-    use = clean if len(clean) >= protocol.iters // 2 else every
-    sample = ProcessSample.from_times(use, 1 - len(clean) / len(every), attempts)
-    sample.runs = len(every)
-    return sample
+# ---- the orchestrating process ------------------------------------------------------------------
+def cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
-def _timed_loop(runner: "Runner", protocol: Protocol) -> tuple[list[float], list[bool]]:
-    wall, cpu = time.perf_counter_ns, time.process_time_ns
-    times: list[float] = []
-    flags: list[bool] = []
-    for _ in range(protocol.iters):
-        w0, c0 = wall(), cpu()
-        device_ms = runner.device_timer() if runner.device_timer else None
-        if device_ms is None:
-            runner.run()
-        w1, c1 = wall(), cpu()
-        dw = max(w1 - w0, 1)
-        flags.append((c1 - c0) / dw < protocol.preempt_ratio)
-        times.append(device_ms if device_ms is not None else dw / 1e6)
-    return times, flags
+def check_threads(threads: int, force: bool = False) -> None:
+    """More threads than cores only measures the scheduler (and can make the machine unusable)."""
+    have = len(cores())
+    if threads > have and not force:
+        raise UserError(f"--threads {threads} is more than the {have} cores here; use at most {have} "
+                        "(or --force-threads to measure anyway)")
 
 
-# ---- the orchestrating process ----------------------------------------------------------------
-def measure_cpus(threads: int) -> list[int]:
+def measure_cpus(threads: int, force: bool = False) -> list[int]:
     """Cores to pin to: $MNAS_LATENCY_CPUS ("3" or "2,3"), else the last `threads` allowed cores
     (core 0 usually takes most interrupts)."""
     env = os.environ.get("MNAS_LATENCY_CPUS")
@@ -116,107 +110,136 @@ def measure_cpus(threads: int) -> list[int]:
             return [int(c) for c in env.split(",") if c.strip()]
         except ValueError:
             raise UserError(f"MNAS_LATENCY_CPUS={env!r} is not a comma-separated list of core numbers") from None
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    return allowed[-threads:] if allowed else []
+    check_threads(threads, force)
+    return cores()[-threads:]
 
 
-def run_worker(path: Path, target: Target, protocol: Protocol = Protocol(),
-               cpus: Sequence[int] | None = None, pack: int = 0) -> Any:
-    """Time one exported model in a fresh process (python -m mnas.latency.worker): a
-    ProcessSample, or with `pack=K` a list of K (one per unit of a latency-table pack)."""
-    cpus = list(cpus) if cpus is not None else measure_cpus(target.threads)
-    with tempfile.TemporaryDirectory(prefix="mnas-lat-") as tmp:
-        job, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job.write_text(json.dumps({"path": str(path), "target": target.to_dict(),
-                                   "protocol": asdict(protocol), "cpus": cpus, "pack": pack}))
-        try:
-            proc = subprocess.run([sys.executable, "-m", "mnas.latency.worker", str(job), str(out)],
-                                  capture_output=True, text=True, timeout=protocol.worker_timeout_s)
-        except subprocess.TimeoutExpired:
-            raise UserError(f"measuring {path.name} took over {protocol.worker_timeout_s:.0f} s; "
-                            "the model is too large for this target or the machine is overloaded") from None
-        if proc.returncode != 0 or not out.exists():
-            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-            why = lines[-1] if lines else f"exit code {proc.returncode}"
-            raise UserError(f"the {target.backend} worker failed on {path.name}: {why}")
-        data = json.loads(out.read_text())
-        if pack:
-            return [ProcessSample(**d) for d in data]
-        return ProcessSample(**data)
+def resolve_cache(cache: Any) -> LatencyCache | None:
+    return LatencyCache() if isinstance(cache, Default) else cache
 
 
-def _resolve_cache(cache: Any) -> "LatencyCache | None":
-    if cache is DEFAULT:
-        from mnas.latency.cache import LatencyCache
+def reference_arch(reference: str | Architecture, target: Target) -> tuple[str, Architecture]:
+    """(name, the reference network that runs at the target's resolution): a zoo name, an
+    architecture string or file, or an Architecture."""
 
-        return LatencyCache()
-    return cache
-
-
-def _is_arch(item: Any) -> bool:
-    from mnas.space import Architecture
-
-    return isinstance(item, Architecture)
-
-
-def export_for(item: "Architecture | nn.Module", target: Target, folder: Path, name: str) -> Path:
-    """The model file the target's runtime loads (reused when already exported)."""
-    from mnas.latency.backends import get_backend
-
-    backend = get_backend("litert" if target.backend == "android" else target.backend)
-    suffix = backend.suffix
-    if _is_arch(item):
-        path = folder / f"{item.id}_{backend.name}_r{target.resolution}_b{target.batch}_c{target.num_classes}{suffix}"
-        if path.exists():
-            return path
-        from mnas.model import build_model
-
-        module = build_model(item, num_classes=target.num_classes, dropout=0.0)
+    if isinstance(reference, str):
+        arch, label = zoo.resolve(reference)
     else:
-        path = folder / f"{name}{suffix}"
-        module = item
-    tmp = path.with_name(f".{os.getpid()}_{path.name}")
-    backend.export(module, tmp, target)
-    os.replace(tmp, path)  # atomic: a half-written file never poses as a model
-    return path
+        arch, label = reference, reference.name or reference.id
+    return label, arch.for_resolution(target.resolution)
 
 
-def measure_many(items: Sequence["Architecture | nn.Module"], target: Target, *, processes: int = 3,
-                 fresh: bool = False, cache: Any = DEFAULT, protocol: Protocol = Protocol(),
+def _files(items: Sequence[Any], todo: Sequence[int], target: Target, backend: Backend, keep: Path,
+           tmp: Path) -> dict[int, Path]:
+    """Export every item to do (architectures into `keep`, reused; modules into `tmp`)."""
+    archs = [i for i in todo if isinstance(items[i], Architecture)]
+    out: dict[int, Path] = {}
+    measuring = measure_cpus(target.threads, True) if backend.local else []
+    with exporter(target, pool_size(len(archs), backend), measuring) as ex:
+        jobs = {i: ex.arch(items[i], arch_file(items[i], target, keep, backend)) for i in archs}
+        for i in todo:
+            if i not in jobs:
+                out[i] = export_module(items[i], target, tmp / f"model{i}{backend.suffix}", backend)
+        for i, job in jobs.items():
+            out[i] = Path(job.result())
+    return out
+
+
+def per_process_value(sample: list[ProcessSample], relative: bool) -> float:
+    """What the consensus compares: a model's relative (or ms), a pack's total over its units."""
+    if relative:
+        return sum(float(s.relative or 0.0) for s in sample)
+    return sum(s.median_ms for s in sample)
+
+
+def agreed(samples: list[list[ProcessSample]], k: int, protocol: Protocol, relative: bool) -> bool:
+    values = [per_process_value(s, relative) for s in samples]
+    if relative:
+        return closest(values, k, protocol.max_relative_spread)[1]
+    return consensus(values, k, protocol.max_spread)[1]
+
+
+def measure_rounds(files: dict[int, ModelFile], reference: Path | None, target: Target, processes: int,
+                   protocol: Protocol, backend: Backend | None = None,
+                   on_round: Callable[[int], None] | None = None) -> dict[int, list[list[ProcessSample]]]:
+    """`processes` rounds over all files (each round: chunks of `items_per_process` files, one
+    process per chunk, the order rotated every round), then more rounds over the files whose
+    `processes` chosen per-process figures disagree, until they agree or reach `max_processes`.
+    Returns per file, per process, one sample per part."""
+    backend = backend or get_backend(target.backend)
+    cpus = measure_cpus(target.threads, protocol.force_threads) if backend.local else []
+    samples: dict[int, list[list[ProcessSample]]] = {i: [] for i in files}
+    relative = reference is not None
+
+    def one_round(keys: list[int], p: int) -> None:
+        k = p % len(keys)
+        order = keys[k:] + keys[:k]  # rotate: no candidate always runs first
+        size = protocol.items_per_process
+        for c in range(0, len(order), size):
+            chunk = order[c:c + size]
+            got = backend.measure_files([files[i] for i in chunk], reference, target, protocol, cpus)
+            for i, s in zip(chunk, got, strict=True):
+                samples[i].append(s)
+        if on_round:
+            on_round(p)
+
+    keys = list(files)
+    for p in range(processes):
+        one_round(keys, p)
+    p = processes
+    while True:
+        again = [i for i in keys if len(samples[i]) < protocol.max_processes
+                 and not agreed(samples[i], processes, protocol, relative)]
+        if not again:
+            return samples
+        one_round(again, p)
+        p += 1
+
+
+def measure_many(items: Sequence[Architecture | nn.Module], target: Target, *, processes: int = 3,
+                 fresh: bool = False, cache: Any = DEFAULT, protocol: Protocol = DEFAULT_PROTOCOL,
+                 reference: str | Architecture | None = DEFAULT_REFERENCE,
                  on_result: Callable[[int, LatencyResult], None] | None = None) -> list[LatencyResult]:
-    """Measure every item with the protocol; processes are interleaved across the items.
+    """Measure every item with the protocol, against `reference` (None: absolute timing only).
 
-    Architectures are looked up in (and stored to) the cache; modules are always measured.
-    """
+    Architectures are measured as given (`MeasuredLatency` applies `for_resolution` first), looked
+    up in and stored to the cache; modules are always measured."""
     if processes < 1:
         raise UserError(f"processes must be >= 1 (got {processes}); the protocol asks for 3")
-    from mnas.latency.backends import get_backend
-
     backend = get_backend(target.backend)
-    db = _resolve_cache(cache)
+    db = resolve_cache(cache)
+    ref: ReferenceLatency | None = None
+    ref_arch = None
+    if reference is not None:
+        name, ref_arch = reference_arch(reference, target)
+        ref = reference_latency(target, ref_arch, cache=db, protocol=protocol, name=name)
     results: list[LatencyResult | None] = [None] * len(items)
     todo: list[int] = []
     for i, item in enumerate(items):
-        if db is not None and not fresh and _is_arch(item):
-            hit = db.get(item.id, target)
+        if db is not None and not fresh and isinstance(item, Architecture):
+            hit = db.get(item.id, target, ref.arch_id if ref else "")
             if hit is not None:
-                results[i] = hit
+                results[i] = hit.rescaled(ref) if ref is not None else hit
                 if on_result:
-                    on_result(i, hit)
+                    on_result(i, results[i])  # type: ignore[arg-type]
                 continue
         todo.append(i)
     if todo:
         reason = backend.unavailable()
         if reason:
             raise UserError(f"backend {target.backend} cannot run here: {reason}")
-        with tempfile.TemporaryDirectory(prefix="mnas-models-") as tmp:
+        with terminate_as_exit(), tempfile.TemporaryDirectory(prefix="mnas-models-") as tmp:
             keep = db.models_dir if db is not None else Path(tmp)  # architectures' files are reused
-            paths = {i: export_for(items[i], target, keep if _is_arch(items[i]) else Path(tmp), f"model{i}")
-                     for i in todo}
-            samples = _interleaved(paths, target, processes, protocol, backend)
+            paths = _files(items, todo, target, backend, keep, Path(tmp))
+            ref_file = _files([ref_arch], [0], target, backend, keep, Path(tmp))[0] if ref_arch is not None else None
+            samples = measure_rounds({i: ModelFile(paths[i]) for i in todo}, ref_file, target, processes,
+                                     protocol, backend)
         for i in todo:
-            arch_id = items[i].id if _is_arch(items[i]) else None
-            res = summarise(samples[i], target, arch_id, use=processes, max_spread=protocol.max_spread)
+            item = items[i]
+            arch_id = item.id if isinstance(item, Architecture) else None
+            res = summarise([s[0] for s in samples[i]], target, arch_id, use=processes,
+                            max_spread=protocol.max_spread, max_relative_spread=protocol.max_relative_spread,
+                            reference=ref)
             if db is not None and arch_id is not None:
                 db.put(arch_id, res)
             results[i] = res
@@ -225,36 +248,32 @@ def measure_many(items: Sequence["Architecture | nn.Module"], target: Target, *,
     return [r for r in results if r is not None]
 
 
-def _interleaved(paths: dict[int, Path], target: Target, processes: int, protocol: Protocol,
-                 backend: Any) -> dict[int, list[ProcessSample]]:
-    """`processes` rounds over all candidates, then further rounds over those whose fastest
-    `processes` medians disagree (see `consensus`), until they agree or reach `max_processes`."""
-    order = list(paths)
-    if target.backend == "android":
-        samples = backend.measure_files(paths, target, processes, protocol)
-    else:
-        samples = {i: [] for i in order}
-        cpus = measure_cpus(target.threads)
-        for p in range(processes):
-            k = p % len(order)
-            for i in order[k:] + order[:k]:  # rotate: no candidate always runs first
-                samples[i].append(run_worker(paths[i], target, protocol, cpus))
-    while True:
-        again = [i for i in order if len(samples[i]) < protocol.max_processes
-                 and not consensus([s.median_ms for s in samples[i]], processes, protocol.max_spread)[1]]
-        if not again:
-            return samples
-        if target.backend == "android":
-            extra = backend.measure_files({i: paths[i] for i in again}, target, 1, protocol)
-        else:
-            extra = {i: [run_worker(paths[i], target, protocol, cpus)] for i in again}
-        for i in again:
-            samples[i] += extra[i]
-
-
-def measure(item: "Architecture | nn.Module", target: Target | None = None, *, processes: int = 3,
-            fresh: bool = False, cache: Any = DEFAULT, protocol: Protocol = Protocol()) -> LatencyResult:
+def measure(item: Architecture | nn.Module, target: Target | None = None, *, processes: int = 3,
+            fresh: bool = False, cache: Any = DEFAULT, protocol: Protocol = DEFAULT_PROTOCOL,
+            reference: str | Architecture | None = DEFAULT_REFERENCE) -> LatencyResult:
     """Latency of one architecture or module on `target` (default: LiteRT, 1 thread, 224)."""
     return measure_many([item], target or Target(), processes=processes, fresh=fresh, cache=cache,
-                        protocol=protocol)[0]
+                        protocol=protocol, reference=reference)[0]
+
+
+def reference_latency(target: Target, reference: str | Architecture = DEFAULT_REFERENCE, *,
+                      cache: Any = DEFAULT, processes: int = 3, protocol: Protocol = DEFAULT_PROTOCOL,
+                      fresh: bool = False, name: str | None = None) -> ReferenceLatency:
+    """The reference network's absolute latency on `target`: measured once with the full protocol
+    (>= 3 processes, the fastest-processes consensus), then read from the cache."""
+    if processes < 3:
+        raise UserError(f"the reference latency is measured with the full protocol: processes >= 3 (got {processes})")
+    label, arch = reference_arch(reference, target)
+    label = name or label
+    db = resolve_cache(cache)
+    if db is not None and not fresh:
+        hit = db.get_reference(arch.id, target)
+        if hit is not None:
+            return hit
+    res = measure_many([arch], target, processes=processes, fresh=True, cache=None, protocol=protocol,
+                       reference=None)[0]
+    ref = ReferenceLatency.from_result(label, res, arch)
+    if db is not None:
+        db.put_reference(ref)
+    return ref
 

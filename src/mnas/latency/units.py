@@ -7,8 +7,8 @@ same operators the whole network runs.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Union
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from mnas.space import Architecture, BlockSpec, LayerConfig, SearchSpace
 
@@ -47,7 +47,7 @@ class HeadConfig:
         return f"head_i{self.in_filters}_o{self.out_filters}_c{self.num_classes}_r{self.input_size}_{self.act}"
 
 
-Unit = Union[LayerConfig, StemConfig, HeadConfig]
+Unit = LayerConfig | StemConfig | HeadConfig
 
 
 def arch_units(arch: Architecture, resolution: int, num_classes: int) -> list[Unit]:
@@ -59,11 +59,18 @@ def arch_units(arch: Architecture, resolution: int, num_classes: int) -> list[Un
             HeadConfig(last.out_filters, arch.head_filters, num_classes, size, arch.act)]
 
 
-def space_units(space: SearchSpace, resolution: int, num_classes: int) -> list[Unit]:
-    """Every distinct unit any architecture of the space can contain, in a stable order."""
-    from dataclasses import replace
+def space_at(space: SearchSpace, resolution: int) -> SearchSpace:
+    """The space whose architectures are `arch.for_resolution(resolution)` of this space's: the
+    skeleton that really runs at that input size (one rule: `Architecture.for_resolution`)."""
+    skeleton = space.decode([0] * len(space.decision_sizes())).for_resolution(resolution)
+    return replace(space, resolution=resolution, stem_stride=skeleton.stem_stride,
+                   strides=tuple(b.stride for b in skeleton.blocks))
 
-    sp = replace(space, resolution=resolution) if resolution != space.resolution else space
+
+def space_units(space: SearchSpace, resolution: int, num_classes: int) -> list[Unit]:
+    """Every distinct unit any architecture of the space can contain when it runs at
+    `resolution`, in a stable order."""
+    sp = space_at(space, resolution)
     layers = sorted(sp.layer_configs(), key=lambda c: c.key)
     size = _out(resolution, sp.stem_stride)
     for s in sp.strides:
@@ -78,9 +85,9 @@ def unit_input_shape(unit: Unit) -> tuple[int, int, int, int]:
     return (1, cin, unit.input_size, unit.input_size)
 
 
-def build_unit(unit: Unit) -> "nn.Module":
+def build_unit(unit: Unit) -> nn.Module:
     """The module mnas.model builds for this unit (eval mode, TF BatchNorm settings)."""
-    from torch import nn
+    from torch import nn  # lazy: tables and predictions use units without torch; only building needs it
 
     from mnas.model import TF_BN_EPS, TF_BN_MOMENTUM, ConvBnAct, Layer
 

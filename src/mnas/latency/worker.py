@@ -1,34 +1,39 @@
 """One measuring process: `python -m mnas.latency.worker JOB.json RESULT.json`.
 
-Imports only the runtime it measures (no torch for litert / onnxruntime), pins itself, loads the
-model file, runs the protocol and writes a ProcessSample as JSON.
+Dies with its parent, keeps its temporary files in the parent's job folder, imports only the
+runtime it measures (no torch for litert / onnxruntime), pins itself, loads the files and the
+reference, runs the shared timing routine (`session.time_session`) and writes, per file, one
+ProcessSample per part as JSON.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
+
+from mnas.latency.backends import get_backend, register_backend
+from mnas.latency.lifetime import die_with_parent
+from mnas.latency.protocol import Protocol, pin
+from mnas.latency.session import time_session
+from mnas.latency.target import Target
 
 
 def main(argv: list[str]) -> int:
-    from mnas.latency.backends import get_backend
-    from mnas.latency.protocol import Protocol, pin, time_runner
-    from mnas.latency.target import Target
-
     job = json.loads(Path(argv[0]).read_text())
+    die_with_parent(job.get("parent"))
+    tempfile.tempdir = job.get("tmp") or None  # removed with the parent's job folder
+    register_backend(job["backend"]["name"], job["backend"]["module"])
     target = Target.from_dict(job["target"])
+    backend = get_backend(target.backend)
     pin(job.get("cpus") or [])
     protocol = Protocol(**job["protocol"])
-    if job.get("pack"):  # a latency-table pack: one sample per unit
-        from mnas.latency.packs import time_pack
-
-        samples = time_pack(Path(job["path"]), target, protocol, int(job["pack"]))
-        Path(argv[1]).write_text(json.dumps([s.to_dict() for s in samples]))
-        return 0
-    runner = get_backend(target.backend).load(Path(job["path"]), target)
-    sample = time_runner(runner, protocol)
-    Path(argv[1]).write_text(json.dumps(sample.to_dict()))
+    runners = [backend.load_pack(Path(f["path"]), target, f["parts"]) if f["parts"]
+               else backend.load(Path(f["path"]), target) for f in job["files"]]
+    reference = backend.load(Path(job["reference"]), target) if job.get("reference") else None
+    samples = time_session(runners, protocol, reference)
+    Path(argv[1]).write_text(json.dumps([[s.to_dict() for s in item] for item in samples]))
     return 0
 
 

@@ -16,11 +16,20 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mnas.errors import UserError
-from mnas.latency.backends.base import Runner
-from mnas.latency.result import ProcessSample
+from mnas.latency.android_parse import BenchmarkOutput, parse_benchmark_output
+from mnas.latency.backends.base import Backend, ModelFile, Runner
+from mnas.latency.sample import ProcessSample
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from mnas.latency.protocol import Protocol
+    from mnas.latency.target import Target
 
 REMOTE_DIR = "/data/local/tmp/mnas"
 _TRANSIENT = ("device offline", "no devices/emulators found", "not found", "closed",
@@ -128,62 +137,109 @@ def taskset_mask(cores: list[int]) -> str:
     return format(sum(1 << c for c in cores), "x")
 
 
-class AndroidBackend:
+class AndroidBackend(Backend):
+    """Runs on the phone: `measure_files` drives benchmark_model over adb. One call is one round:
+    the reference and every file in alternation, one benchmark_model run each (ref, file 1, ref,
+    file 2, ref), so each file's run sits between two reference runs (phones throttle too)."""
+
     name = "android"
     suffix = ".tflite"
+    local = False
 
-    def version(self, target) -> str:
+    def __init__(self) -> None:
+        self._pushed: dict[tuple[str, str], str] = {}  # (serial, local file digest) -> remote path
+
+    def version(self, target: Target) -> str:
         return "benchmark_model"  # the binary's digest is part of the target fingerprint
+
+    def describe(self) -> str:
+        return "benchmark_model (user-supplied)"
+
+    def note(self) -> str:
+        try:
+            return "device " + Adb(timeout_s=10, retries=0).device()
+        except UserError as exc:
+            return str(exc).split(";")[0]
 
     def unavailable(self) -> str | None:
         if shutil.which(os.environ.get("ADB", "adb")) is None:
             return "adb not found on PATH; install Android platform-tools"
         return None
 
-    def export(self, module, path: Path, target) -> Path:
-        from mnas.export import to_tflite
+    def check(self, target: Target) -> str | None:
+        if not target.benchmark_binary:
+            return ("the android backend needs a TFLite benchmark_model binary built for the phone; "
+                    "pass --benchmark-binary PATH (see the TFLite benchmark tool docs)")
+        return super().check(target)
+
+    def machine(self, target: Target) -> str:
+        return f"android:{target.serial or 'default'}"
+
+    def export(self, module: nn.Module, path: Path, target: Target) -> Path:
+        from mnas.export import to_tflite  # lazy: torch is only needed where models are exported
 
         return to_tflite(module, path, target.resolution, target.batch)
 
-    def load(self, path: Path, target) -> Runner:
+    def load(self, path: Path, target: Target) -> Runner:
         raise UserError("the android backend runs on the phone, not in a local process")
 
-    def measure_files(self, paths: dict[int, Path], target, processes: int,
-                      protocol) -> dict[int, list[ProcessSample]]:
-        """Run benchmark_model `processes` times per model, interleaved across models."""
+    def measure_files(self, files: Sequence[ModelFile], reference: Path | None, target: Target,
+                      protocol: Protocol, cpus: Sequence[int]) -> list[list[ProcessSample]]:
+        if any(f.parts for f in files):
+            raise UserError("latency tables cannot be built for the android backend")
         binary = Path(target.benchmark_binary or "")
         if not binary.is_file():
             raise UserError(f"benchmark binary {binary} does not exist; pass --benchmark-binary PATH")
         adb = Adb(target.serial)
-        adb.device()
+        serial = adb.device()
         adb.shell(f"mkdir -p {REMOTE_DIR}")
-        remote_bin = f"{REMOTE_DIR}/benchmark_model"
-        adb.push(binary, remote_bin)
+        remote_bin = self._push(adb, serial, binary, "benchmark_model")
         adb.shell(f"chmod 755 {remote_bin}")
-        remote = {}
-        for i, path in paths.items():
-            remote[i] = f"{REMOTE_DIR}/{path.name}"
-            adb.push(path, remote[i])
+        remote = [self._push(adb, serial, f.path, f.path.name) for f in files]
         cores = fastest_cores(adb, target.threads)
         pin = f"taskset {taskset_mask(cores)} " if cores else ""
-        from mnas.latency.android_parse import parse_benchmark_output
 
-        order = list(paths)
-        samples: dict[int, list[ProcessSample]] = {i: [] for i in order}
-        for p in range(processes):
-            k = p % len(order)
-            for i in order[k:] + order[:k]:
-                cmd = (f"{pin}{remote_bin} --graph={remote[i]} --num_threads={target.threads} "
-                       f"--warmup_runs={protocol.warmup_iters} --warmup_min_secs={protocol.warmup_s:g} "
-                       f"--num_runs={protocol.iters} --use_xnnpack=true")
-                parsed = parse_benchmark_output(adb.shell(cmd, timeout_s=adb.timeout_s * 5))
-                samples[i].append(ProcessSample(
-                    median_ms=parsed.typical_us / 1e3,
-                    p10_ms=(parsed.p5_us if parsed.p5_us is not None else parsed.min_us or parsed.avg_us) / 1e3,
-                    p90_ms=(parsed.p95_us if parsed.p95_us is not None else parsed.max_us or parsed.avg_us) / 1e3,
-                    mean_ms=parsed.avg_us / 1e3, std_ms=(parsed.std_us or 0.0) / 1e3,
-                    runs=parsed.count or protocol.iters))
-        return samples
+        def run(graph: str) -> BenchmarkOutput:
+            cmd = (f"{pin}{remote_bin} --graph={graph} --num_threads={target.threads} "
+                   f"--warmup_runs={protocol.warmup_iters} --warmup_min_secs={protocol.warmup_s:g} "
+                   f"--num_runs={protocol.iters} --use_xnnpack=true")
+            return parse_benchmark_output(adb.shell(cmd, timeout_s=adb.timeout_s * 5))
+
+        ref_remote = self._push(adb, serial, reference, reference.name) if reference is not None else None
+        before = run(ref_remote) if ref_remote else None
+        out = []
+        for graph in remote:
+            parsed = run(graph)
+            sample = _sample(parsed, protocol)
+            if ref_remote and before is not None:
+                after = run(ref_remote)
+                ref_mean = (before.typical_us + after.typical_us) / 2
+                sample.relative = parsed.typical_us / ref_mean
+                sample.reference_ms = ref_mean / 1e3
+                before = after
+            out.append([sample])
+        return out
+
+    def _push(self, adb: Adb, serial: str, local: Path, name: str) -> str:
+        key = (serial, _digest(local))
+        if key not in self._pushed:
+            remote = f"{REMOTE_DIR}/{name}"
+            adb.push(local, remote)
+            self._pushed[key] = remote
+        return self._pushed[key]
+
+
+def _sample(parsed: BenchmarkOutput, protocol: Protocol) -> ProcessSample:
+    lo = parsed.p5_us if parsed.p5_us is not None else parsed.min_us or parsed.avg_us
+    hi = parsed.p95_us if parsed.p95_us is not None else parsed.max_us or parsed.avg_us
+    return ProcessSample(median_ms=parsed.typical_us / 1e3, p10_ms=lo / 1e3, p90_ms=hi / 1e3,
+                         mean_ms=parsed.avg_us / 1e3, std_ms=(parsed.std_us or 0.0) / 1e3,
+                         runs=parsed.count or protocol.iters)
+
+
+def _digest(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 BACKEND = AndroidBackend()

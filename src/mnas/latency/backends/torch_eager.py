@@ -1,44 +1,61 @@
-"""Eager PyTorch: set_num_threads, optional channels_last, CUDA event timing on a GPU."""
+"""Eager PyTorch: set_num_threads, optional channels_last, CUDA event timing on a GPU.
+torch is this backend's runtime, so this module imports it; the registry imports a backend module
+only when that backend is asked for.
+"""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from mnas.latency.backends.base import Runner, dist_version
+import torch
+from torch import nn
+
+from mnas.errors import UserError
+from mnas.latency.backends.base import Backend, Runner, dist_version, timed_parts
+from mnas.latency.units import Unit, build_unit, unit_from_dict, unit_input_shape, unit_to_dict
+from mnas.model import build_model
+from mnas.safe_load import load_tensors
+from mnas.space import Architecture
+
+if TYPE_CHECKING:
+    from mnas.latency.target import Target
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     name = "torch"
     suffix = ".pt"
+    default_pack_size = 64
+    tables = True
 
-    def version(self, target) -> str:
+    def version(self, target: Target) -> str:
         v = dist_version("torch")
         if target.device == "cuda":
-            import torch
-
             v += f" cuda {torch.version.cuda}"
         return v
 
-    def unavailable(self) -> str | None:
-        return None
+    def check(self, target: Target) -> str | None:
+        return None  # cpu or cuda, either layout
 
-    def export(self, module, path: Path, target) -> Path:
+    def machine(self, target: Target) -> str:
+        if target.device == "cuda":
+            return f"cuda:{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
+        return super().machine(target)
+
+    def export(self, module: nn.Module, path: Path, target: Target) -> Path:
         """Never a pickled module (loading one could run any code): an mnas network as its
         architecture and weights; any other module as a traced TorchScript program inside the
         record (TorchScript holds no Python objects). `torch.export` is no alternative: its loader
         falls back to full unpickling."""
-        import io
-
-        import torch
-
-        from mnas.space import Architecture
-
         path.parent.mkdir(parents=True, exist_ok=True)
         module = module.eval()
         arch = getattr(module, "arch", None)
         if isinstance(arch, Architecture):
             record = {"format": "mnas-arch", "arch": arch.to_json(),
-                      "num_classes": int(module.classifier.out_features), "state": module.state_dict()}
+                      "num_classes": int(module.classifier.out_features),  # type: ignore[union-attr, arg-type]  # an mnas network
+                      "state": module.state_dict()}
         else:
             x = torch.randn(target.batch, 3, target.resolution, target.resolution)
             buffer = io.BytesIO()
@@ -48,11 +65,7 @@ class TorchBackend:
         torch.save(record, path)
         return path
 
-    def load(self, path: Path, target) -> Runner:
-        import torch
-
-        from mnas.errors import UserError
-
+    def load(self, path: Path, target: Target) -> Runner:
         torch.set_num_threads(target.threads)
         model = load_module(path)
         x = torch.randn(target.batch, 3, target.resolution, target.resolution)
@@ -82,18 +95,32 @@ class TorchBackend:
 
         return Runner(run)
 
+    def export_pack(self, units: Sequence[Unit], path: Path, target: Target) -> Path:
+        """The units as data; the worker rebuilds them (no pickled modules)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"units": [unit_to_dict(u) for u in units]}, path)
+        return path
 
-def load_module(path: Path):
+    def load_pack(self, path: Path, target: Target, count: int) -> Runner:
+        torch.set_num_threads(target.threads)
+        saved = load_tensors(path, f"latency pack {path}")
+        runners = []
+        for d in saved["units"][:count]:
+            unit = unit_from_dict(d)
+            runners.append(_module_runner(build_unit(unit).eval(), torch.randn(*unit_input_shape(unit))))
+        return timed_parts(runners)
+
+
+def _module_runner(module: Any, x: Any) -> Runner:
+    def run() -> None:
+        with torch.inference_mode():
+            module(x)
+
+    return Runner(run)
+
+
+def load_module(path: Path) -> Any:
     """The module `TorchBackend.export` wrote, read with `weights_only=True`."""
-    import io
-
-    import torch
-
-    from mnas.errors import UserError
-    from mnas.model import build_model
-    from mnas.safe_load import load_tensors
-    from mnas.space import Architecture
-
     record = load_tensors(path, f"torch model file {path}")
     kind = record.get("format") if isinstance(record, dict) else None
     if kind == "mnas-arch":

@@ -1,0 +1,247 @@
+"""Model files for measuring: whole networks and table packs, written atomically, optionally by a
+pool of background converter processes.
+
+LiteRT conversion costs about a second of CPU per layer, which would dominate a table build or a
+batch of candidates; a pool of converter processes works while the measurements go on: one per
+core that does not measure, pinned there at normal priority, and one on the measuring core(s) at
+idle priority (SCHED_IDLE), which only uses the time the measurements leave. A measurement
+disturbed by a converter on another core (shared caches, memory bandwidth) is what the reference
+interleaving cancels.
+
+The converters are `python -m mnas.latency.exporter` processes fed one JSON job per line (not
+multiprocessing: that re-imports the caller's main script in every child). They die with their
+parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from mnas.errors import UserError
+from mnas.latency.backends import Backend, get_backend, register_backend
+from mnas.latency.lifetime import die_with_parent, idle_priority
+from mnas.latency.target import Target
+from mnas.latency.units import Unit, unit_from_dict, unit_to_dict
+from mnas.space import Architecture
+
+
+def arch_file(arch: Architecture, target: Target, folder: Path, backend: Backend) -> Path:
+    """Where the file of `arch` for `target` lives (reused once written)."""
+    return folder / f"{arch.id}_{backend.name}_r{target.resolution}_b{target.batch}_c{target.num_classes}{backend.suffix}"
+
+
+def export_arch(arch: Architecture, target: Target, path: Path) -> Path:
+    """Build `arch` with the target's class count and write the backend's file (atomically: a
+    half-written file never poses as a model)."""
+    from mnas.model import build_model  # lazy: measuring processes never build torch models
+
+    if path.exists():
+        return path
+    backend = get_backend(target.backend)
+    module = build_model(arch, num_classes=target.num_classes, dropout=0.0)
+    return export_module(module, target, path, backend)
+
+
+def export_module(module: Any, target: Target, path: Path, backend: Backend) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{os.getpid()}_{path.name}")
+    try:
+        backend.export(module, tmp, target)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def export_pack(units: Sequence[Unit], target: Target, path: Path) -> Path:
+    """One file holding every unit (atomically)."""
+    backend = get_backend(target.backend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{os.getpid()}_{path.name}")
+    try:
+        backend.export_pack(units, tmp, target)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _run_job(job: dict[str, Any]) -> tuple[str, float]:
+    """(the file, CPU seconds its export took)."""
+    target = Target.from_dict(job["target"])
+    c0 = time.process_time()
+    if job["kind"] == "arch":
+        path = export_arch(Architecture.from_json(job["arch"]), target, Path(job["path"]))
+    else:
+        path = export_pack([unit_from_dict(u) for u in job["units"]], target, Path(job["path"]))
+    return str(path), time.process_time() - c0
+
+
+# ---- jobs and the pool -------------------------------------------------------------------------
+class Job:
+    """An export in progress: `result()` waits for it (or runs it here when there is no pool) and
+    returns the file; `cpu_seconds` then says what the conversion cost."""
+
+    def __init__(self, spec: dict[str, Any], inline: bool) -> None:
+        self.spec = spec
+        self.inline = inline
+        self._done = threading.Event()
+        self._value: tuple[str, float] | None = None
+        self._error: str | None = None
+
+    def finish(self, value: tuple[str, float] | None, error: str | None = None) -> None:
+        self._value, self._error = value, error
+        self._done.set()
+
+    def result(self) -> str:
+        if self.inline and not self._done.is_set():
+            self.finish(_run_job(self.spec))
+        self._done.wait()
+        if self._error is not None or self._value is None:
+            raise UserError(f"exporting {Path(self.spec['path']).name} failed: {self._error}")
+        return self._value[0]
+
+    @property
+    def cpu_seconds(self) -> float:
+        self.result()
+        return self._value[1] if self._value is not None else 0.0
+
+
+class Exporter:
+    """Submit exports; with `workers == 0` they run in this process when their result is asked for."""
+
+    def __init__(self, target: Target, workers: int, measuring: Sequence[int] = ()) -> None:
+        self.target = target
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.procs: list[subprocess.Popen[str]] = []
+        self.threads: list[threading.Thread] = []
+        backend = get_backend(target.backend)
+        for cpus, idle in placement(workers, measuring):
+            boot = json.dumps({"parent": os.getpid(), "backend": [backend.name, backend.module], "cpus": cpus,
+                               "idle": idle})
+            proc = subprocess.Popen([sys.executable, "-m", "mnas.latency.exporter", boot], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+            thread = threading.Thread(target=self._feed, args=(proc,), daemon=True)
+            thread.start()
+            self.procs.append(proc)
+            self.threads.append(thread)
+
+    def _feed(self, proc: subprocess.Popen[str]) -> None:
+        """Hand this converter one job at a time until the queue says stop."""
+        stdin: IO[str] | None = proc.stdin
+        stdout: IO[str] | None = proc.stdout
+        while True:
+            job = self.jobs.get()
+            if job is None or stdin is None or stdout is None:
+                break
+            try:
+                stdin.write(json.dumps(job.spec) + "\n")
+                stdin.flush()
+                line = stdout.readline()
+                reply: dict[str, Any] = json.loads(line) if line else {"error": f"the converter stopped (exit {proc.poll()})"}
+            except (OSError, ValueError) as exc:
+                reply = {"error": f"the converter failed: {exc}"}
+            job.finish((str(reply["path"]), float(reply["cpu"])) if "path" in reply else None, reply.get("error"))
+        if stdin is not None:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    def _submit(self, spec: dict[str, Any], path: Path) -> Job:
+        job = Job(spec, inline=not self.procs or path.exists())
+        if not job.inline:
+            self.jobs.put(job)
+        return job
+
+    def arch(self, arch: Architecture, path: Path) -> Job:
+        return self._submit({"kind": "arch", "arch": arch.to_json(), "target": self.target.to_dict(),
+                             "path": str(path)}, path)
+
+    def pack(self, units: Sequence[Unit], path: Path) -> Job:
+        return self._submit({"kind": "pack", "units": [unit_to_dict(u) for u in units],
+                             "target": self.target.to_dict(), "path": str(path)}, path)
+
+    def close(self, failed: bool = False) -> None:
+        """Wait for the converters' work; on failure (or SIGTERM, Ctrl-C) stop them at once."""
+        if failed:
+            for proc in self.procs:
+                proc.kill()
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join(timeout=None if not failed else 5)
+        for proc in self.procs:
+            proc.wait()
+
+
+def placement(workers: int, measuring: Sequence[int]) -> list[tuple[list[int], bool]]:
+    """(cores, idle priority) per converter: the non-measuring cores first, at normal priority;
+    the rest on the measuring cores (or anywhere) at idle priority."""
+    others = [c for c in all_cores() if c not in measuring]
+    out: list[tuple[list[int], bool]] = [([c], False) for c in others[:workers]]
+    while len(out) < workers:
+        out.append((list(measuring) or all_cores(), True))
+    return out
+
+
+def all_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def pool_size(jobs: int, backend: Backend, many: bool = False) -> int:
+    """Background converters for `jobs` exports: one per core for slow converters (or for `many`
+    exports, e.g. a table's packs, where the start-up pays off), else none."""
+    if not (backend.parallel_export or many) or jobs < 2:
+        return 0
+    return max(1, min(jobs, len(all_cores())))
+
+
+@contextlib.contextmanager
+def exporter(target: Target, workers: int, measuring: Sequence[int] = ()) -> Iterator[Exporter]:
+    """Converters for `target`'s files; `measuring`: the cores measurements are pinned to."""
+    ex = Exporter(target, workers, measuring)
+    try:
+        yield ex
+    except BaseException:
+        ex.close(failed=True)
+        raise
+    ex.close()
+
+
+# ---- a converter process -----------------------------------------------------------------------
+def main(argv: list[str]) -> int:
+    """Convert jobs read from stdin, one JSON line each; answer one JSON line each on stdout."""
+    boot = json.loads(argv[0])
+    die_with_parent(boot["parent"])
+    if boot.get("cpus") and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(boot["cpus"]))
+    if boot.get("idle"):
+        idle_priority()
+    register_backend(*boot["backend"])
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # converters print; keep the answer channel clean
+    for line in sys.stdin:
+        job: dict[str, Any] = json.loads(line)
+        try:
+            path, cpu = _run_job(job)
+            reply: dict[str, Any] = {"path": path, "cpu": cpu}
+        except Exception as exc:  # a bad model: report it, keep converting the others
+            reply = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]}
+        answers.write(json.dumps(reply) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+
+__all__ = ["Exporter", "Job", "arch_file", "export_arch", "export_module", "export_pack", "exporter", "pool_size"]

@@ -1,0 +1,197 @@
+"""`mnas latency ...` with bad input: every mistake is one line and exit 2 before any work, nothing
+that exists is overwritten; and a killed command leaves no worker process and no temp folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mnas.latency.lut import LatencyTable
+from mnas.latency.result import ReferenceLatency
+from mnas.latency.target import Target
+from mnas.latency.units import space_units, unit_to_dict
+from mnas.space import SearchSpace
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def mnas(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mnas", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def mnas_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process (fast): exit code and output as if run."""
+    from mnas.cli import main
+
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
+def one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def table_file(tmp_path_factory) -> Path:
+    """A finished table (synthetic entries: nothing to measure)."""
+    space = SearchSpace.cifar()
+    target = Target(backend="onnxruntime", resolution=32, num_classes=10)
+    units = space_units(space, 32, 10)[:100]
+    ref = ReferenceLatency("mobilenet_v2", "x", 4.0, 0.01, 1.8e9, 3, True, target)
+    table = LatencyTable(target=target, space=space.to_dict(), reference=ref,
+                         entries={u.key: {"relative": 0.01, "median_ms": 0.04, "unit": unit_to_dict(u)} for u in units})
+    return table.save(tmp_path_factory.mktemp("tables") / "good.json")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("measure", "mnasnet_a1", "--backend", "tensorrt"),
+     "unknown backend 'tensorrt'; choose one of litert, onnxruntime, torch, android"),
+    (("measure", "mnasnet_a1", "-b", "onnxruntime", "--threads", "1000"),
+     f"--threads 1000 is more than the {CORES} cores here; use at most {CORES} (or --force-threads to measure anyway)"),
+    (("measure", "mnasnet_a1", "-b", "onnxruntime", "-r", "0"), "--resolution must be >= 8 (got 0)"),
+    (("measure", "mnasnet_a1", "-b", "onnxruntime", "--processes", "0"), "--processes must be >= 1 (got 0)"),
+    (("measure", "mnasnet_a1", "-b", "onnxruntime", "--threads", "0"), "--threads must be >= 1 (got 0)"),
+    (("reference", "-b", "onnxruntime", "--threads", str(CORES + 1)), f"--threads {CORES + 1} is more than"),
+    (("build-lut", "-b", "onnxruntime", "-r", "0", "--out", "{tmp}/t.json"), "--resolution must be >= 8 (got 0)"),
+    (("build-lut", "-b", "onnxruntime", "--threads", str(CORES + 1), "--out", "{tmp}/t.json"),
+     f"--threads {CORES + 1} is more than"),
+    (("build-lut", "-b", "android", "--out", "{tmp}/t.json"), "latency tables cannot be built for the android backend"),
+    (("build-lut", "--out", "{tmp}"), "is a directory; name the table's file"),
+    (("build-lut", "--out", "{tmp}/file/t.json"), "is a file, not a folder"),
+    (("build-lut", "--processes", "0", "--out", "{tmp}/t.json"), "--processes must be >= 1"),
+    (("validate-lut", "{tmp}"), "is a directory, not a latency table"),
+    (("validate-lut", "{tmp}/binary.json"), "is not a latency table written by `mnas latency build-lut` (it is a binary file)"),
+    (("validate-lut", "{tmp}/missing.json"), "does not exist"),
+])
+def test_bad_input_is_one_line_before_any_work(tmp_path: Path, capsys, args, message: str) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)) * 8)
+    t = time.monotonic()
+    line = one_line(mnas_here(capsys, "latency", *[a.format(tmp=tmp_path) for a in args]))
+    assert message in line
+    assert time.monotonic() - t < 5  # nothing was measured
+
+
+@pytest.mark.slow
+def test_a_usage_error_in_a_fresh_process_has_no_traceback() -> None:
+    line = one_line(mnas("latency", "measure", "mnasnet_a1", "-b", "onnxruntime", "--threads", "1000"))
+    assert "--threads 1000 is more than" in line
+
+
+@pytest.mark.parametrize("extra", [("--pack-size", "-3"), ("--pack-size", "0"), ()])
+def test_an_existing_table_is_never_overwritten(table_file: Path, capsys, extra) -> None:
+    before = table_file.read_bytes()
+    line = one_line(mnas_here(capsys, "latency", "build-lut", "-b", "onnxruntime", "--space", "mnasnet_cifar",
+                              "--out", str(table_file), *extra))
+    assert ("--pack-size must be >= 1" in line) if extra else ("already exists; pass --force" in line)
+    assert table_file.read_bytes() == before
+    line = one_line(mnas_here(capsys, "latency", "build-lut", "--out", str(table_file), "--force", *extra)) \
+        if extra else None
+    assert line is None or "--pack-size must be >= 1" in line
+    assert table_file.read_bytes() == before
+
+
+def test_force_threads_passes_the_core_check() -> None:
+    from mnas.latency.cli import _target
+
+    assert _target("onnxruntime", CORES + 1, 32, force_threads=True).threads == CORES + 1
+
+
+@pytest.mark.slow
+def test_validate_warns_about_a_table_covering_few_layers(table_file: Path, tmp_path: Path, capsys,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warning comes before any measuring (here measuring then stops on a bad core list)."""
+    monkeypatch.setenv("MNAS_LATENCY_CPUS", "x")
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path))
+    proc = mnas_here(capsys, "latency", "validate-lut", str(table_file), "--samples", "2")
+    assert "warning: the table holds 100 of the" in proc.stderr and "layer configurations of its space" in proc.stderr
+    assert "MNAS_LATENCY_CPUS='x'" in one_line(proc)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_measurement_leaves_no_worker_and_no_temp_folder(tmp_path: Path, sig: int) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "MNAS_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "mnas", "latency", "measure", "mobilenet_v2", "-b", "onnxruntime",
+                             "-r", "32", "--fresh", "--reference", "none"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    worker = None
+    deadline = time.monotonic() + 120
+    while worker is None and time.monotonic() < deadline and proc.poll() is None:
+        worker = next((c for c in _children(proc.pid) if "mnas.latency.worker" in _cmdline(c)), None)
+        time.sleep(0.05)
+    assert worker is not None, "no measuring worker started"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGTERM:  # unwound like Ctrl-C (the CLI may report it as an interrupt, 130)
+        assert proc.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT) and "Traceback" not in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker)
+    if sig == signal.SIGTERM:
+        assert [p.name for p in tmp.iterdir() if p.name.startswith("mnas-")] == []
+    else:  # SIGKILL cannot be handled: the job folder stays, but the worker died before finishing it
+        assert list(tmp.glob("mnas-lat-*/job.json")) and not list(tmp.glob("mnas-lat-*/result.json"))
+
+
+@pytest.mark.slow
+def test_measure_json_reports_relative_and_the_reference(capsys, tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path))
+    proc = mnas_here(capsys, "latency", "measure", "mnasnet_small", "-b", "onnxruntime", "-r", "32", "--json")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["reference"] == "mobilenet_v2" and d["relative"] > 0 and d["raw_ms"] > 0
+    assert d["median_ms"] == pytest.approx(d["relative"] * d["reference_ms"])
+    assert d["reference_date"].endswith("UTC") and d["reference_spread"] >= 0 and d["processes"] >= 3
+    text = mnas_here(capsys, "latency", "measure", "mnasnet_small", "-b", "onnxruntime", "-r", "32")
+    assert "(cached)" in text.stdout and "x mobilenet_v2" in text.stdout and "measured 20" in text.stdout
