@@ -313,7 +313,24 @@ def test_ppo_unique_proposes_no_repeats_and_scores_them() -> None:
     assert s.updates == 6
 
 
-@pytest.mark.parametrize("advantage", ["rank", "zscore", "ema"])
+def test_ppo_learns_from_a_window_of_recent_results() -> None:
+    space = TinySpace([3, 3, 3])
+    s = PPOStrategy(space, 0, batch_size=4, window=10, unique=False)
+    told = []
+    for _ in range(4):
+        proposals = s.ask(4)
+        s.tell([_trial(p, 0.1 * (p.trial_id % 4)) for p in proposals])
+        told += proposals
+        assert len(s.memory) == min(10, len(told)) and s.buffer == []
+        assert [m[0] for m in s.memory] == [list(p.tokens) for p in told[-10:]]  # the newest results
+        assert [m[1] for m in s.memory] == [p.logp for p in told[-10:]]  # with their behaviour log-probs
+    assert s.updates == 4
+    classic = PPOStrategy(space, 0, batch_size=4, window=None)
+    classic.tell([_trial(p, 0.5) for p in classic.ask(8)])
+    assert len(classic.memory) == 4  # window None: the newest batch only
+
+
+@pytest.mark.parametrize("advantage", ["rank", "zscore", "ema", "elite"])
 def test_ppo_advantages_are_scale_free(advantage: str) -> None:
     s = PPOStrategy(TinySpace([2, 2]), 0, advantage=advantage)
     batch = [([0, 0], -1.0, r, 0.5) for r in (0.2, 0.9, 0.4, 0.4)]
@@ -323,6 +340,8 @@ def test_ppo_advantages_are_scale_free(advantage: str) -> None:
     assert int(adv.argmax()) == 1 and int(adv.argmin()) == 0
     if advantage == "rank":
         assert adv.tolist() == pytest.approx([-0.5, 0.5, 0.0, 0.0])  # ties share their rank
+    if advantage == "elite":
+        assert adv.tolist()[0] == adv.tolist()[2] == 0.0  # only the best quarter is reinforced
 
 
 def test_ppo_failed_reward_knob_and_update_cadence() -> None:
@@ -364,7 +383,7 @@ def test_ppo_controller_shape() -> None:
     ("ppo", {"batch_size": 2.5},
      "strategy.knobs.batch_size: Input should be a valid integer, got a number with a fractional part"),
     ("ppo", {"clip": 0}, "strategy.knobs.clip: Input should be greater than 0"),
-    ("ppo", {"advantage": "median"}, "strategy.knobs.advantage: Input should be 'rank', 'zscore' or 'ema'"),
+    ("ppo", {"advantage": "median"}, "strategy.knobs.advantage: Input should be 'rank', 'zscore', 'ema' or 'elite'"),
     ("tpe", {"n_startup_trials": -1}, "strategy.knobs.n_startup_trials: Input should be greater than or equal to 0"),
     ("nsga2", {"population_size": 1}, "strategy.knobs.population_size: Input should be greater than or equal to 2"),
     ("nsga2", {"mutation_prob": 2}, "strategy.knobs.mutation_prob: Input should be less than or equal to 1"),

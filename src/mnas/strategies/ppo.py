@@ -11,20 +11,27 @@ objective with clip 0.2, several epochs over each batch. A search is one-step ep
 advantage is the reward against a baseline and no value head is needed.
 
 Those papers train for thousands of samples (NASNet ~20k, MnasNet ~8k). A search here has
-hundreds, and the paper's settings (learning rate 3.5e-4, entropy weight 1e-5, an EMA baseline)
+hundreds, and the papers' settings (learning rate 3.5e-4, entropy weight 1e-5, an EMA baseline)
 barely move the policy in that time: in benchmarks/search_strategies.py the controller was no
-better than random search at 500 trials. What this class adds so that it learns within a few
-hundred trials and keeps exploring, with defaults chosen on that benchmark (docs/benchmarks/search.md):
+better than random search at 500 trials, and it collapsed onto one region. What this class adds so
+that it learns within a few hundred trials and keeps exploring (defaults chosen on that benchmark,
+docs/benchmarks/search.md; the papers' settings remain available as knobs):
 
 - `advantage`: how rewards become advantages. "rank" (default) scores each result by its
-  centered rank within its update batch (fitness shaping as in evolution strategies; invariant to
-  the reward's scale and to outliers); "zscore" by (r - mean) / std of the batch; "ema" is the
-  NASNet baseline (r minus the moving average of earlier rewards, divided by the batch RMS).
+  centered rank among the results it is compared with (fitness shaping as in evolution strategies;
+  invariant to the reward's scale and to outliers); "zscore" by (r - mean) / std; "ema" is the
+  NASNet baseline (r minus the moving average of earlier rewards, divided by the RMS); "elite"
+  reinforces only the best `elite_fraction` (risk-seeking policy gradient, Petersen et al. 2021).
+- `window`: each update (every `batch_size` results) learns from the last `window` results, the
+  newest batch and earlier ones, each with the log-probability it was proposed with, so PPO's
+  clipped ratio keeps the reuse safe; ranks over 32 results are steadier than over 16, and a
+  good result keeps pulling for two updates. None: the newest batch only (classic PPO).
 - `entropy_weight`: the entropy bonus that keeps the policy from collapsing onto one region.
 - `unique`: propose only architectures not proposed before (sample from the policy, skip what was
   seen, and after `resample` draws per wanted candidate take a new uniform sample), so the budget
   is spent on new models even after the policy has concentrated. Its log-probability is the
   policy's, so PPO's ratio stays correct.
+- The gradient norm is clipped to 1 and the log-ratio to +-20, the usual PPO safeguards.
 
 The log-probability of each proposal is returned by `ask` (`Proposal.logp`) and must come back
 with the trial (`trial.logp`; mnas.store keeps it in the trial's row), so results can come back in
@@ -46,24 +53,31 @@ from torch import nn
 from mnas.strategies.base import CategoricalSpace, Float, Int, Strategy, StrategyKnobs
 from mnas.strategies.random import as_tuple
 
-
 LOG_RATIO_LIMIT = 20.0
 MAX_GRAD_NORM = 1.0  # the usual PPO safeguard (e.g. 0.5 in Stable-Baselines3); keeps Adam's first steps sane
 
 
 class PPOKnobs(StrategyKnobs):
-    """The controller's size and PPO's settings (see the module doc for what each one does)."""
+    """The controller's size and PPO's settings (see the module doc for what each one does).
+
+    Defaults: the controller and `clip` are the papers'; `lr`, `entropy_weight`, `advantage`,
+    `window` and `unique` were chosen on benchmarks/search_strategies.py (4 of its 24 settings,
+    10 seeds), where the papers' values (lr 3.5e-4, entropy 1e-5, EMA baseline, no window) were
+    no better than random search at 500 trials.
+    """
 
     hidden: Int = Field(default=100, ge=1, le=4096)
     init_range: Float = Field(default=0.1, gt=0)
-    lr: Float = Field(default=3.5e-4, gt=0, le=10)
+    lr: Float = Field(default=0.02, gt=0, le=10)
     clip: Float = Field(default=0.2, gt=0, le=1)
     epochs: Int = Field(default=4, ge=1, le=1000)
     batch_size: Int = Field(default=16, ge=1)
-    advantage: Literal["rank", "zscore", "ema"] = "ema"
+    window: Int | None = Field(default=32, ge=1)
+    advantage: Literal["rank", "zscore", "ema", "elite"] = "rank"
+    elite_fraction: Float = Field(default=0.25, gt=0, le=1)
     baseline_decay: Float = Field(default=0.95, ge=0, le=1)
-    entropy_weight: Float = Field(default=1e-5, ge=0)
-    unique: bool = False
+    entropy_weight: Float = Field(default=0.01, ge=0)
+    unique: bool = True
     resample: Int = Field(default=32, ge=1, le=10_000)
     failed_reward: Float | None = None
 
@@ -129,7 +143,8 @@ class PPOStrategy(Strategy):
         self.controller.reset_parameters(self.knobs.init_range, self.generator)
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=self.knobs.lr)
         self.baseline: float | None = None
-        self.buffer: list[Sample] = []
+        self.buffer: list[Sample] = []  # results not yet learned from
+        self.memory: list[Sample] = []  # the last `window` results, which each update learns from
         self.updates = 0
 
     # -- ask / tell ------------------------------------------------------------------------
@@ -182,9 +197,11 @@ class PPOStrategy(Strategy):
 
     def _after_tell(self) -> None:
         size = self.knobs.batch_size
+        window = self.knobs.window or size
         while len(self.buffer) >= size:
             batch, self.buffer = self.buffer[:size], self.buffer[size:]
-            self._update(batch)
+            self.memory = (self.memory + batch)[-max(window, size):]
+            self._update(self.memory)
 
     def advantages(self, batch: Sequence[Sample]) -> torch.Tensor:
         """Advantages of one update batch, by the `advantage` knob."""
@@ -199,6 +216,14 @@ class PPOStrategy(Strategy):
                 tied = rewards == value
                 ranks[tied] = ranks[tied].mean()
             adv = ranks / max(len(batch) - 1, 1) - 0.5
+        elif mode == "elite":
+            # Risk-seeking policy gradient (Petersen et al., ICLR 2021): only the batch's best
+            # `elite_fraction` are reinforced, by how far they beat the (1 - fraction) quantile,
+            # which optimises the best result found rather than the mean.
+            q = float(torch.quantile(rewards, 1 - self.knobs.elite_fraction))
+            spread = float(rewards.std()) if len(batch) > 1 else 0.0
+            adv = (rewards - q).clamp(min=0.0)
+            adv = adv / spread if spread > 1e-12 else adv * 0.0
         elif mode == "zscore":
             adv = rewards - rewards.mean()
             std = float(adv.pow(2).mean().sqrt())
@@ -254,6 +279,7 @@ class PPOStrategy(Strategy):
             "rng": self.rng.getstate(),
             "baseline": self.baseline,
             "buffer": [(list(t), lp, r, b) for t, lp, r, b in self.buffer],
+            "memory": [(list(t), lp, r, b) for t, lp, r, b in self.memory],
             "updates": self.updates,
         }
 
@@ -266,6 +292,8 @@ class PPOStrategy(Strategy):
         self.baseline = None if state["baseline"] is None else float(state["baseline"])
         self.buffer = [(list(t), float(lp), float(r), None if b is None else float(b))
                        for t, lp, r, b in state["buffer"]]
+        self.memory = [(list(t), float(lp), float(r), None if b is None else float(b))
+                       for t, lp, r, b in state["memory"]]
         self.updates = int(state["updates"])
 
 
