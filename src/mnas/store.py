@@ -571,13 +571,13 @@ def _salvage_trials(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], lis
             return
         rows[trial_id] = row
 
-    trial_id, last = 0, -1
-    while trial_id <= last + PROBE_PAST_END:
-        read(trial_id)
-        if trial_id in rows:
-            last = trial_id
-        trial_id += 1
-    for trial_id in sorted(scanned - set(range(trial_id))):
+    probe, last = 0, -1
+    while probe <= last + PROBE_PAST_END:
+        read(probe)
+        if probe in rows:
+            last = probe
+        probe += 1
+    for trial_id in sorted(scanned - set(range(probe))):
         read(trial_id)
     top = max(rows, default=-1)
     unreadable = sorted(i for i in (scanned | failed) - set(rows) if 0 <= i <= top + PROBE_PAST_END)
