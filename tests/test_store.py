@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 import subprocess
@@ -11,7 +12,8 @@ import pytest
 
 from mnas.errors import UserError
 from mnas.space import SearchSpace
-from mnas.store import DB_NAME, Store, dump_state, load_state
+from mnas.store import DB_NAME, SCHEMA, Store, dump_state, load_state
+from mnas.strategies import STRATEGIES, make_strategy
 from mnas.trial import Trial
 
 
@@ -96,7 +98,7 @@ def test_save_result_rejects_unfinished_and_unknown(tmp_path, space):
 
 
 def test_store_is_wal_and_single_writer(tmp_path):
-    with Store.create(tmp_path, {}) as store:
+    with Store.create(tmp_path, {}):
         mode = sqlite3.connect(tmp_path / DB_NAME).execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
         with pytest.raises(UserError, match="in use"):
@@ -118,3 +120,79 @@ def test_create_refuses_existing_run_and_open_refuses_empty_dir(tmp_path):
         Store.create(tmp_path / "r", {})
     with pytest.raises(UserError, match="no search run"):
         Store.open(tmp_path / "empty")
+
+
+# -- trial ids, log-probabilities, repeats (schema 2) ------------------------------------------
+def test_ids_logp_and_repeats_round_trip(tmp_path, space):
+    batch = _batch(space, 3)
+    for i, trial in enumerate(batch):
+        trial.trial_id, trial.logp = i, -1.5 * (i + 1)
+    batch[2].arch, batch[2].tokens, batch[2].repeat_of = batch[0].arch, batch[0].tokens, 0
+    with Store.create(tmp_path, {}) as store:
+        store.add_trials(batch, dump_state({}), step=0)
+        again = store.trials()
+        assert [t.trial_id for t in again] == [0, 1, 2]
+        assert [t.logp for t in again] == [-1.5, -3.0, -4.5]
+        assert [t.repeat_of for t in again] == [None, None, 0] and again[2].is_repeat
+        assert store.evaluations() == 2 and len(store) == 3
+        assert store.first_of() == {batch[0].arch.id: 0, batch[1].arch.id: 1}
+        # A strategy's ids are kept; an id already stored is refused, and nothing is written.
+        more = _batch(space, 2, seed=1)
+        more[0].trial_id, more[1].trial_id = 3, 1
+        with pytest.raises(ValueError, match="trial 1 is already in"):
+            store.add_trials(more, dump_state({"x": 1}), step=1)
+        assert len(store) == 3 and load_state(store.checkpoint().state) == {}
+
+
+def _schema1_store(run_dir, space) -> None:
+    """A store as mnas wrote it before schema 2 (no logp / repeat_of columns)."""
+    run_dir.mkdir()
+    conn = sqlite3.connect(run_dir / DB_NAME)
+    schema = SCHEMA.replace(",\n    logp REAL,\n    repeat_of INTEGER REFERENCES trials (trial_id)", "")
+    assert "logp" not in schema
+    conn.executescript(schema)
+    arch = space.sample(random.Random(0))
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('config', '{}')")
+    conn.execute("INSERT INTO trials (trial_id, step, strategy, arch_id, arch, tokens, status, accuracy, latency_ms, "
+                 "reward, told) VALUES (0, 0, 'random', ?, ?, ?, 'done', 0.5, 2.0, 0.5, 1)",
+                 (arch.id, arch.to_json(), json.dumps(space.encode(arch))))
+    conn.execute("INSERT INTO checkpoint VALUES (1, 0, 'tell', ?, 0.0)", (dump_state({}),))
+    conn.commit()
+    conn.close()
+
+
+def test_schema1_store_is_read_but_not_resumed(tmp_path, space):
+    _schema1_store(tmp_path / "old", space)
+    with Store.open(tmp_path / "old") as store:
+        (trial,) = store.trials()
+        assert trial.reward == 0.5 and trial.logp is None and trial.repeat_of is None
+        assert store.evaluations() == 1
+    with pytest.raises(UserError, match="store schema 1.*cannot be resumed"):
+        Store.open(tmp_path / "old", writer=True)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_strategy_state_saved_with_the_trials_restores_exactly(tmp_path, space, name):
+    """The post-ask state is stored with the batch; a fresh strategy restored from the store asks
+    exactly what the original asks next, and learns from the stored trials (ids, tokens, logp)."""
+    knobs = {"ppo": {"batch_size": 4}, "evolution": {"population": 4, "sample_size": 2}}.get(name, {})
+    original = make_strategy(name, space, 5, knobs)
+    with Store.create(tmp_path, {}) as store:
+        for step in range(3):
+            proposals = original.ask(4)
+            batch = [Trial(p.trial_id, p.arch, strategy=name, tokens=list(p.tokens), logp=p.logp) for p in proposals]
+            store.add_trials(batch, dump_state(original.state_dict()), step)
+            for t in batch:
+                t.status, t.accuracy, t.latency_ms = "done", (t.trial_id % 5) / 5, 1.0 + t.trial_id % 3
+                t.reward = t.accuracy
+                store.save_result(t)
+            if step < 2:  # the last batch is left untold: a crash between results and tell
+                original.tell(store.trials()[-4:])
+                store.commit_tell([t.trial_id for t in batch], dump_state(original.state_dict()), step)
+        restored = make_strategy(name, space, 0, knobs)
+        restored.load_state_dict(load_state(store.checkpoint().state))
+        untold = store.untold()
+    assert restored.pending_ids() == [t.trial_id for t in untold] == [8, 9, 10, 11]
+    original.tell(untold)
+    restored.tell(untold)
+    assert [p.arch for p in original.ask(6)] == [p.arch for p in restored.ask(6)]

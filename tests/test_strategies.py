@@ -1,8 +1,9 @@
 """Search strategies: one ask/tell contract, tested over every registered strategy.
 
 Exact behaviour is tested where it is defined (same seed -> same asks; a saved state continues
-bit for bit, through a file and a fresh object; any tell order; failures); learning is tested by
-its trend on a synthetic objective with a known optimum over the real MnasNet space.
+bit for bit, through a torch file, pickle and the run store's blob; any tell order; failures; the
+API's errors); learning is tested by its trend on a synthetic objective with a known optimum over
+the real MnasNet space.
 """
 
 from __future__ import annotations
@@ -13,12 +14,25 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from mnas.errors import UserError
 from mnas.space import SearchSpace
-from mnas.strategies import STRATEGIES, EvolutionStrategy, PPOStrategy, Strategy, knobs_of, make_strategy
+from mnas.store import dump_state, load_state
+from mnas.strategies import (
+    STRATEGIES,
+    EvolutionStrategy,
+    NSGA2Strategy,
+    PPOStrategy,
+    Proposal,
+    Strategy,
+    check_knobs,
+    knobs_model,
+    knobs_of,
+    make_strategy,
+)
 from mnas.strategies.base import arch_key
 from mnas.trial import Trial
 
@@ -51,38 +65,31 @@ def _target(space, seed: int) -> list[int]:
 def _score(space, arch, target: list[int], noise: float = 0.0, salt: str = "") -> float:
     """Fraction of decisions equal to the target, plus deterministic per-(arch, salt) noise."""
     tokens = space.encode(arch)
-    match = sum(a == b for a, b in zip(tokens, target)) / len(target)
+    match = sum(a == b for a, b in zip(tokens, target, strict=True)) / len(target)
     if noise:
         match += random.Random(f"{arch_key(arch)}|{salt}").gauss(0.0, noise)
     return match
 
 
-def _trial(i: int, space, arch, reward: float | None) -> Trial:
+def _trial(p: Proposal, reward: float | None) -> Trial:
+    """The record of proposal `p`, as the search loop stores it: id, tokens, logp and results."""
     failed = reward is None
-    return Trial(
-        trial_id=i,
-        arch=arch,
-        tokens=space.encode(arch),
-        status="failed" if failed else "done",
-        accuracy=None if failed else reward,
-        latency_ms=None if failed else 10.0,
-        reward=reward,
-        error="boom" if failed else None,
-    )
+    return Trial(trial_id=p.trial_id, arch=p.arch, tokens=list(p.tokens), logp=p.logp,
+                 status="failed" if failed else "done", accuracy=None if failed else reward,
+                 latency_ms=None if failed else 10.0 - 5.0 * reward, reward=reward,
+                 error="boom" if failed else None)
 
 
-def _drive(strategy: Strategy, space, target: list[int], rounds: int, batch: int, start: int = 0,
-           fail_every: int = 0) -> list[str]:
+def _drive(strategy: Strategy, space, target: list[int], rounds: int, batch: int, fail_every: int = 0) -> list[str]:
     """Ask/tell `rounds` batches deterministically (shuffled tells, some failures); return ask ids."""
     asked: list[str] = []
-    for r in range(start, start + rounds):
-        archs = strategy.ask(batch)
-        asked += [arch_key(a) for a in archs]
+    for r in range(rounds):
+        proposals = strategy.ask(batch)
+        asked += [arch_key(p.arch) for p in proposals]
         trials = []
-        for j, a in enumerate(archs):
-            i = r * batch + j
-            fail = fail_every and i % fail_every == 0
-            trials.append(_trial(i, space, a, None if fail else _score(space, a, target, 0.05, str(i))))
+        for p in proposals:
+            fail = fail_every and p.trial_id % fail_every == 0
+            trials.append(_trial(p, None if fail else _score(space, p.arch, target, 0.05, str(p.trial_id))))
         random.Random(r).shuffle(trials)
         strategy.tell(trials[: batch // 2])
         strategy.tell(trials[batch // 2:])
@@ -94,182 +101,332 @@ def space(request):
     return TinySpace([3, 2, 4, 2, 3]) if request.param == "tiny" else SPACE
 
 
+def _same(a, b) -> bool:
+    """Deep equality of two state dicts (tensors compared by value)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
 def _knobs(name: str) -> dict:
-    # Small PPO batches so that a few rounds already include several controller updates.
-    return {"batch_size": 4, "epochs": 2} if name == "ppo" else {"population": 8, "sample_size": 3} if name == "evolution" else {}
+    # Small populations and PPO batches so that a few rounds already exercise selection and updates.
+    return {"ppo": {"batch_size": 4, "epochs": 2}, "evolution": {"population": 8, "sample_size": 3},
+            "tpe": {"n_startup_trials": 4}, "nsga2": {"population_size": 6}}.get(name, {})
 
 
 # -- the contract ----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_asks(name: str, space) -> None:
     target = _target(space, 0)
-    runs = [_drive(make_strategy(name, space, seed=7, **_knobs(name)), space, target, 5, 6, fail_every=5)
-            for _ in range(2)]
+    runs = [_drive(make_strategy(name, space, 7, _knobs(name)), space, target, 5, 6, fail_every=5) for _ in range(2)]
     assert runs[0] == runs[1]
-    other = _drive(make_strategy(name, space, seed=8, **_knobs(name)), space, target, 5, 6, fail_every=5)
+    other = _drive(make_strategy(name, space, 8, _knobs(name)), space, target, 5, 6, fail_every=5)
     assert other != runs[0]
-    for a in make_strategy(name, space, seed=1).ask(5):
-        assert space.encode(a) is not None  # decodable, in the space
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ask_numbers_proposals_and_accepts_numpy_integers(name: str) -> None:
+    s = make_strategy(name, SPACE, np.int64(3), {k: np.int64(v) if isinstance(v, int) else v for k, v in _knobs(name).items()})
+    first = s.ask(np.int64(4))
+    second = s.ask(np.int32(2))
+    assert [p.trial_id for p in first + second] == [0, 1, 2, 3, 4, 5]
+    assert s.pending == 6 and s.pending_ids() == [0, 1, 2, 3, 4, 5]
+    for p in first + second:
+        assert SPACE.contains(p.arch) and SPACE.decode(p.tokens) == p.arch
+        assert (p.logp is not None) == (name == "ppo")
+    assert s.seed == 3 and isinstance(s.seed, int)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_round_trip_continues_identically(name: str, space, tmp_path: Path) -> None:
     target = _target(space, 1)
-    a = make_strategy(name, space, seed=3, **_knobs(name))
+    a = make_strategy(name, space, 3, _knobs(name))
     _drive(a, space, target, 4, 6, fail_every=4)
     # Mid-batch: some asked candidates are still out when the state is saved.
     out = a.ask(5)
-    a.tell([_trial(900, space, out[3], 0.5), _trial(901, space, out[0], None)])
+    a.tell([_trial(out[3], 0.5), _trial(out[0], None)])
     assert a.pending == 3
     saved = a.state_dict()
     path = tmp_path / "state.pt"
     torch.save(saved, path)
     blob = pickle.dumps(saved)
+    stored = dump_state(saved)  # what the run store keeps, read back with weights_only=True
 
     def finish(s: Strategy) -> list[str]:
-        s.tell([_trial(902 + k, space, out[k], _score(space, out[k], target)) for k in (4, 1, 2)])
+        s.tell([_trial(out[k], _score(space, out[k].arch, target)) for k in (4, 1, 2)])
         assert s.pending == 0
-        return _drive(s, space, target, 4, 6, start=10, fail_every=3)
+        return _drive(s, space, target, 4, 6, fail_every=3)
 
     expected = finish(a)  # continuing the original object first also proves `saved` is not aliased
-    for state in (torch.load(path, weights_only=True), pickle.loads(blob), saved):
-        b = make_strategy(name, space, seed=99, **_knobs(name))  # a fresh object, another seed
+    for state in (torch.load(path, weights_only=True), pickle.loads(blob), load_state(stored), saved):
+        b = make_strategy(name, space, 99, _knobs(name))  # a fresh object, another seed
         b.load_state_dict(state)
-        assert b.pending == 3
+        assert b.pending == 3 and b.asked == a.asked - 24
         assert finish(b) == expected
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_tell_any_order_with_failures(name: str) -> None:
     target = _target(SPACE, 2)
-    s = make_strategy(name, SPACE, seed=0, **_knobs(name))
-    archs = s.ask(12)
-    assert s.pending == 12
-    trials = [_trial(i, SPACE, a, None if i % 3 == 0 else _score(SPACE, a, target)) for i, a in enumerate(archs)]
+    s = make_strategy(name, SPACE, 0, _knobs(name))
+    proposals = s.ask(12)
+    trials = [_trial(p, None if p.trial_id % 3 == 0 else _score(SPACE, p.arch, target)) for p in proposals]
     random.Random(5).shuffle(trials)
     s.tell(trials[:5])
     assert s.pending == 7
     s.tell([])
     s.tell(trials[5:])
     assert s.pending == 0 and s.told == 12
-    # A result the strategy never asked for is still accepted as data.
-    stranger = SPACE.sample(random.Random(11))
-    s.tell([_trial(99, SPACE, stranger, 0.9)])
-    assert s.pending == 0 and s.told == 13
-    for a in s.ask(6):
-        assert SPACE.contains(a)
-    with pytest.raises(ValueError, match="still running"):
-        s.tell([Trial(trial_id=100, arch=stranger, status="running")])
+    for p in s.ask(6):
+        assert SPACE.contains(p.arch)
 
 
-def test_decode_collisions_are_matched_by_architecture() -> None:
-    """The search stores canonical tokens (encode(decode(t)) may differ from t); tell still matches."""
-    s = make_strategy("ppo", SPACE, seed=0, batch_size=64)
-    archs = s.ask(32)
-    # PPO remembers each asked candidate's own tokens and log-prob; a told trial carries the
-    # canonical tokens from encode(), which for most samples differ from the asked ones.
-    asked_tokens = [r["tokens"] for recs in s._pending.values() for r in recs]
-    assert any(SPACE.encode(SPACE.decode(t)) != t for t in asked_tokens)
-    s.tell([_trial(i, SPACE, a, 0.5) for i, a in enumerate(archs)])
-    assert s.pending == 0
-    assert sorted(b[0] for b in s.buffer) == sorted(asked_tokens)
-    assert all(b[1] is not None for b in s.buffer)  # every result found its behaviour log-prob
+@pytest.mark.parametrize("name", NAMES)
+def test_tell_errors_are_clear_and_change_nothing(name: str) -> None:
+    s = make_strategy(name, SPACE, 0, _knobs(name))
+    proposals = s.ask(4)
+    good = _trial(proposals[0], 0.5)
+    s.tell([good])
+    before = s.state_dict()
+
+    def bad(trials: list, match: str) -> None:
+        with pytest.raises(ValueError, match=match):
+            s.tell(trials)
+        assert _same(s.state_dict(), before)  # checked before anything changed
+
+    fresh = _trial(proposals[1], 0.4)
+    bad([fresh, good], "already told")
+    bad([fresh, _trial(proposals[1], 0.3)], "twice in one call")
+    bad([_trial(Proposal(17, proposals[1].arch, proposals[1].tokens, proposals[1].logp), 0.5)], "never asked")
+    no_status = type("Result", (), {"trial_id": 2, "tokens": list(proposals[2].tokens), "reward": 0.5})()
+    bad([no_status], "without a .status")
+    running = _trial(proposals[2], 0.5)
+    running.status = "running"
+    bad([running], "status 'running'")
+    other = _trial(proposals[2], 0.5)
+    other.tokens = list(proposals[3].tokens)
+    if other.tokens != list(proposals[2].tokens):
+        bad([other], "asked as")
+    bad([object()], "without a trial_id")
+    if name != "random":  # random ignores results; the others need the numbers they learn from
+        nan = _trial(proposals[2], 0.5)
+        nan.reward = nan.accuracy = float("nan")
+        bad([nan], "finite")
+    s.tell([fresh])  # the good one is still accepted after all that
+    assert s.pending == 2
+
+
+def test_ppo_needs_the_proposals_log_probability() -> None:
+    s = make_strategy("ppo", SPACE, 0)
+    (p,) = s.ask(1)
+    t = _trial(p, 0.5)
+    t.logp = None
+    with pytest.raises(ValueError, match="log-probability"):
+        s.tell([t])
+
+
+def test_nsga2_optimises_accuracy_and_latency_from_the_trial() -> None:
+    s = NSGA2Strategy(SPACE, 0)
+    assert s.study.directions[0].name == "MAXIMIZE" and s.study.directions[1].name == "MINIMIZE"
+    p, q = s.ask(2)
+    t = _trial(p, 0.6)
+    t.reward = None  # the reward plays no part
+    s.tell([t])
+    assert s.study.trials[0].values == [0.6, 7.0]
+    u = _trial(q, 0.6)
+    u.latency_ms = None
+    with pytest.raises(ValueError, match="accuracy and latency_ms"):
+        s.tell([u])
 
 
 # -- strategy specifics ----------------------------------------------------------------------
 def test_evolution_random_start_tournament_and_aging() -> None:
     space = TinySpace([3] * 6)
     target = [0] * 6
-    s = EvolutionStrategy(space, seed=0, population=10, sample_size=4)
+    s = EvolutionStrategy(space, 0, population=10, sample_size=4)
     first = s.ask(10)  # the initial population: all random
     assert s.random_asked == 10
     # Asks before `sample_size` results are back are random too.
-    s.tell([_trial(i, space, a, _score(space, a, target)) for i, a in enumerate(first[:2])])
+    s.tell([_trial(p, _score(space, p.arch, target)) for p in first[:2]])
     s.ask(1)
     assert s.random_asked == 11
-    s.tell([_trial(10 + i, space, a, None if i == 0 else _score(space, a, target)) for i, a in enumerate(first[2:])])
+    s.tell([_trial(p, None if i == 0 else _score(space, p.arch, target)) for i, p in enumerate(first[2:])])
     assert len(s.population) == 9  # 2 + 8 results, of which 1 failed and was dropped
-    assert [t for t, _ in s.population][:2] == [list(a) for a in first[:2]]
+    assert [t for t, _ in s.population][:2] == [list(p.tokens) for p in first[:2]]
     members = {tuple(t) for t, _ in s.population}
     children = s.ask(20)
-    assert s.random_asked == 11  # now every ask is a mutation of a tournament winner
-    for c in children:
-        assert any(sum(x != y for x, y in zip(c, m)) == 1 for m in members)  # one decision off a member
+    assert s.random_asked == 11  # now every ask is a mutation of a tournament winner...
+    near = sum(any(sum(x != y for x, y in zip(c.tokens, m, strict=True)) == 1 for m in members) for c in children)
+    assert near >= 15  # ...one decision off a member, unless all its neighbours were seen
     # Aging: the queue keeps the newest `population` results, whatever their reward.
-    s.tell([_trial(100 + i, space, c, 1.0 if i == 0 else 0.0) for i, c in enumerate(children)])
+    s.tell([_trial(c, 1.0 if i == 0 else 0.0) for i, c in enumerate(children)])
     assert len(s.population) == 10
-    assert [tuple(t) for t, _ in s.population] == [tuple(c) for c in children[-10:]]
+    assert [tuple(t) for t, _ in s.population] == [c.tokens for c in children[-10:]]
+
+
+@pytest.mark.parametrize("sizes", [[3, 3, 3, 3], [5] * 6])
+def test_evolution_proposes_no_repeats(sizes: list[int]) -> None:
+    """Until the space is nearly exhausted, every proposal is an architecture never proposed."""
+    space = TinySpace(sizes)
+    total = int(np.prod(sizes))
+    budget = min(total - 1, 500)
+    s = EvolutionStrategy(space, 1, population=8, sample_size=3)
+    target = [0] * len(sizes)
+    seen: set[tuple[int, ...]] = set()
+    while len(seen) < budget:
+        proposals = s.ask(min(16, budget - len(seen)))
+        for p in proposals:
+            assert p.arch not in seen
+            seen.add(p.arch)
+        trials = [_trial(p, _score(space, p.arch, target, 0.05, str(p.trial_id))) for p in proposals]
+        random.Random(len(seen)).shuffle(trials)
+        s.tell(trials)
 
 
 def test_evolution_mutation_changes_the_architecture() -> None:
-    s = EvolutionStrategy(SPACE, seed=4)
+    s = EvolutionStrategy(SPACE, 4)
     rng = random.Random(0)
     for _ in range(50):
         tokens = [rng.randrange(k) for k in SPACE.decision_sizes()]
         child = s.mutate(tokens)
-        assert sum(a != b for a, b in zip(tokens, child)) == 1
+        assert sum(a != b for a, b in zip(tokens, child, strict=True)) == 1
         assert SPACE.decode(child) != SPACE.decode(tokens)
+
+
+def test_ppo_unique_proposes_no_repeats_and_scores_them() -> None:
+    space = TinySpace([3, 3, 3])
+    s = PPOStrategy(space, 0, unique=True, batch_size=4, lr=0.05)
+    seen = set()
+    for _ in range(6):  # 24 of the 27 architectures, while the policy learns to prefer one
+        proposals = s.ask(4)
+        assert all(p.arch not in seen for p in proposals)
+        seen |= {p.arch for p in proposals}
+        s.tell([_trial(p, 1.0 if p.arch == (0, 0, 0) else 0.0) for p in proposals])
+    for p in proposals:
+        with torch.no_grad():
+            scored = s.controller(1, tokens=torch.tensor([p.tokens]))[1]
+        assert float(scored) <= 0.0  # a log-probability under the policy
+    assert s.updates == 6
+
+
+def test_ppo_learns_from_a_window_of_recent_results() -> None:
+    space = TinySpace([3, 3, 3])
+    s = PPOStrategy(space, 0, batch_size=4, window=10, unique=False)
+    told = []
+    for _ in range(4):
+        proposals = s.ask(4)
+        s.tell([_trial(p, 0.1 * (p.trial_id % 4)) for p in proposals])
+        told += proposals
+        assert len(s.memory) == min(10, len(told)) and s.buffer == []
+        assert [m[0] for m in s.memory] == [list(p.tokens) for p in told[-10:]]  # the newest results
+        assert [m[1] for m in s.memory] == [p.logp for p in told[-10:]]  # with their behaviour log-probs
+    assert s.updates == 4
+    classic = PPOStrategy(space, 0, batch_size=4, window=None)
+    classic.tell([_trial(p, 0.5) for p in classic.ask(8)])
+    assert len(classic.memory) == 4  # window None: the newest batch only
+
+
+@pytest.mark.parametrize("advantage", ["rank", "zscore", "ema", "elite"])
+def test_ppo_advantages_are_scale_free(advantage: str) -> None:
+    s = PPOStrategy(TinySpace([2, 2]), 0, advantage=advantage)
+    batch = [([0, 0], -1.0, r, 0.5) for r in (0.2, 0.9, 0.4, 0.4)]
+    adv = s.advantages(batch)
+    scaled = s.advantages([(t, lp, 100 * r, 100 * b) for t, lp, r, b in batch])
+    assert torch.allclose(adv, scaled, atol=1e-5)
+    assert int(adv.argmax()) == 1 and int(adv.argmin()) == 0
+    if advantage == "rank":
+        assert adv.tolist() == pytest.approx([-0.5, 0.5, 0.0, 0.0])  # ties share their rank
+    if advantage == "elite":
+        assert adv.tolist()[0] == adv.tolist()[2] == 0.0  # only the best quarter is reinforced
 
 
 def test_ppo_failed_reward_knob_and_update_cadence() -> None:
     space = TinySpace([2, 3, 2])
-    skip = PPOStrategy(space, seed=0, batch_size=4)
-    penal = PPOStrategy(space, seed=0, batch_size=4, failed_reward=0.0)
+    skip = PPOStrategy(space, 0, batch_size=4)
+    penal = PPOStrategy(space, 0, batch_size=4, failed_reward=0.0)
     for s in (skip, penal):
-        archs = s.ask(6)
-        s.tell([_trial(i, space, a, None if i < 3 else 0.8) for i, a in enumerate(archs)])
+        proposals = s.ask(6)
+        s.tell([_trial(p, None if p.trial_id < 3 else 0.8) for p in proposals])
     assert skip.updates == 0 and len(skip.buffer) == 3  # failures skipped, no full batch yet
     assert penal.updates == 1 and len(penal.buffer) == 2  # failures scored 0: one update of 4
     assert skip.baseline == penal.baseline == pytest.approx(0.8)  # only real results move it
-    assert any(not torch.equal(p, q) for p, q in zip(skip.controller.parameters(), penal.controller.parameters()))
+    assert any(not torch.equal(p, q) for p, q in zip(skip.controller.parameters(), penal.controller.parameters(), strict=True))
 
 
 def test_ppo_controller_shape() -> None:
-    s = PPOStrategy(SPACE, seed=0)
+    s = PPOStrategy(SPACE, 0)
     c = s.controller
     assert c.hidden == 100 and c.cell.hidden_size == 100
     assert [h.out_features for h in c.heads] == SPACE.decision_sizes()
     assert [e.num_embeddings for e in c.embeddings] == SPACE.decision_sizes()
     assert all(float(p.detach().abs().max()) <= 0.1 for p in c.parameters())  # NASNet init range
-    assert s.optimizer.defaults["lr"] == pytest.approx(3.5e-4)
-    assert knobs_of("ppo")["clip"] == 0.2 and knobs_of("ppo")["baseline_decay"] == 0.95
+    assert s.optimizer.defaults["lr"] == pytest.approx(knobs_of("ppo")["lr"])
+    assert knobs_of("ppo")["clip"] == 0.2 and knobs_of("ppo")["hidden"] == 100
 
 
 # -- construction and errors ------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "knobs", "message"), [
+    ("random", {"population": 3}, "strategy.knobs.population: unknown knob; allowed knobs: none"),
+    ("evolution", {"popsize": 3}, "strategy.knobs.popsize: unknown knob; allowed knobs: population, sample_size"),
+    ("evolution", {"population": 4, "sample_size": 5}, "strategy.knobs: sample_size (5) must be <= population (4)"),
+    ("evolution", {"population": 1}, "strategy.knobs.population: Input should be greater than or equal to 2"),
+    ("evolution", {"population": "many"},
+     "strategy.knobs.population: Input should be a valid integer, unable to parse string as an integer"),
+    ("evolution", {"population": True}, "strategy.knobs.population: Input should be a number, not true/false"),
+    ("ppo", {"lr": -1.0}, "strategy.knobs.lr: Input should be greater than 0"),
+    ("ppo", {"lr": float("nan")}, "strategy.knobs.lr: Input should be a finite number"),
+    ("ppo", {"epochs": 0}, "strategy.knobs.epochs: Input should be greater than or equal to 1"),
+    ("ppo", {"batch_size": 2.5},
+     "strategy.knobs.batch_size: Input should be a valid integer, got a number with a fractional part"),
+    ("ppo", {"clip": 0}, "strategy.knobs.clip: Input should be greater than 0"),
+    ("ppo", {"advantage": "median"}, "strategy.knobs.advantage: Input should be 'rank', 'zscore', 'ema' or 'elite'"),
+    ("tpe", {"n_startup_trials": -1}, "strategy.knobs.n_startup_trials: Input should be greater than or equal to 0"),
+    ("nsga2", {"population_size": 1}, "strategy.knobs.population_size: Input should be greater than or equal to 2"),
+    ("nsga2", {"mutation_prob": 2}, "strategy.knobs.mutation_prob: Input should be less than or equal to 1"),
+])
+def test_knob_errors_read_like_config_errors(name: str, knobs: dict, message: str) -> None:
+    with pytest.raises(UserError) as err:
+        make_strategy(name, SPACE, 0, knobs)
+    assert str(err.value) == message
+    with pytest.raises(UserError):
+        check_knobs(name, knobs)  # the same check, without building the strategy
+
+
 def test_make_strategy_errors() -> None:
-    with pytest.raises(UserError, match="choose one of: ppo, random, evolution"):
+    with pytest.raises(UserError, match="choose one of: ppo, random, evolution, tpe, nsga2"):
         make_strategy("bayes", SPACE)
-    with pytest.raises(UserError, match="unknown knob"):
-        make_strategy("random", SPACE, population=3)
-    with pytest.raises(UserError, match="it accepts: population, sample_size"):
-        make_strategy("evolution", SPACE, popsize=3)
-    for name, knobs in [
-        ("evolution", {"population": 4, "sample_size": 5}),
-        ("evolution", {"population": 1}),
-        ("evolution", {"population": "many"}),
-        ("ppo", {"lr": -1.0}),
-        ("ppo", {"lr": float("nan")}),
-        ("ppo", {"epochs": 0}),
-        ("ppo", {"batch_size": 2.5}),
-        ("ppo", {"clip": 0}),
-    ]:
-        with pytest.raises(UserError):
-            make_strategy(name, SPACE, **knobs)
+    with pytest.raises(UserError, match="must be a mapping"):
+        make_strategy("ppo", SPACE, 0, [("lr", 1)])  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="seed must be an integer"):
+        make_strategy("random", SPACE, 1.5)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="ask\\(n\\) must be >= 1"):
+        make_strategy("random", SPACE).ask(0)
+    with pytest.raises(UserError, match="ask\\(n\\) must be an integer"):
+        make_strategy("random", SPACE).ask(True)
     with pytest.raises(UserError):
         make_strategy("random", TinySpace([]))
-    with pytest.raises(UserError):
-        make_strategy("random", SPACE).ask(0)
-    assert make_strategy("EVOLUTION", SPACE, population=10, sample_size=2).population_size == 10
+    assert make_strategy("EVOLUTION", SPACE, 0, {"population": 10, "sample_size": 2}).population_size == 10
+    assert set(knobs_of("evolution")) == {"population", "sample_size"}
+    assert knobs_model("tpe")().n_startup_trials == 10  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_load_state_from_other_strategy_or_space_is_user_error(name: str) -> None:
+def test_load_state_from_other_strategy_space_or_knobs_is_user_error(name: str) -> None:
     state = make_strategy(name, SPACE).state_dict()
     other = [n for n in NAMES if n != name][0]
     with pytest.raises(UserError, match="checkpoint"):
         make_strategy(other, SPACE).load_state_dict(state)
     with pytest.raises(UserError, match="different search space"):
         make_strategy(name, TinySpace([2, 2])).load_state_dict(state)
+    changed = {k: v + 1 for k, v in knobs_of(name).items() if isinstance(v, int) and not isinstance(v, bool)}
+    if changed:
+        key = next(iter(changed))
+        with pytest.raises(UserError, match="same knobs"):
+            make_strategy(name, SPACE, 0, {key: changed[key]}).load_state_dict(state)
 
 
 # -- the trend -------------------------------------------------------------------------------
@@ -278,25 +435,24 @@ BUDGET, BATCH, LAST = 400, 16, 64
 
 def _search(name: str, seed: int, target: list[int]) -> list[float]:
     """Run a whole search at default knobs; rewards in the order the trials were asked."""
-    s = make_strategy(name, SPACE, seed=seed)
+    s = make_strategy(name, SPACE, seed)
     rewards: list[float] = []
     step = 0
     while len(rewards) < BUDGET:
-        archs = s.ask(BATCH)
         trials = []
-        for a in archs:
-            i = len(rewards)
+        for p in s.ask(BATCH):
             # 5% failures, which must neither stop nor mislead a strategy.
-            r = None if random.Random(f"fail{seed}|{i}").random() < 0.05 else _score(SPACE, a, target, 0.05, str(i))
-            trials.append(_trial(i, SPACE, a, r))
-            rewards.append(_score(SPACE, a, target))  # noise-free quality of what was asked
+            failed = random.Random(f"fail{seed}|{p.trial_id}").random() < 0.05
+            trials.append(_trial(p, None if failed else _score(SPACE, p.arch, target, 0.05, str(p.trial_id))))
+            rewards.append(_score(SPACE, p.arch, target))  # noise-free quality of what was asked
         random.Random(step).shuffle(trials)
         s.tell(trials)
         step += 1
     return rewards
 
 
-@pytest.mark.parametrize("name", ["ppo", "evolution"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ppo", "evolution", "tpe"])
 def test_learners_beat_random_at_equal_budget(name: str) -> None:
     """Over 3 seeds, the mean quality of the last 64 of 400 asks beats random's clearly."""
     gains = []
@@ -305,8 +461,7 @@ def test_learners_beat_random_at_equal_budget(name: str) -> None:
         base = statistics.mean(_search("random", seed, target)[-LAST:])
         rewards = _search(name, seed, target)
         late, early = statistics.mean(rewards[-LAST:]), statistics.mean(rewards[:LAST])
-        # Margins measured over 6 seeds: ppo gains 0.10-0.22 over random, evolution 0.25-0.33.
         assert late > base + 0.05, (name, seed, late, base)
         assert late > early + 0.05, (name, seed, late, early)  # it improves over its own start
         gains.append(late - base)
-    assert statistics.mean(gains) > 0.12
+    assert statistics.mean(gains) > 0.1

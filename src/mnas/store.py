@@ -7,6 +7,18 @@ a window between "trials committed" and "file replaced" in which a crash makes t
 one transaction has no such window, so resume always finds a strategy state that matches the
 trials exactly. WAL mode lets `mnas report` read while a search writes; an exclusive lock file
 keeps to one writer per run.
+
+A trial row keeps what its strategy needs to learn from it: the proposal's tokens and, for PPO,
+its log-probability (`logp`), so a resumed search takes them from the rows, not from the
+strategy's memory. A proposal of an architecture the run already has is stored as a *repeat*
+(`repeat_of` = the id of the trial that evaluated it) and gets that trial's result for free.
+
+A damaged file (truncated, zeroed, overwritten) is found when the store is opened, through a
+read-only connection that never writes to it, and reported in one line (`DamagedStoreError`);
+`salvage` / `recover_store` (the `mnas store check|recover` commands) read what SQLite can still
+read, row by row, from a copy of the file, and write it into a new run.
+Schema 1 stores (before ids, log-probabilities and repeats were stored) can still be read by
+`mnas report` and `mnas best`; they cannot be resumed.
 """
 
 from __future__ import annotations
@@ -15,22 +27,30 @@ import fcntl
 import io
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mnas.errors import UserError
+from mnas.safe_load import load_tensors
+from mnas.space import Architecture
 from mnas.trial import STATUSES, Trial
 
 DB_NAME = "trials.sqlite"
 LOCK_NAME = ".writer.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+TABLES = ("meta", "trials", "checkpoint")
 
-_SCHEMA = f"""
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
     trial_id INTEGER PRIMARY KEY,
@@ -49,7 +69,9 @@ CREATE TABLE IF NOT EXISTS trials (
     started_at REAL,
     finished_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    told INTEGER NOT NULL DEFAULT 0
+    told INTEGER NOT NULL DEFAULT 0,
+    logp REAL,
+    repeat_of INTEGER REFERENCES trials (trial_id)
 );
 CREATE INDEX IF NOT EXISTS trials_status ON trials (status);
 CREATE TABLE IF NOT EXISTS checkpoint (
@@ -61,8 +83,12 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 );
 """
 
-_RESULT_FIELDS = ("status", "accuracy", "latency_ms", "reward", "seconds", "error", "worker",
-                  "started_at", "finished_at")
+RESULT_FIELDS = ("status", "accuracy", "latency_ms", "reward", "seconds", "error", "worker",
+                 "started_at", "finished_at")
+
+
+class DamagedStoreError(UserError):
+    """The run's SQLite file cannot be read as a store; it was left as it is."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +103,6 @@ class Checkpoint:
 
 def dump_state(state: dict) -> bytes:
     """Serialise a strategy `state_dict` (may hold tensors and RNG states) to bytes."""
-    import torch
-
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
@@ -87,9 +111,53 @@ def dump_state(state: dict) -> bytes:
 def load_state(blob: bytes) -> dict:
     """Inverse of `dump_state`. Tensors and plain data only (`weights_only=True`): a crafted store
     must not run code when a search resumes."""
-    from mnas.safe_load import load_tensors
-
     return load_tensors(blob, "the strategy state in the run store")
+
+
+def damage_message(path: Path, why: str) -> str:
+    return (f"{path} is damaged ({why}); it was left untouched. See what is readable with "
+            f"`mnas store check {path.parent}` and salvage it with `mnas store recover {path.parent}`")
+
+
+def inspect_file(path: Path) -> list[str]:
+    """Problems of the SQLite file at `path` as a run store (empty when it reads as one).
+
+    Opens it read-only (`mode=ro`: SQLite never writes the file through such a connection, and a
+    read-only connection never checkpoints the WAL into it) and runs `PRAGMA quick_check`, which
+    walks every b-tree page.
+    """
+    sidecars = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
+    existed = [p.exists() for p in sidecars]
+    problems: list[str] = []
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = [t for t in TABLES if t not in tables]
+            if missing:
+                problems.append(f"no {', '.join(missing)} table{'s' if len(missing) > 1 else ''}"
+                                + (" (an empty file)" if path.stat().st_size == 0 else ""))
+            checks = [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
+            if checks != ["ok"]:
+                problems += [f"quick_check: {c}" for c in checks]
+            if not missing:
+                conn.execute("SELECT COUNT(*), SUM(LENGTH(arch)) FROM trials").fetchone()
+                conn.execute("SELECT LENGTH(state) FROM checkpoint").fetchall()
+                conn.execute("SELECT key, value FROM meta").fetchall()
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "unable to open" in text or "locked" in text or "readonly" in text:
+            raise UserError(f"cannot read {path}: {text}; check that the file and its folder are readable") from None
+        problems.append(text)
+    except sqlite3.DatabaseError as exc:
+        problems.append(str(exc))
+    finally:
+        # A read-only open of a WAL file may create empty -wal/-shm files next to it; remove the
+        # ones this check created when the file is not a store, so a damaged run stays as found.
+        if problems:
+            for sidecar, was_there in zip(sidecars, existed, strict=True):
+                if not was_there and sidecar.exists() and (sidecar.suffix != "-wal" or sidecar.stat().st_size == 0):
+                    sidecar.unlink(missing_ok=True)
+    return problems
 
 
 class Store:
@@ -99,6 +167,7 @@ class Store:
         self.run_dir = run_dir
         self._conn = conn
         self._lock_fd = lock_fd
+        self.schema_version = SCHEMA_VERSION
 
     # -- opening and closing -------------------------------------------------------------------
     @classmethod
@@ -110,7 +179,7 @@ class Store:
                             "or choose another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         store = cls._connect(run_dir, writer=True)
-        store._conn.executescript(_SCHEMA)
+        store._conn.executescript(SCHEMA)
         with store._tx():
             rows = {"schema_version": SCHEMA_VERSION, "config": config, "created_at": time.time(),
                     **meta}
@@ -120,17 +189,34 @@ class Store:
 
     @classmethod
     def open(cls, run_dir: str | Path, *, writer: bool = False) -> Store:
-        """Open an existing run; `writer=True` takes the run's single-writer lock."""
+        """Open an existing run; `writer=True` takes the run's single-writer lock.
+
+        A damaged file is a `DamagedStoreError` before anything writes to it.
+        """
         run_dir = Path(run_dir)
-        if not (run_dir / DB_NAME).is_file():
+        path = run_dir / DB_NAME
+        if not path.is_file():
             raise UserError(f"{run_dir} holds no search run (no {DB_NAME}); start one with "
                             "`mnas search --config FILE.yaml --out RUN_DIR`")
+        problems = inspect_file(path)
+        if problems:
+            raise DamagedStoreError(damage_message(path, problems[0]))
         store = cls._connect(run_dir, writer=writer)
-        version = store.get_meta("schema_version")
-        if version != SCHEMA_VERSION:
+        try:
+            version = store.get_meta("schema_version")
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
             store.close()
-            raise UserError(f"{run_dir}/{DB_NAME} has store schema {version}; this mnas reads "
-                            f"schema {SCHEMA_VERSION}")
+            raise DamagedStoreError(damage_message(path, f"unreadable meta table: {exc}")) from None
+        if version not in READABLE_SCHEMAS:
+            store.close()
+            raise UserError(f"{path} has store schema {version}; this mnas reads schemas "
+                            f"{', '.join(map(str, READABLE_SCHEMAS))}")
+        if writer and version != SCHEMA_VERSION:
+            store.close()
+            raise UserError(f"{path} has store schema {version}, from an older mnas that did not store "
+                            "trial ids' log-probabilities and repeats; `mnas report` and `mnas best` read it, "
+                            "but it cannot be resumed: start a new search")
+        store.schema_version = int(version)
         return store
 
     @classmethod
@@ -162,6 +248,15 @@ class Store:
             raise
         self._conn.execute("COMMIT")
 
+    def _rows(self, query: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read; damage that `quick_check` did not see (e.g. a bad overflow page) is one line."""
+        try:
+            return self._conn.execute(query, params).fetchall()
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise DamagedStoreError(damage_message(self.path, str(exc))) from None
+
     def close(self) -> None:
         self._conn.close()
         if self._lock_fd is not None:
@@ -181,8 +276,8 @@ class Store:
 
     # -- meta --------------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row["value"])
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
+        return default if not rows else json.loads(rows[0]["value"])
 
     def set_meta(self, key: str, value: Any) -> None:
         with self._tx():
@@ -197,21 +292,27 @@ class Store:
     def add_trials(self, trials: Sequence[Trial], state: bytes, step: int) -> list[Trial]:
         """Insert a batch from `ask` as pending, with the post-ask strategy state, atomically.
 
-        Trial ids are assigned here (consecutive from 0) and written back into the trials.
+        A trial keeps its `trial_id` (the strategy's proposal id) when it has one (>= 0); one with
+        id -1 gets the next free id. An id already in the store is an error (nothing is written).
         """
         with self._tx():
             row = self._conn.execute("SELECT COALESCE(MAX(trial_id), -1) FROM trials").fetchone()
             next_id = row[0] + 1
-            for offset, trial in enumerate(trials):
-                trial.trial_id = next_id + offset
+            for trial in trials:
+                if trial.trial_id < 0:
+                    trial.trial_id = next_id
+                next_id = max(next_id, trial.trial_id + 1)
                 trial.step = step
                 trial.status = "pending"
-                self._conn.execute(
-                    "INSERT INTO trials (trial_id, step, strategy, arch_id, arch, tokens, status) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 'pending')",
-                    (trial.trial_id, step, trial.strategy, trial.arch.id, trial.arch.to_json(),
-                     json.dumps(list(trial.tokens))),
-                )
+                try:
+                    self._conn.execute(
+                        "INSERT INTO trials (trial_id, step, strategy, arch_id, arch, tokens, status, logp, "
+                        "repeat_of) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                        (trial.trial_id, step, trial.strategy, trial.arch.id, trial.arch.to_json(),
+                         json.dumps([int(t) for t in trial.tokens]), trial.logp, trial.repeat_of),
+                    )
+                except sqlite3.IntegrityError:
+                    raise ValueError(f"trial {trial.trial_id} is already in {self.path}") from None
             self._save_checkpoint(step, "ask", state)
         return list(trials)
 
@@ -228,8 +329,8 @@ class Store:
         """Record a finished trial (done or failed) the moment it finishes."""
         if trial.status not in ("done", "failed"):
             raise ValueError(f"save_result wants a finished trial, got status {trial.status!r}")
-        values = [getattr(trial, name) for name in _RESULT_FIELDS]
-        assignments = ", ".join(f"{name} = ?" for name in _RESULT_FIELDS)
+        values = [getattr(trial, name) for name in RESULT_FIELDS]
+        assignments = ", ".join(f"{name} = ?" for name in RESULT_FIELDS)
         with self._tx():
             cursor = self._conn.execute(f"UPDATE trials SET {assignments} WHERE trial_id = ?",
                                         (*values, trial.trial_id))
@@ -251,9 +352,10 @@ class Store:
         )
 
     def checkpoint(self) -> Checkpoint | None:
-        row = self._conn.execute("SELECT step, phase, state, saved_at FROM checkpoint").fetchone()
-        if row is None:
+        rows = self._rows("SELECT step, phase, state, saved_at FROM checkpoint")
+        if not rows:
             return None
+        row = rows[0]
         return Checkpoint(row["step"], row["phase"], bytes(row["state"]), row["saved_at"])
 
     def trials(self, status: str | Sequence[str] | None = None) -> list[Trial]:
@@ -264,38 +366,59 @@ class Store:
             wanted = (status,) if isinstance(status, str) else tuple(status)
             query += f" WHERE status IN ({', '.join('?' * len(wanted))})"
             params = wanted
-        rows = self._conn.execute(query + " ORDER BY trial_id", params).fetchall()
-        return [_row_to_trial(row) for row in rows]
+        return [self._row_to_trial(row) for row in self._rows(query + " ORDER BY trial_id", params)]
 
     def trial(self, trial_id: int) -> Trial:
-        row = self._conn.execute("SELECT * FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()
-        if row is None:
+        rows = self._rows("SELECT * FROM trials WHERE trial_id = ?", (trial_id,))
+        if not rows:
             raise KeyError(f"no trial {trial_id} in {self.path}")
-        return _row_to_trial(row)
+        return self._row_to_trial(rows[0])
 
     def untold(self) -> list[Trial]:
         """Trials of the batch in flight: inserted after the last `tell` checkpoint."""
-        rows = self._conn.execute("SELECT * FROM trials WHERE told = 0 ORDER BY trial_id").fetchall()
-        return [_row_to_trial(row) for row in rows]
+        return [self._row_to_trial(row) for row in self._rows("SELECT * FROM trials WHERE told = 0 ORDER BY trial_id")]
 
     def attempts(self, trial_id: int) -> int:
-        row = self._conn.execute("SELECT attempts FROM trials WHERE trial_id = ?",
-                                 (trial_id,)).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._rows("SELECT attempts FROM trials WHERE trial_id = ?", (trial_id,))
+        return int(rows[0][0]) if rows else 0
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
-        for row in self._conn.execute("SELECT status, COUNT(*) FROM trials GROUP BY status"):
+        for row in self._rows("SELECT status, COUNT(*) FROM trials GROUP BY status"):
             counts[row[0]] = row[1]
         return counts
 
+    def evaluations(self) -> int:
+        """Trials that were (or will be) evaluated: all but repeats. The trial budget counts these."""
+        if self.schema_version < 2:
+            return len(self)
+        return int(self._rows("SELECT COUNT(*) FROM trials WHERE repeat_of IS NULL")[0][0])
+
+    def first_of(self) -> dict[str, int]:
+        """Architecture id -> the trial that evaluated it (the one a repeat takes its result from)."""
+        where = "" if self.schema_version < 2 else " WHERE repeat_of IS NULL"
+        rows = self._rows(f"SELECT arch_id, MIN(trial_id) FROM trials{where} GROUP BY arch_id")
+        return {row[0]: int(row[1]) for row in rows}
+
     def __len__(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0])
+        return int(self._rows("SELECT COUNT(*) FROM trials")[0][0])
+
+    def _row_to_trial(self, row: sqlite3.Row) -> Trial:
+        return row_to_trial(row)
+
+    def _insert_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Insert trials rows as they are (every column present in this schema), in one transaction."""
+        columns = [row[1] for row in self._conn.execute("PRAGMA table_info(trials)")]
+        with self._tx():
+            for row in rows:
+                names = [c for c in columns if c in row]
+                self._conn.execute(f"INSERT INTO trials ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                                   [row[c] for c in names])
 
 
-def _row_to_trial(row: sqlite3.Row) -> Trial:
-    from mnas.space import Architecture
-
+def row_to_trial(row: sqlite3.Row | dict[str, Any]) -> Trial:
+    """A trial from a row of the trials table (schema 1 rows have no logp / repeat_of)."""
+    keys = row.keys()
     return Trial(
         trial_id=row["trial_id"],
         arch=Architecture.from_json(row["arch"]),
@@ -311,4 +434,219 @@ def _row_to_trial(row: sqlite3.Row) -> Trial:
         worker=row["worker"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        logp=row["logp"] if "logp" in keys else None,
+        repeat_of=row["repeat_of"] if "repeat_of" in keys else None,
     )
+
+
+# -- salvaging a damaged store -------------------------------------------------------------------
+#: How far past the last id a salvage looks for trials when a scan of the table breaks off.
+PROBE_PAST_END = 1000
+META_KEYS = ("schema_version", "config", "created_at", "mnas_version", "config_path", "elapsed_s")
+
+
+@dataclass
+class Salvage:
+    """What SQLite could still read from a run store, and what it could not."""
+
+    path: Path
+    problems: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # readable trials rows, by id
+    unreadable: list[int] = field(default_factory=list)  # ids seen in a scan but not readable
+    gaps: list[int] = field(default_factory=list)  # ids missing between readable ones
+    checkpoint: dict[str, Any] | None = None
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.problems)
+
+    def summary(self) -> str:
+        ids = [r["trial_id"] for r in self.rows]
+        lost = sorted(set(self.unreadable) | set(self.gaps))
+        text = f"{len(ids)} trial(s) readable"
+        if ids:
+            text += f" (ids {min(ids)}..{max(ids)})"
+        if lost:
+            shown = ", ".join(map(str, lost[:10])) + (", ..." if len(lost) > 10 else "")
+            text += f", {len(lost)} lost ({shown})"
+        text += "; config " + ("readable" if isinstance(self.meta.get("config"), dict) else "LOST")
+        text += "; strategy state " + ("readable" if self.checkpoint is not None else "lost")
+        return text
+
+
+def salvage(path: str | Path) -> Salvage:
+    """Read every row SQLite can still read from the store at `path`, leaving the file untouched.
+
+    Works on a copy (with its -wal, so committed transactions not yet checkpointed count) in a
+    temporary folder. Trials are read row by row through SQLite: a scan of the table from each
+    end, then a lookup of every id in between and past the end, so one bad page loses only the
+    rows on it. (The sqlite3 shell's `.recover` would also read pages the b-tree no longer
+    reaches, but Debian 12's build lacks the sqlite_dbpage table it needs and fails.) A file whose
+    header is destroyed cannot be opened by SQLite at all; nothing is read from it.
+    """
+    path = Path(path)
+    out = Salvage(path, inspect_file(path))
+    with tempfile.TemporaryDirectory(prefix="mnas-salvage-") as tmp:
+        copy = Path(tmp) / DB_NAME
+        shutil.copyfile(path, copy)
+        wal = Path(f"{path}-wal")
+        if wal.is_file():
+            shutil.copyfile(wal, Path(f"{copy}-wal"))
+        try:
+            conn = sqlite3.connect(copy, timeout=5.0)
+        except sqlite3.DatabaseError as exc:
+            out.problems.append(str(exc))
+            return out
+        with closing(conn):
+            conn.row_factory = sqlite3.Row
+            # SQLite's own leniency switches: read a file shorter than its header says (a
+            # truncated store) instead of refusing it whole, and check every cell's bounds.
+            conn.execute("PRAGMA writable_schema = ON")
+            conn.execute("PRAGMA cell_size_check = ON")
+            out.meta = _salvage_meta(conn)
+            out.rows, out.unreadable, out.gaps = _salvage_trials(conn)
+            out.checkpoint = _try_row(conn, "SELECT step, phase, state, saved_at FROM checkpoint WHERE id = 1")
+    return out
+
+
+def _try_row(conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+    try:
+        row = conn.execute(query, params).fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return None if row is None else dict(row)
+
+
+def _salvage_meta(conn: sqlite3.Connection) -> dict[str, Any]:
+    raw: dict[str, str] = {}
+    try:
+        raw = {row["key"]: row["value"] for row in conn.execute("SELECT key, value FROM meta")}
+    except sqlite3.DatabaseError:
+        for key in META_KEYS:
+            row = _try_row(conn, "SELECT value FROM meta WHERE key = ?", (key,))
+            if row is not None:
+                raw[key] = row["value"]
+    meta = {}
+    for key, value in raw.items():
+        try:
+            meta[key] = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            continue
+    return meta
+
+
+def _scan_ids(conn: sqlite3.Connection, order: str) -> list[int]:
+    """Trial ids from a scan of the table itself (not an index), up to the first bad page."""
+    ids: list[int] = []
+    try:
+        for row in conn.execute(f"SELECT trial_id FROM trials NOT INDEXED ORDER BY trial_id {order}"):
+            ids.append(int(row[0]))
+    except sqlite3.DatabaseError:
+        pass
+    return ids
+
+
+def _salvage_trials(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[int], list[int]]:
+    """Readable rows, ids a scan saw but that do not read back, and ids missing in between.
+
+    Every id from the scans is looked up, and so is every id from 0 on until PROBE_PAST_END ids
+    in a row past the last readable one are missing (a scan stops at the first bad page, so rows
+    behind it are found by lookup).
+    """
+    scanned = set(_scan_ids(conn, "ASC")) | set(_scan_ids(conn, "DESC"))
+    rows: dict[int, dict[str, Any]] = {}
+    failed: set[int] = set()
+
+    def read(trial_id: int) -> None:
+        row = _try_row(conn, "SELECT * FROM trials WHERE trial_id = ?", (trial_id,))
+        if row is None:
+            return
+        try:
+            row_to_trial(row)  # the row must read back as a trial (arch and tokens parse)
+            if row["status"] not in STATUSES:
+                raise ValueError(row["status"])
+        except (ValueError, TypeError, KeyError, UserError):
+            failed.add(trial_id)
+            return
+        rows[trial_id] = row
+
+    probe, last = 0, -1
+    while probe <= last + PROBE_PAST_END:
+        read(probe)
+        if probe in rows:
+            last = probe
+        probe += 1
+    for trial_id in sorted(scanned - set(range(probe))):
+        read(trial_id)
+    top = max(rows, default=-1)
+    unreadable = sorted(i for i in (scanned | failed) - set(rows) if 0 <= i <= top + PROBE_PAST_END)
+    gaps = [i for i in range(top + 1) if i not in rows and i not in unreadable]
+    return [rows[i] for i in sorted(rows)], unreadable, gaps
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The outcome of `recover_store`."""
+
+    source: Path
+    out_dir: Path
+    salvage: Salvage
+    resumable: bool  # the strategy state matched every trial and was kept
+
+
+def recover_store(run_dir: str | Path, out_dir: str | Path | None = None,
+                  config: dict[str, Any] | None = None) -> Recovery:
+    """Salvage every readable trial of `run_dir`'s store into a new run in `out_dir`.
+
+    The damaged file is never written to. The new store gets the readable trials with every
+    column as stored, the config (or `config` when the stored one is unreadable), and the strategy
+    state only when it matches the salvaged trials exactly (then the new run can be resumed);
+    otherwise `mnas report` and `mnas best` read it but `--resume` refuses it.
+    """
+    run_dir = Path(run_dir)
+    source = run_dir / DB_NAME
+    if not source.is_file():
+        raise UserError(f"{run_dir} holds no search run (no {DB_NAME})")
+    target = Path(out_dir) if out_dir is not None else run_dir.with_name(run_dir.name + "-recovered")
+    if target.resolve() == run_dir.resolve():
+        raise UserError("--out must be a new run folder, not the damaged run itself")
+    if (target / DB_NAME).exists():
+        raise UserError(f"{target} already holds a run; choose another --out")
+    parent = target if target.exists() else target.parent
+    if not os.access(parent if parent.exists() else Path.cwd(), os.W_OK):
+        raise UserError(f"cannot write {target}: {parent} is not writable")
+    found = salvage(source)
+    if not found.rows:
+        why = found.problems[0] if found.problems else "the trials table is empty"
+        raise UserError(f"no trial could be read from {source} ({why}); nothing was written")
+    stored = found.meta.get("config")
+    if not isinstance(stored, dict):
+        if config is None:
+            raise UserError(f"the run's config in {source} is unreadable ({len(found.rows)} trial(s) are); "
+                            "give the search YAML it ran with: --config FILE.yaml")
+        stored = config
+    meta = {k: v for k, v in found.meta.items() if k not in ("config", "schema_version", "created_at")}
+    keep_state = _state_matches(found) and found.meta.get("schema_version") == SCHEMA_VERSION
+    with Store.create(target, stored, recovered_from=str(source.resolve()), **meta) as store:
+        store._insert_rows(found.rows)
+        if keep_state and found.checkpoint is not None:
+            cp = found.checkpoint
+            with store._tx():
+                store._save_checkpoint(int(cp["step"]), str(cp["phase"]), bytes(cp["state"]))
+    return Recovery(source, target, found, keep_state)
+
+
+def _state_matches(found: Salvage) -> bool:
+    """Whether the salvaged strategy state belongs to exactly the salvaged trials."""
+    if found.checkpoint is None or found.unreadable or found.gaps:
+        return False
+    ids = [r["trial_id"] for r in found.rows]
+    if ids != list(range(len(ids))):
+        return False
+    try:
+        state = load_state(bytes(found.checkpoint["state"]))
+    except UserError:
+        return False
+    told = sum(1 for r in found.rows if r.get("told"))
+    return state.get("asked") == len(ids) and state.get("told") == told

@@ -1,6 +1,10 @@
 """The record of one evaluated candidate, shared by strategies, the store and reports.
 
 A trial keeps raw accuracy and latency (never only the reward) so any reward can be recomputed.
+It also keeps what its strategy needs back on `tell`: the id the strategy gave the proposal
+(`trial_id`), the proposal's `tokens` and, for PPO, their log-probability (`logp`). A trial whose
+architecture the run had already evaluated is a repeat (`repeat_of` = that trial's id): it carries
+the same result and cost nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ class Trial:
     worker: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    logp: float | None = None
+    repeat_of: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "done" and self.reward is not None
+
+    @property
+    def is_repeat(self) -> bool:
+        return self.repeat_of is not None

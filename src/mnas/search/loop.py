@@ -7,6 +7,12 @@ transaction). So a killed search resumes exactly: the checkpoint always matches 
 trials are kept, and trials left `pending`/`running` are evaluated again before the strategy is
 told about the batch. A batch is told at once, in trial-id order, so a seed gives the same
 sequence of asks whatever order results arrive in (Ray) and whether or not the run was resumed.
+
+Repeats are free: a proposal of an architecture the run has already evaluated (or that an earlier
+proposal of the same batch will evaluate) is stored as a repeat of that trial, gets its result
+without training or timing anything, and is told to the strategy like any other trial. The trial
+budget counts evaluations, not repeats; a strategy that proposes nothing new for REPEAT_PATIENCE
+asks in a row has exhausted what it can find, and the search stops ("repeats").
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from mnas.search.progress import SearchProgress
 from mnas.store import DB_NAME, Store, dump_state, load_state
 from mnas.trial import Trial
 
+#: Asks in a row without a new architecture after which a search stops (see the module doc).
+REPEAT_PATIENCE = 20
+
 
 @dataclass
 class SearchOutcome:
@@ -33,8 +42,9 @@ class SearchOutcome:
     run_dir: Path
     counts: dict[str, int]
     best: Trial | None
-    stopped: str  # "budget" | "time"
+    stopped: str  # "budget" | "time" | "repeats"
     elapsed_s: float
+    repeats: int = 0  # proposals answered from earlier trials (included in counts)
 
 
 def make_reward(config: SearchConfig) -> Reward:
@@ -44,10 +54,7 @@ def make_reward(config: SearchConfig) -> Reward:
 def make_search_strategy(config: SearchConfig, space: Any) -> Any:
     from mnas.strategies import make_strategy
 
-    try:
-        return make_strategy(config.strategy.name, space, seed=config.seed, **config.strategy.knobs)
-    except UserError as exc:
-        raise UserError(f"strategy: {exc}") from None
+    return make_strategy(config.strategy.name, space, config.seed, config.strategy.knobs)
 
 
 def prepare(config: SearchConfig) -> SearchConfig:
@@ -72,9 +79,8 @@ def prepare(config: SearchConfig) -> SearchConfig:
     if latency.num_classes is None:
         updates["num_classes"] = int(data.num_classes)
     config = config.model_copy(update={"latency": latency.model_copy(update=updates)})
-    if latency.lut:
-        if not Path(latency.lut).is_file():
-            raise UserError(f"latency.lut: no such lookup table {latency.lut}")
+    if latency.lut and not Path(latency.lut).is_file():
+        raise UserError(f"latency.lut: no such lookup table {latency.lut}")
     ev.target(config)  # validates backend, threads, device
     return config
 
@@ -151,15 +157,22 @@ def _run(store: Store, config: SearchConfig, executor: Executor,
     checkpoint = store.checkpoint()
     if checkpoint is not None:
         strategy.load_state_dict(load_state(checkpoint.state))
+    elif len(store):
+        raise UserError(f"{store.path} has trials but no strategy state (a store salvaged by "
+                        "`mnas store recover`?); `mnas report` and `mnas best` read it, but it cannot be "
+                        "resumed: start a new search")
     reward = make_reward(config)
 
     session_start = time.time()
     elapsed_before = float(store.get_meta("elapsed_s", 0.0))
-    finished = store.trials(("done", "failed"))
+    finished = [t for t in store.trials(("done", "failed")) if not t.is_repeat]
     done = [t for t in finished if t.ok]  # kept in memory: the front is recomputed per result
-    best = max((t.reward for t in done), default=None)
+    best = max((t.reward for t in done if t.reward is not None), default=None)
     pareto_size = len(pareto_front(done))
-    last_step = max((t.step for t in store.trials()), default=-1)
+    everything = store.trials()
+    last_step = max((t.step for t in everything), default=-1)
+    first_of = store.first_of()  # arch id -> the trial that evaluated it
+    idle = _idle_steps(everything)
 
     def elapsed() -> float:
         return elapsed_before + time.time() - session_start
@@ -183,7 +196,7 @@ def _run(store: Store, config: SearchConfig, executor: Executor,
                 trial.status, trial.error, trial.reward = "failed", f"reward: {exc}", None
         store.save_result(trial)
         store.set_meta("elapsed_s", elapsed())
-        if trial.ok:
+        if trial.ok and trial.reward is not None:
             done.append(trial)
             best = trial.reward if best is None else max(best, trial.reward)
             pareto_size = len(pareto_front(done))
@@ -196,22 +209,34 @@ def _run(store: Store, config: SearchConfig, executor: Executor,
             while True:
                 batch = store.untold()
                 if not batch:
-                    remaining = config.budget.trials - len(store)
+                    remaining = config.budget.trials - store.evaluations()
                     if remaining <= 0:
                         break
                     limit = config.budget.max_seconds
                     if limit is not None and elapsed() >= limit:
                         stopped = "time"
                         break
+                    if idle >= REPEAT_PATIENCE:
+                        stopped = "repeats"
+                        break
                     last_step += 1
                     step = last_step
-                    archs = strategy.ask(min(config.budget.batch_size, remaining))
-                    batch = [Trial(trial_id=-1, arch=a, strategy=strategy.name, tokens=space.encode(a))
-                             for a in archs]
+                    batch = []
+                    for p in strategy.ask(min(config.budget.batch_size, remaining)):
+                        trial = Trial(trial_id=p.trial_id, arch=p.arch, strategy=strategy.name,
+                                      tokens=list(p.tokens), logp=p.logp, repeat_of=first_of.get(p.arch.id))
+                        first_of.setdefault(p.arch.id, p.trial_id)
+                        batch.append(trial)
+                    idle = 0 if any(not t.is_repeat for t in batch) else idle + 1
                     store.add_trials(batch, dump_state(strategy.state_dict()), step)
-                todo = [t for t in batch if t.status in ("pending", "running")]
+                todo = [t for t in batch if t.status in ("pending", "running") and not t.is_repeat]
                 if todo:
                     executor.run(todo, config, hooks)
+                for t in batch:
+                    if t.repeat_of is not None and t.status in ("pending", "running"):
+                        store.save_result(reuse_result(t, store.trial(t.repeat_of)))
+                        progress.note(f"trial {t.trial_id:>4} step {t.step:>3} repeats trial {t.repeat_of}: "
+                                      "its result is reused")
                 told = [store.trial(t.trial_id) for t in batch]
                 unfinished = [t.trial_id for t in told if t.status not in ("done", "failed")]
                 if unfinished:
@@ -221,5 +246,31 @@ def _run(store: Store, config: SearchConfig, executor: Executor,
                                   told[0].step)
     finally:
         store.set_meta("elapsed_s", elapsed())
-    best_trial = max(store.trials("done"), key=lambda t: t.reward, default=None)
-    return SearchOutcome(store.run_dir, store.counts(), best_trial, stopped, elapsed())
+    best_trial = max((t for t in store.trials("done") if t.reward is not None and not t.is_repeat),
+                     key=lambda t: float(t.reward or 0.0), default=None)
+    repeats = sum(t.is_repeat for t in store.trials())
+    return SearchOutcome(store.run_dir, store.counts(), best_trial, stopped, elapsed(), repeats)
+
+
+def reuse_result(repeat: Trial, source: Trial) -> Trial:
+    """`repeat` finished with `source`'s stored result, at no cost (nothing is trained or timed)."""
+    if source.status not in ("done", "failed"):
+        raise RuntimeError(f"trial {repeat.trial_id} repeats trial {source.trial_id}, which has not finished")
+    for name in ("status", "accuracy", "latency_ms", "reward", "error"):
+        setattr(repeat, name, getattr(source, name))
+    now = time.time()
+    repeat.seconds, repeat.worker, repeat.started_at, repeat.finished_at = 0.0, None, now, now
+    return repeat
+
+
+def _idle_steps(trials: list[Trial]) -> int:
+    """How many of the last steps proposed nothing new (only repeats), for REPEAT_PATIENCE."""
+    steps: dict[int, bool] = {}
+    for t in trials:
+        steps[t.step] = steps.get(t.step, False) or not t.is_repeat
+    idle = 0
+    for step in sorted(steps, reverse=True):
+        if steps[step]:
+            break
+        idle += 1
+    return idle
