@@ -336,6 +336,10 @@ def render(a: Analysis, args: argparse.Namespace, png: Path, elapsed: float) -> 
         "  the budget (repeats are free); the budget counts evaluated cells. "
         f"{a.seeds} seeds (0..{a.seeds - 1}) per strategy and setting;",
         f"  best reward among the first {', '.join(map(str, BUDGETS))} evaluated cells.",
+        "- **Shared searches**: a search that is provably the same under several settings runs once and is",
+        "  scored under each: random search ignores results (one search per seed), NSGA-II reads accuracy and",
+        "  latency only (one per device), the others compare rewards only (one per device for its three soft",
+        "  settings); checked against separate searches (`--no-share`) on samples of every strategy.",
         "- **Regret**: the table optimum under the setting's reward minus the best reward found (0 = optimum",
         "  found), mean over seeds, in units of 1e-3 reward (rewards are about 0.9).",
         "- **Significance**: one-sided Mann-Whitney U over the seeds' best rewards; **bold** when p < 0.05.",
@@ -365,6 +369,9 @@ def render(a: Analysis, args: argparse.Namespace, png: Path, elapsed: float) -> 
             regret = statistics.mean(a.regret(s.label, label, n) for s in a.settings) * 1e3
             cells.append(f"{'-' if wins is None else wins}, {'-' if loses is None else loses}, {regret:.2f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Lowest mean regret: " + "; ".join(
+        f"{n} trials: **{min(labels, key=lambda k: statistics.mean(a.regret(s.label, k, n) for s in a.settings))}**"
+        for n in BUDGETS) + "."]
     lines += ["", "## The issue's bar", ""]
     need = math.ceil(0.9 * len(a.settings))
     if has[CONTROLLER] and has["random"]:
