@@ -12,10 +12,10 @@ export MNAS_DATA ?= $(if $(wildcard $(SHARED)),$(SHARED),$(HOME)/.cache/mnas/dat
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[all]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
 	touch $(STAMP)
 
 run: $(STAMP)

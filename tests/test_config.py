@@ -31,10 +31,10 @@ def test_examples_are_valid(name):
 def test_examples_fit_their_purpose():
     quick, big = load_config(EXAMPLES / "quick.yaml"), load_config(EXAMPLES / "cifar10.yaml")
     assert quick.space == "mnasnet_cifar" and quick.executor.name == "local"
-    assert quick.latency.lut is None and quick.latency.resolution == 32  # real measurement
+    assert quick.primary.lut is None and quick.primary.resolution == 32  # real measurement
     assert quick.budget.trials <= 10
-    assert big.executor.name == "ray" and big.latency.lut and big.budget.trials >= 100
-    assert Path(big.latency.lut).is_absolute()  # resolved against the YAML's folder
+    assert big.executor.name == "ray" and big.primary.lut and big.budget.trials >= 100
+    assert Path(big.primary.lut).is_absolute()  # resolved against the YAML's folder
 
 
 def test_bad_value_names_file_and_path(tmp_path):
@@ -61,7 +61,7 @@ def test_unknown_key_lists_allowed_keys(tmp_path):
     ({"reward": {"target_ms": 2}, "budget": {"trials": 0}}, "budget.trials: Input should be greater than 0"),
     ({"reward": {"target_ms": 2}, "data": {"val_size": 1.5}}, "data.val_size: a fraction must lie between 0 and 1"),
     ({"reward": {"target_ms": 2}, "executor": "slurm"}, "executor.name: Input should be 'local' or 'ray'"),
-    ({"reward": {"target_ms": 2}, "strategy": {"name": "anneal"}}, "strategy: unknown strategy 'anneal'"),
+    ({"reward": {"target_ms": 2}, "strategy": {"name": "anneal"}}, "strategy.name: unknown strategy 'anneal'"),
     ({"reward": {"target_ms": "fast"}}, "reward.target_ms: Input should be a valid number"),
 ])
 def test_bad_configs(tmp_path, data, where):
@@ -79,7 +79,7 @@ def test_shorthands_defaults_and_relative_paths(tmp_path):
     config = load_config(path)
     assert config.executor.name == "ray" and config.executor.max_retries == 1
     assert config.space == str(tmp_path / "spaces" / "s.yaml")
-    assert config.latency.lut == str(tmp_path / "t.json")
+    assert config.primary.lut == str(tmp_path / "t.json")
     assert config.data.val_size == 500 and isinstance(config.data.val_size, int)
     assert parse_config({"reward": {"target_ms": 2}}).space == "mnasnet_cifar"  # names stay names
 
@@ -125,7 +125,7 @@ def test_cli_bad_strategy_knob_exit_2(tmp_path, capsys):
     path = _write(tmp_path, {"reward": {"target_ms": 2}, "strategy": {"name": "evolution", "knobs": {"popsize": 3}},
                              "data": {"dataset": "cifar10_subset"}})
     code, _, err = _cli(["search", "--config", str(path), "--out", str(tmp_path / "run")], capsys)
-    assert code == 2 and "strategy: unknown knob(s) popsize" in err
+    assert code == 2 and "strategy.knobs.popsize: unknown knob; allowed knobs: population, sample_size" in err
 
 
 @pytest.mark.slow
@@ -134,5 +134,5 @@ def test_cli_bad_config_in_a_real_process_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mnas", "search", "--config", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {path}: reward.typo: unknown key; allowed keys: target_ms, alpha, beta, preset"
+    assert proc.stderr.strip() == f"error: {path}: reward.typo: unknown key; allowed keys: target_ms, target, alpha, beta, preset"
     assert "Traceback" not in proc.stderr + proc.stdout

@@ -20,7 +20,7 @@ from ray import cloudpickle
 
 from mnas.config import load_config
 from mnas.errors import UserError
-from mnas.search import latency_part, start_search, train_part
+from mnas.search import accuracy_parts, latency_parts, start_search
 from mnas.search.ray_executor import RayExecutor, device_resource
 from mnas.store import Store, load_state
 from test_search import write_config
@@ -49,7 +49,7 @@ def _record(marks: str, kind: str, trial_id: int, fn):
 
 
 def timed_latency(marks: str, trial_id, arch, config):
-    return _record(marks, "latency", trial_id, lambda: latency_part(arch, config))
+    return _record(marks, "latency", trial_id, lambda: latency_parts([arch], config)[0])
 
 
 def crashing_train(marks: str, crash_always: int, crash_once: int, trial_id, arch, config):
@@ -58,7 +58,7 @@ def crashing_train(marks: str, crash_always: int, crash_once: int, trial_id, arc
     (Path(marks) / f"attempt-{trial_id}-{attempt}").write_text(str(os.getpid()))
     if trial_id == crash_always or (trial_id == crash_once and attempt == 0):
         os._exit(1)
-    return _record(marks, "train", trial_id, lambda: train_part(arch, config))
+    return _record(marks, "train", trial_id, lambda: accuracy_parts([arch], config)[0])
 
 
 def test_trials_run_as_ray_tasks_and_survive_dead_workers(tmp_path, ray_cluster):

@@ -21,7 +21,7 @@ import yaml
 
 from mnas.config import load_config
 from mnas.latency.cache import LatencyCache
-from mnas.search import latency_part, prepare, resume_search, start_search
+from mnas.search import latency_parts, prepare, resume_search, start_search
 from mnas.search.loop import make_reward
 from mnas.space import SearchSpace
 from mnas.store import Store, load_state
@@ -91,9 +91,9 @@ def test_tiny_search_end_to_end(tmp_path, data_root):
     assert [t.step for t in trials] == [0, 0, 1, 1]
     assert outcome.best.reward == max(t.reward for t in trials)
     # The store pinned what the YAML left implicit, and the strategy state is the post-tell one.
-    assert stored["latency"]["resolution"] == 32 and stored["latency"]["num_classes"] == 10
+    assert stored["latency"][0]["resolution"] == 32 and stored["latency"][0]["num_classes"] == 10
     assert (checkpoint.step, checkpoint.phase) == (1, "tell")
-    strategy = make_strategy("ppo", SearchSpace.load(str(tmp_path / "tiny_space.yaml")), batch_size=2)
+    strategy = make_strategy("ppo", SearchSpace.load(str(tmp_path / "tiny_space.yaml")), 0, {"batch_size": 2})
     strategy.load_state_dict(load_state(checkpoint.state))
     assert strategy.told == 4 and strategy.pending == 0
 
@@ -102,9 +102,9 @@ def test_repeated_architecture_is_measured_once(tmp_path, data_root):
     config = prepare(load_config(write_config(tmp_path)))
     arch = SearchSpace.load(config.space).decode([0] * len(SearchSpace.load(config.space).decision_sizes()))
     cache = LatencyCache()
-    first = latency_part(arch, config)
+    first = latency_parts([arch], config)[0]
     size = len(cache)
-    second = latency_part(arch, config)
+    second = latency_parts([arch], config)[0]
     assert first["error"] is None and second["latency_ms"] == first["latency_ms"]
     assert len(cache) == size  # a cache hit: nothing new was measured
 
@@ -176,10 +176,10 @@ def test_sigkill_then_resume_continues_exactly(tmp_path, data_root):
     # The strategy continued from its checkpoint: replaying it on the stored results asks exactly
     # the architectures the killed-and-resumed run asked.
     space = SearchSpace.load(str(tmp_path / "tiny_space.yaml"))
-    strategy = make_strategy("evolution", space, seed=0, population=2, sample_size=1)
+    strategy = make_strategy("evolution", space, 0, {"population": 2, "sample_size": 1})
     for step in range(budget // 2):
         batch = [t for t in trials if t.step == step]
-        assert [a.id for a in strategy.ask(len(batch))] == [t.arch.id for t in batch]
+        assert [p.arch.id for p in strategy.ask(len(batch))] == [t.arch.id for t in batch]
         strategy.tell(batch)
 
 

@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "mnas.cli_train",
     "mnas.cli_search",
     "mnas.cli_supernet",
+    "mnas.cli_store",
 )
 
 

@@ -14,6 +14,8 @@ from mnas.errors import UserError
 from mnas.paths import writable_dir
 
 if TYPE_CHECKING:  # torch-backed modules load inside the commands (see mnas.cli)
+    from torch import nn
+
     from mnas.config import SearchConfig
     from mnas.trial import Trial
 
@@ -58,8 +60,10 @@ def search(
                           f"mnas search --resume {run_dir}", highlight=False)
         raise
     counts = outcome.counts
-    console.print(f"search finished ({'time budget' if outcome.stopped == 'time' else 'trial budget'}): "
-                  f"{counts['done']} done, {counts['failed']} failed in {outcome.elapsed_s:.0f} s; "
+    why = {"time": "time budget", "budget": "trial budget",
+           "repeats": "the strategy proposed only architectures it had seen, 20 asks in a row"}[outcome.stopped]
+    console.print(f"search finished ({why}): {counts['done']} done, {counts['failed']} failed, "
+                  f"{outcome.repeats} repeat(s) answered from earlier trials, in {outcome.elapsed_s:.0f} s; "
                   f"run in {outcome.run_dir}", highlight=False)
     if outcome.best is not None:
         b = outcome.best
@@ -107,15 +111,23 @@ def best(
 
 
 def export_trial(trial: Trial, config: SearchConfig, out_dir: Path) -> list[Path]:
-    """The picked network as ONNX (untrained: proxy weights are not kept) plus its arch strings."""
+    """The picked network as ONNX plus its arch strings. With a supernet proxy it carries the
+    weights it inherits (BN statistics of the supernet; fine-tune it with `mnas train ARCH
+    --init-from-supernet`); a proxy-trained candidate's weights are not kept, so it is untrained."""
     from mnas.export import to_onnx  # lazy: torch (see mnas.cli)
     from mnas.model import build_model
 
-    lat = config.latency
+    lat = config.primary
     resolution = lat.resolution or 224
     arch = trial.arch.for_resolution(resolution)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(arch, num_classes=lat.num_classes or 1000).eval()
+    model: nn.Module
+    if config.proxy.kind == "supernet" and config.proxy.path:
+        from mnas.supernet import extract, load_supernet
+
+        model = extract(load_supernet(config.proxy.path)[0], trial.arch).eval()
+    else:
+        model = build_model(arch, num_classes=lat.num_classes or 1000).eval()
     onnx_path = to_onnx(model, out_dir / "model.onnx", resolution=resolution)
     (out_dir / "arch.json").write_text(arch.to_json(indent=2) + "\n")
     (out_dir / "arch.timm.txt").write_text(arch.to_timm_string() + "\n")

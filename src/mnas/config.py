@@ -16,7 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mnas import zoo
 from mnas.errors import UserError
+from mnas.latency.model import LatencyModel, latency_model, parse_multiple
 from mnas.latency.target import Target
 from mnas.reward import Reward
 
@@ -83,6 +85,14 @@ class ProxyConfig(_Strict):
     eval_batch_size: int | None = Field(default=None, gt=0)
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     threads: int | None = Field(default=None, gt=0)  # torch CPU threads for training (None: torch's default)
+    # Where accuracy comes from: "train" = the paper's per-candidate proxy training (the settings
+    # above); "supernet" = the weights a candidate inherits from a supernet (mnas supernet train).
+    kind: Literal["train", "supernet"] = "train"
+    path: str | None = None  # supernet: its folder (relative to the config file)
+    train_if_missing: bool = False  # supernet: train it at `path` first (epochs/batch_size above) if absent
+    rule: Literal["sandwich", "spos"] = "sandwich"  # supernet training's path sampling
+    bn_batches: int = Field(default=8, gt=0)  # supernet: training batches that re-estimate BN per candidate
+    score_images: int = Field(default=2000, gt=0)  # supernet: held-out images a candidate is scored on
     amp: bool | None = None  # bf16 autocast; None: on for CUDA
     channels_last: bool | None = None  # None: on for CUDA
     fused: bool | None = None  # fused optimizer kernels; None: on for CUDA
@@ -95,10 +105,20 @@ class ProxyConfig(_Strict):
             raise ValueError(f"unknown device {value!r}; choose auto, cpu, cuda or cuda:N")
         return value
 
+    @model_validator(mode="after")
+    def _supernet_path(self) -> ProxyConfig:
+        if self.kind == "supernet" and not self.path:
+            raise ValueError("kind supernet needs path: the folder of a supernet (mnas supernet train --out DIR)")
+        if self.kind == "train" and (self.path or self.train_if_missing):
+            raise ValueError("path and train_if_missing apply to kind: supernet only")
+        return self
+
 
 class LatencyConfig(_Strict):
-    """The latency target: measured for real (through the latency cache) or predicted by a LUT."""
+    """One latency target: measured for real (against a reference network, through the latency
+    cache) or predicted by a LUT. A search may name several; the first is the reward's."""
 
+    name: str | None = None  # its label in the store and the report (default: derived from the target)
     backend: str = Field(default_factory=lambda: _TARGET_DEFAULTS.backend)
     threads: int = Field(default=1, gt=0)
     resolution: int | None = Field(default=None, gt=0)  # None: the dataset's resolution
@@ -110,7 +130,20 @@ class LatencyConfig(_Strict):
     benchmark_binary: str | None = None  # android: TFLite benchmark_model built for the phone
     processes: int = Field(default=3, gt=0)
     lut: str | None = None  # a lookup table file: predict instead of measuring
+    reference: str = "mobilenet_v2"  # the network every measurement is timed against (a zoo name)
     host: str | None = None  # Ray: the node the target device sits on (default: the driver's)
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.lut:
+            return f"lut:{Path(self.lut).stem}"
+        return f"{self.backend}-{self.threads}t" + (f"-{self.device}" if self.device != "cpu" else "")
+
+    def to_model(self) -> LatencyModel:
+        """The `LatencyModel` of this target: its table, or measurements against `reference`."""
+        return latency_model(self.to_target(), lut=self.lut, processes=self.processes, reference=self.reference)
 
     def to_target(self) -> Target:
         """The `Target` this section describes (resolution and classes must be resolved first)."""
@@ -123,20 +156,36 @@ class LatencyConfig(_Strict):
 
 
 class RewardConfig(_Strict):
-    """The MnasNet reward ACC x (LAT/T)^w: a target and exponents, or a named preset."""
+    """The MnasNet reward ACC x (LAT/T)^w: a target T and exponents, or a named preset.
 
-    target_ms: float = Field(gt=0)
+    T is `target_ms`, or `target` as a multiple of a reference network's latency on the first
+    latency target ("1.0 x mobilenet_v2", as the paper put T near MobileNetV2's latency); the
+    search resolves it to `target_ms` once and stores both."""
+
+    target_ms: float | None = Field(default=None, gt=0)
+    target: str | None = None
     alpha: float | None = Field(default=None, le=0)  # None: the soft preset's
     beta: float | None = Field(default=None, le=0)
     preset: Literal["soft", "hard"] | None = None
 
     @model_validator(mode="after")
-    def _preset_or_exponents(self) -> RewardConfig:
+    def _checks(self) -> RewardConfig:
         if self.preset is not None and (self.alpha is not None or self.beta is not None):
             raise ValueError("give either a preset or alpha/beta, not both")
+        if self.target is None and self.target_ms is None:
+            raise ValueError("give target_ms (e.g. 75) or target as a multiple (e.g. '1.0 x mobilenet_v2')")
+        if self.target is not None:
+            try:
+                factor, name = parse_multiple(self.target)
+                zoo.entry(name)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
     def to_reward(self) -> Reward:
+        if self.target_ms is None:
+            raise UserError(f"reward.target {self.target!r} is not resolved to milliseconds yet (mnas.search.prepare "
+                            "does it against the first latency target)")
         if self.preset:
             return Reward.preset(self.preset, self.target_ms)
         soft = Reward(self.target_ms)
@@ -147,7 +196,7 @@ class RewardConfig(_Strict):
 class StrategyConfig(_Strict):
     """The search strategy by name, with its knobs passed through to its constructor."""
 
-    name: str = "ppo"
+    name: str = "tpe"  # the winner of benchmarks/search_strategies.py (docs/benchmarks/search.md)
     knobs: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -181,32 +230,37 @@ class SearchConfig(_Strict):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
-    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    latency: list[LatencyConfig] = Field(default_factory=lambda: [LatencyConfig()], min_length=1)
     reward: RewardConfig
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
-    @field_validator("strategy")
+    @field_validator("latency", mode="before")
     @classmethod
-    def _known_strategy(cls, value: StrategyConfig) -> StrategyConfig:
-        known = _strategy_names()
-        if known and value.name not in known:
-            raise ValueError(f"unknown strategy {value.name!r}; choose one of {', '.join(sorted(known))}")
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("latency")
+    @classmethod
+    def _distinct_names(cls, value: list[LatencyConfig]) -> list[LatencyConfig]:
+        labels = [t.label for t in value]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"two targets are both called {twice[0]!r}; give each a distinct name")
         return value
 
-
-def _strategy_names() -> list[str]:
-    try:
-        from mnas.strategies import STRATEGIES
-    except ImportError:  # the strategies package is not built yet
-        return []
-    return list(STRATEGIES)
+    @property
+    def primary(self) -> LatencyConfig:
+        """The first latency target: the one the reward uses."""
+        return self.latency[0]
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """The keys a model accepts at `loc` (the path of the unknown key's parent)."""
     for part in loc:
+        if isinstance(part, int):  # an item of a list of models
+            continue
         field = model.model_fields.get(str(part))
         if field is None:
             return None
@@ -241,6 +295,12 @@ def parse_config(data: Any, source: str = "config", base_dir: Path | None = None
         config = SearchConfig.model_validate(data)
     except ValidationError as exc:
         raise UserError(_format_errors(source, exc)) from None
+    from mnas.strategies import check_knobs  # lazy: the strategies bring torch (PPO's controller)
+
+    try:
+        check_knobs(config.strategy.name, config.strategy.knobs)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
     if base_dir is not None:
         config = _resolve_paths(config, base_dir)
     return config
@@ -261,11 +321,10 @@ def _resolve_paths(config: SearchConfig, base_dir: Path) -> SearchConfig:
     if _looks_like_file(config.space):
         updates["space"] = resolve(config.space)
     data = config.data.model_copy(update={"data_root": resolve(config.data.data_root)})
-    latency = config.latency.model_copy(update={
-        "lut": resolve(config.latency.lut),
-        "benchmark_binary": resolve(config.latency.benchmark_binary),
-    })
-    return config.model_copy(update={**updates, "data": data, "latency": latency})
+    proxy = config.proxy.model_copy(update={"path": resolve(config.proxy.path)})
+    latency = [t.model_copy(update={"lut": resolve(t.lut), "benchmark_binary": resolve(t.benchmark_binary)})
+               for t in config.latency]
+    return config.model_copy(update={**updates, "data": data, "proxy": proxy, "latency": latency})
 
 
 def load_config(path: str | Path) -> SearchConfig:

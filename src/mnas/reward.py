@@ -74,7 +74,7 @@ class Reward:
         """The exponent w used at this latency (alpha when LAT <= T, else beta)."""
         return self.alpha if latency_ms <= self.target_ms else self.beta
 
-    def __call__(self, accuracy: float, latency_ms: float) -> float:
+    def __call__(self, accuracy: float | None, latency_ms: float | None) -> float:
         acc = _finite(accuracy, "accuracy")
         lat = _finite(latency_ms, "latency_ms")
         if acc < 0:

@@ -24,10 +24,21 @@ def load_tensors(source: str | Path | bytes, what: str) -> Any:
     try:
         return torch.load(stream, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = " ".join(str(exc).split())[:160]
-        raise UserError(f"refusing to load {what}: it holds Python objects other than tensors and plain "
-                        f"data, and loading it could run code ({first}); use a file written by mnas") from None
+        reason = _reason(str(exc))
+        if "GLOBAL" in reason or "global" in reason:  # a name to import: the way a crafted file runs code
+            raise UserError(f"refusing to load {what}: it holds Python objects other than tensors and plain "
+                            f"data, and loading it could run code ({reason}); use a file written by mnas") from None
+        raise UserError(f"{what} is not a readable torch file ({reason}); it may be truncated or damaged") from None
     except Exception as exc:  # a truncated or damaged file can raise almost anything while unpickling
         first = " ".join(str(exc).split())[:160]
         raise UserError(f"{what} is not a readable torch file ({type(exc).__name__}: {first}); "
                         "it may be truncated or damaged") from None
+
+
+def _reason(message: str) -> str:
+    """The specific part of torch's long weights-only refusal (what it met), on one short line."""
+    text = " ".join(message.split())
+    for marker in ("WeightsUnpickler error:", "trusted source."):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    return text.split(" Check the documentation")[0].strip()[:160]

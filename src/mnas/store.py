@@ -71,7 +71,9 @@ CREATE TABLE IF NOT EXISTS trials (
     attempts INTEGER NOT NULL DEFAULT 0,
     told INTEGER NOT NULL DEFAULT 0,
     logp REAL,
-    repeat_of INTEGER REFERENCES trials (trial_id)
+    repeat_of INTEGER REFERENCES trials (trial_id),
+    latencies TEXT,
+    relative REAL
 );
 CREATE INDEX IF NOT EXISTS trials_status ON trials (status);
 CREATE TABLE IF NOT EXISTS checkpoint (
@@ -84,7 +86,7 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 """
 
 RESULT_FIELDS = ("status", "accuracy", "latency_ms", "reward", "seconds", "error", "worker",
-                 "started_at", "finished_at")
+                 "started_at", "finished_at", "latencies", "relative")
 
 
 class DamagedStoreError(UserError):
@@ -329,7 +331,8 @@ class Store:
         """Record a finished trial (done or failed) the moment it finishes."""
         if trial.status not in ("done", "failed"):
             raise ValueError(f"save_result wants a finished trial, got status {trial.status!r}")
-        values = [getattr(trial, name) for name in RESULT_FIELDS]
+        values = [json.dumps(trial.latencies) if name == "latencies" and trial.latencies is not None
+                  else getattr(trial, name) for name in RESULT_FIELDS]
         assignments = ", ".join(f"{name} = ?" for name in RESULT_FIELDS)
         with self._tx():
             cursor = self._conn.execute(f"UPDATE trials SET {assignments} WHERE trial_id = ?",
@@ -436,6 +439,8 @@ def row_to_trial(row: sqlite3.Row | dict[str, Any]) -> Trial:
         finished_at=row["finished_at"],
         logp=row["logp"] if "logp" in keys else None,
         repeat_of=row["repeat_of"] if "repeat_of" in keys else None,
+        latencies=json.loads(row["latencies"]) if "latencies" in keys and row["latencies"] else None,
+        relative=row["relative"] if "relative" in keys else None,
     )
 
 

@@ -34,6 +34,8 @@ class Trial:
     finished_at: float | None = None
     logp: float | None = None
     repeat_of: int | None = None
+    latencies: dict[str, float] | None = None  # ms on every latency target, by name (latency_ms: the first)
+    relative: float | None = None  # latency_ms / the reference network's, on the first target
 
     @property
     def ok(self) -> bool:

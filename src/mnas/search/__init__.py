@@ -5,7 +5,7 @@
 `evaluate(arch, config) -> Trial` calls around.
 """
 
-from mnas.search.evaluation import evaluate, latency_part, train_part
+from mnas.search.evaluation import accuracy_parts, evaluate, evaluate_batch, latency_parts
 from mnas.search.local import Executor, Hooks, LocalExecutor
 from mnas.search.loop import SearchOutcome, make_reward, prepare, resume_search, start_search
 
@@ -14,11 +14,12 @@ __all__ = [
     "Hooks",
     "LocalExecutor",
     "SearchOutcome",
+    "accuracy_parts",
     "evaluate",
-    "latency_part",
+    "evaluate_batch",
+    "latency_parts",
     "make_reward",
     "prepare",
     "resume_search",
     "start_search",
-    "train_part",
 ]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from mnas.config import SearchConfig
-from mnas.search.evaluation import evaluate, worker_name
+from mnas.search.evaluation import evaluate_batch, worker_name
 from mnas.trial import Trial
 
 
@@ -31,7 +30,8 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """In this process, one trial at a time (the default; no cluster needed)."""
+    """In this process: a batch's latency in one measuring session, then each candidate's
+    accuracy in turn (the default; no cluster needed)."""
 
     name = "local"
 
@@ -39,8 +39,7 @@ class LocalExecutor:
         for trial in trials:
             trial.worker = worker_name()
             hooks.on_start(trial)
-            finished = evaluate(trial.arch, config, trial=trial, on_phase=functools.partial(hooks.on_phase, trial))
-            hooks.on_result(finished)
+        evaluate_batch(trials, config, on_phase=hooks.on_phase, on_result=hooks.on_result)
 
     def close(self) -> None:
         pass

@@ -17,18 +17,30 @@ asks in a row has exhausted what it can find, and the search stops ("repeats").
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mnas import __version__
-from mnas.config import SearchConfig, parse_config
+from mnas.config import LatencyConfig, SearchConfig, parse_config
+from mnas.data import DatasetSplits
 from mnas.errors import UserError
-from mnas.reward import Reward
+from mnas.latency.lut import LatencyTable
+from mnas.latency.model import target_ms
+from mnas.reward import Reward, pareto_front
+from mnas.search import evaluation as ev
 from mnas.search.local import Executor, Hooks, LocalExecutor
 from mnas.search.progress import SearchProgress
+from mnas.space import SearchSpace
 from mnas.store import DB_NAME, Store, dump_state, load_state
+from mnas.strategies import make_strategy
+from mnas.supernet import load_supernet, supernet_path
+from mnas.supernet.fit import SupernetSettings, fit_supernet
+from mnas.train import FitConfig
+from mnas.train.engine import resolve_device
 from mnas.trial import Trial
 
 #: Asks in a row without a new architecture after which a search stops (see the module doc).
@@ -52,42 +64,95 @@ def make_reward(config: SearchConfig) -> Reward:
 
 
 def make_search_strategy(config: SearchConfig, space: Any) -> Any:
-    from mnas.strategies import make_strategy
-
     return make_strategy(config.strategy.name, space, config.seed, config.strategy.knobs)
 
 
 def prepare(config: SearchConfig) -> SearchConfig:
     """Check everything a trial needs before the first one runs, and pin what was left implicit.
 
-    Loads the space, the dataset and the LUT, builds the strategy, the reward and the latency
-    target, so a wrong name or a missing file stops the run with one line instead of failing
-    every trial. Returns the config with the latency resolution and class count resolved from the
-    dataset, which is what the store records.
+    Loads the space, the dataset, the lookup tables or the supernet, builds the strategy, the
+    latency models and the reward, so a wrong name or a missing file stops the run with one line
+    instead of failing every trial. Returns the config with every latency target's resolution and
+    class count resolved (from the dataset, or from its table) and the reward's T in ms (resolved
+    once from "F x reference"), which is what the store records and a resume reuses.
     """
-    from mnas.search import evaluation as ev
-    from mnas.space import SearchSpace
-
     space = SearchSpace.load(config.space)
     make_search_strategy(config, space)
-    make_reward(config)
     data = ev.dataset(config)
-    latency = config.latency
-    updates = {}
-    if latency.resolution is None:
-        updates["resolution"] = int(data.resolution)
-    if latency.num_classes is None:
-        updates["num_classes"] = int(data.num_classes)
-    config = config.model_copy(update={"latency": latency.model_copy(update=updates)})
-    if latency.lut and not Path(latency.lut).is_file():
-        raise UserError(f"latency.lut: no such lookup table {latency.lut}")
-    ev.target(config)  # validates backend, threads, device
+    config = config.model_copy(update={"latency": [_resolve_target(t, data) for t in config.latency]})
+    models = ev.latency_models(config)  # validates backends, threads, devices and tables
+    for t, model in zip(config.latency, models, strict=True):
+        table = getattr(model, "table", None)
+        if table is not None:
+            covered, total = table.coverage(space)
+            if covered < total:
+                raise UserError(f"latency table {t.lut} holds {covered} of the {total} layers space {space.name!r} can "
+                                f"produce at {table.target.resolution} px; build it for this space with `mnas latency "
+                                f"build-lut --space {config.space}`")
+    if config.reward.target_ms is None:
+        assert config.reward.target is not None
+        t_ms = target_ms(config.reward.target, models[0])
+        config = config.model_copy(update={"reward": config.reward.model_copy(update={"target_ms": t_ms})})
+    make_reward(config)
+    _check_proxy(config, data)
     return config
+
+
+def _resolve_target(t: LatencyConfig, data: DatasetSplits) -> LatencyConfig:
+    """A target with resolution and classes filled in: a table's own target for what the config
+    leaves out (what it states must match the table), else the dataset's."""
+    updates: dict[str, Any] = {}
+    if t.lut:
+        if not Path(t.lut).is_file():
+            raise UserError(f"latency.lut: no such lookup table {t.lut}")
+        own = LatencyTable.load(t.lut).target
+        for key in ("backend", "threads", "resolution", "batch", "num_classes", "precision", "device"):
+            if key not in t.model_fields_set:
+                updates[key] = getattr(own, key)
+    if t.resolution is None and "resolution" not in updates:
+        updates["resolution"] = int(data.resolution)
+    if t.num_classes is None and "num_classes" not in updates:
+        updates["num_classes"] = int(data.num_classes)
+    return t.model_copy(update=updates)
+
+
+def _check_proxy(config: SearchConfig, data: DatasetSplits) -> None:
+    """What the accuracy source needs: a supernet of this space and data (trained now if asked),
+    or enough training images for a proxy batch; a device and threads this machine has."""
+    p = config.proxy
+    if config.executor.name == "local":
+        resolve_device(p.device)
+        if p.threads is not None and p.threads > (os.cpu_count() or 1):
+            raise UserError(f"proxy.threads {p.threads} is more than the {os.cpu_count()} cores here")
+    if p.kind == "supernet":
+        assert p.path is not None
+        if not supernet_path(p.path).is_file() and p.train_if_missing:
+            train_supernet_for(config, data)
+        load_supernet(p.path, space=SearchSpace.load(config.space), resolution=data.resolution,
+                      num_classes=data.num_classes)
+    elif len(data.train) < p.batch_size:
+        raise UserError(f"the training split has {len(data.train)} images, fewer than one proxy batch of "
+                        f"{p.batch_size}; lower proxy.batch_size or raise data.train_subset")
+
+
+def train_supernet_for(config: SearchConfig, data: DatasetSplits) -> None:
+    """`proxy.train_if_missing`: the search's supernet, trained with the proxy's epochs and batch
+    size on the search's data (the recipe that fits the resolution), before the first trial."""
+    p = config.proxy
+    assert p.path is not None
+    fit_config = FitConfig(arch_name=f"supernet:{config.space}", data=config.data.dataset,
+                           data_root=config.data.data_root, epochs=max(1, math.ceil(p.epochs)),
+                           recipe="cifar" if data.resolution <= 64 else "mnasnet", batch_size=p.batch_size,
+                           train_subset=config.data.train_subset, val_size=config.data.val_size, seed=config.seed,
+                           device=p.device, extra={"rule": p.rule})
+    settings = SupernetSettings(rule=p.rule, eval_bn_batches=p.bn_batches)  # scored as the search will score
+    fit_supernet(SearchSpace.load(config.space), data, fit_config, p.path, settings=settings, progress=True,
+                 resume=(Path(p.path) / "checkpoint.pt").is_file())
 
 
 def make_executor(config: SearchConfig) -> Executor:
     if config.executor.name == "ray":
-        from mnas.search.ray_executor import RayExecutor
+        from mnas.search.ray_executor import RayExecutor  # lazy: Ray is an optional extra
 
         return RayExecutor(config)
     return LocalExecutor()
@@ -149,9 +214,6 @@ def override_executor(config: SearchConfig, name: str | None, address: str | Non
 
 def _run(store: Store, config: SearchConfig, executor: Executor,
          show_progress: bool) -> SearchOutcome:
-    from mnas.reward import pareto_front
-    from mnas.space import SearchSpace
-
     space = SearchSpace.load(config.space)
     strategy = make_search_strategy(config, space)
     checkpoint = store.checkpoint()
@@ -256,7 +318,7 @@ def reuse_result(repeat: Trial, source: Trial) -> Trial:
     """`repeat` finished with `source`'s stored result, at no cost (nothing is trained or timed)."""
     if source.status not in ("done", "failed"):
         raise RuntimeError(f"trial {repeat.trial_id} repeats trial {source.trial_id}, which has not finished")
-    for name in ("status", "accuracy", "latency_ms", "reward", "error"):
+    for name in ("status", "accuracy", "latency_ms", "reward", "error", "latencies", "relative"):
         setattr(repeat, name, getattr(source, name))
     now = time.time()
     repeat.seconds, repeat.worker, repeat.started_at, repeat.finished_at = 0.0, None, now, now

@@ -21,7 +21,7 @@ from typing import Any
 
 from mnas.config import SearchConfig
 from mnas.errors import UserError
-from mnas.search.evaluation import combine, from_wire, latency_part, short_error, to_wire, train_part
+from mnas.search.evaluation import accuracy_parts, combine, from_wire, latency_models, latency_parts, short_error, to_wire
 from mnas.search.local import Hooks
 from mnas.space import Architecture
 from mnas.trial import Trial
@@ -51,11 +51,11 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def default_latency(trial_id: int, arch: Architecture, config: SearchConfig) -> dict[str, Any]:
-    return latency_part(arch, config)
+    return latency_parts([arch], config)[0]
 
 
 def default_train(trial_id: int, arch: Architecture, config: SearchConfig) -> dict[str, Any]:
-    return train_part(arch, config)
+    return accuracy_parts([arch], config)[0]
 
 
 def _run_part(fn: PartFn, trial_id: int, arch_json: str, config_json: str) -> dict[str, Any]:
@@ -77,7 +77,9 @@ class RayExecutor:
         self._ray = ray
         self.latency_fn = latency_fn
         self.train_fn = train_fn
-        self.host = config.latency.host or socket.gethostname()
+        self.host = config.primary.host or socket.gethostname()
+        # a table predicts anywhere; a measurement must run on the target's machine, alone
+        self.on_device = any(m.on_device for m in latency_models(config))
         self.resource = next(iter(device_resource(self.host)))
         self._owns_ray = False
         if not ray.is_initialized():
@@ -95,7 +97,7 @@ class RayExecutor:
                 raise UserError(f"executor: cannot start or reach {where}: "
                                 f"{' '.join(str(exc).split())[:300]}") from None
             self._owns_ray = True
-        self.device_cpus = self._device_cpus(needed=not config.latency.lut)
+        self.device_cpus = self._device_cpus(needed=self.on_device)
         self.gpus = config.executor.gpus_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
     def _device_cpus(self, needed: bool) -> float:
@@ -121,8 +123,8 @@ class RayExecutor:
             hooks.on_start(trial)
             arch_json, config_json = to_wire(trial.arch, config)
             parts[trial.trial_id] = {}
-            if config.latency.lut:  # a table lookup: no need for the device
-                parts[trial.trial_id]["latency"] = latency_part(trial.arch, config)
+            if not self.on_device:  # table lookups: no need for the device
+                parts[trial.trial_id]["latency"] = latency_parts([trial.arch], config)[0]
             else:
                 ref = remote.options(num_cpus=self.device_cpus, resources={self.resource: 1},
                                      max_retries=retries, name=f"latency-{trial.trial_id}"
@@ -160,7 +162,10 @@ class RayExecutor:
             error = short_error(exc)
         value = {"error": f"{'training' if kind == 'train' else 'latency'}: {error}",
                  "seconds": 0.0, "worker": f"ray:{self.host}", "finished_at": time.time()}
-        value["latency_ms" if kind == "latency" else "accuracy"] = None
+        if kind == "latency":
+            value.update(latency_ms=None, latencies=None, relative=None)
+        else:
+            value["accuracy"] = None
         return value
 
     def close(self) -> None:
