@@ -59,12 +59,24 @@ from mnas.supernet.extract import extract
 from mnas.supernet.io import SUPERNET_FILE, load_supernet, save_supernet, supernet_path
 from mnas.supernet.network import Supernet, op_macs_per_pixel
 from mnas.supernet.sampling import RULES, random_path, step_paths
-from mnas.supernet.score import ScoringData, accuracy, fold_bn_, reestimate_bn, score, score_one, scoring_data
+from mnas.supernet.score import (
+    SCORING_BACKENDS,
+    ScoringData,
+    accuracy,
+    fold_bn_,
+    onnx_accuracy,
+    onnx_session,
+    reestimate_bn,
+    score,
+    score_one,
+    scoring_data,
+)
 from mnas.supernet.step import SupernetStep, soft_cross_entropy
 from mnas.supernet.training import supernet_param_groups, train_supernet
 
 __all__ = [
     "RULES",
+    "SCORING_BACKENDS",
     "SUPERNET_FILE",
     "ScoringData",
     "Supernet",
@@ -73,6 +85,8 @@ __all__ = [
     "extract",
     "fold_bn_",
     "load_supernet",
+    "onnx_accuracy",
+    "onnx_session",
     "op_macs_per_pixel",
     "random_path",
     "reestimate_bn",
