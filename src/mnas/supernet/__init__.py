@@ -51,8 +51,17 @@ multiply-adds, ds in the MnasNet spaces; skip "none" where the space offers it).
 Every parameter gets a gradient (zero if unused) in every backward, so DistributedDataParallel
 needs no `find_unused_parameters`; kernel transforms get no weight decay (`supernet_param_groups`).
 
-Files: `save_supernet` / `load_supernet` (weights + space + resolution + classes; a supernet of
-another space is refused).
+Do not `torch.compile` the supernet: its forward takes the path as an argument, and every new path
+would compile again. Compile an extracted network instead.
+
+Scoring (`score`, `score_one`)
+------------------------------
+Per candidate: extract, re-estimate BN on K training batches (no augmentation, the same batches for
+every candidate), fold BN into the convolutions, then top-1 on the held-out `data.val` images, in
+eager torch or ONNX Runtime (`backend`). `scoring_data` loads the batches once for many candidates.
+
+Files: `save_supernet` / `load_supernet` (weights + space + resolution + classes + free-form meta;
+a supernet of another space, resolution or class count is refused with one line).
 """
 
 from mnas.supernet.extract import extract
