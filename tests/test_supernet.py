@@ -380,7 +380,11 @@ def test_score_is_deterministic_reuses_data_and_checks_every_arch_first(nets, sm
     assert [i for i, _ in seen] == [0, 1, 2] and all(0 <= a <= 1 for a in first)
     assert first == score(net, archs, small_data, bn_batches=2, bn_batch_size=32, images=150, batch_size=64)
     assert score(net, archs[:1], sd, fold_bn=False)[0] == pytest.approx(first[0], abs=1 / 150 + 1e-9)
+    ort_scores = score(net, archs, sd, backend="onnxruntime")
+    assert all(abs(a - b) <= 1 / 150 + 1e-9 for a, b in zip(ort_scores, first, strict=True))  # rounding may flip one
     with pytest.raises(UserError, match="not a path"):
         score(net, [archs[0], SearchSpace.cifar().sample(0)], sd)
+    with pytest.raises(UserError, match="scoring backend"):
+        score(net, archs, sd, backend="tensorrt")
     with pytest.raises(UserError, match="BN batches"):
         scoring_data(small_data, bn_batches=100, bn_batch_size=64)

@@ -51,20 +51,41 @@ multiply-adds, ds in the MnasNet spaces; skip "none" where the space offers it).
 Every parameter gets a gradient (zero if unused) in every backward, so DistributedDataParallel
 needs no `find_unused_parameters`; kernel transforms get no weight decay (`supernet_param_groups`).
 
-Files: `save_supernet` / `load_supernet` (weights + space + resolution + classes; a supernet of
-another space is refused).
+Do not `torch.compile` the supernet: its forward takes the path as an argument, and every new path
+would compile again. Compile an extracted network instead.
+
+Scoring (`score`, `score_one`)
+------------------------------
+Per candidate: extract, re-estimate BN on K training batches (no augmentation, the same batches for
+every candidate), fold BN into the convolutions, then top-1 on the held-out `data.val` images, in
+eager torch or ONNX Runtime (`backend`). `scoring_data` loads the batches once for many candidates.
+
+Files: `save_supernet` / `load_supernet` (weights + space + resolution + classes + free-form meta;
+a supernet of another space, resolution or class count is refused with one line).
 """
 
 from mnas.supernet.extract import extract
 from mnas.supernet.io import SUPERNET_FILE, load_supernet, save_supernet, supernet_path
 from mnas.supernet.network import Supernet, op_macs_per_pixel
 from mnas.supernet.sampling import RULES, random_path, step_paths
-from mnas.supernet.score import ScoringData, accuracy, fold_bn_, reestimate_bn, score, score_one, scoring_data
+from mnas.supernet.score import (
+    SCORING_BACKENDS,
+    ScoringData,
+    accuracy,
+    fold_bn_,
+    onnx_accuracy,
+    onnx_session,
+    reestimate_bn,
+    score,
+    score_one,
+    scoring_data,
+)
 from mnas.supernet.step import SupernetStep, soft_cross_entropy
 from mnas.supernet.training import supernet_param_groups, train_supernet
 
 __all__ = [
     "RULES",
+    "SCORING_BACKENDS",
     "SUPERNET_FILE",
     "ScoringData",
     "Supernet",
@@ -73,6 +94,8 @@ __all__ = [
     "extract",
     "fold_bn_",
     "load_supernet",
+    "onnx_accuracy",
+    "onnx_session",
     "op_macs_per_pixel",
     "random_path",
     "reestimate_bn",

@@ -71,9 +71,7 @@ def load_supernet(path: str | Path, *, space: SearchSpace | None = None, resolut
         if num_classes is not None and int(cfg["num_classes"]) != num_classes:
             raise UserError(f"supernet {p} has {cfg['num_classes']} classes, the data has {num_classes}")
         with torch.random.fork_rng(devices=[]):  # init draws numbers the stored weights replace
-            net = Supernet(stored_space, int(cfg["num_classes"]), int(cfg["resolution"]), skeleton=str(cfg["skeleton"]),
-                           dropout=float(cfg["dropout"]), bn_momentum=float(cfg["bn_momentum"]),
-                           bn_eps=float(cfg["bn_eps"]), in_chans=int(cfg.get("in_chans", 3)))
+            net = Supernet.from_config(cfg)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{p} has a damaged supernet description ({type(exc).__name__}: {exc})") from None
     try:

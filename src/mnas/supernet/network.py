@@ -115,10 +115,18 @@ class Supernet(nn.Module):
         return layer
 
     def config(self) -> dict[str, Any]:
-        """Everything besides the weights that rebuilds this supernet (stored with it)."""
+        """Everything besides the weights that rebuilds this supernet (stored with it; plain data)."""
         return {"space": self.space.to_dict(), "num_classes": self.num_classes, "resolution": self.resolution,
                 "skeleton": self.skeleton, "dropout": self.dropout, "bn_momentum": self.bn_momentum,
                 "bn_eps": self.bn_eps, "in_chans": self.in_chans}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Supernet:
+        """The supernet `config()` describes, freshly initialised (load the weights after)."""
+        return cls(SearchSpace.from_dict(config["space"]), int(config["num_classes"]), int(config["resolution"]),
+                   skeleton=str(config["skeleton"]), dropout=float(config["dropout"]),
+                   bn_momentum=float(config["bn_momentum"]), bn_eps=float(config["bn_eps"]),
+                   in_chans=int(config.get("in_chans", 3)))
 
 
 def op_macs_per_pixel(op: OpChoice, width: int, kernel: int) -> float:

@@ -5,21 +5,31 @@ first gets its own: running statistics are reset and re-estimated as the exact a
 training batches (momentum=None), as Once-for-All and BigNAS do. Then the network is scored on the
 held-out `data.val` split (never the test set). The data are loaded once per scorer and reused for
 every candidate; after re-estimation BN is folded into the convolutions (inference arithmetic,
-identical up to float rounding), and the pass runs in `inference_mode`, channels_last on CPU.
+identical up to float rounding).
+
+Two backends for the scoring pass (BN re-estimation always runs in torch): "torch" (eager,
+`inference_mode`, channels_last on CPU) and "onnxruntime" (the folded network exported in memory
+with a dynamic batch and run by ONNX Runtime on the CPU: the export costs about a second, the pass
+is several times faster than eager torch on a small CPU; see docs/benchmarks/supernet.md).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mnas.data import BatchLoader, DatasetSplits
 from mnas.errors import UserError
+from mnas.export import quiet_converters
 from mnas.model import ConvBnAct
 from mnas.space import Architecture
 from mnas.supernet.extract import extract
@@ -75,10 +85,17 @@ class ScoringData:
     val_batches: list[tuple[torch.Tensor, torch.Tensor]]
     device: torch.device
     channels_last: bool
+    _arrays: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
 
     @property
     def images(self) -> int:
         return sum(int(y.shape[0]) for _, y in self.val_batches)
+
+    def arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The validation batches as contiguous NCHW float32 / int64 arrays (for ONNX Runtime), cached."""
+        if not self._arrays:
+            self._arrays = [(np.ascontiguousarray(x.detach().cpu().numpy()), y.cpu().numpy()) for x, y in self.val_batches]
+        return self._arrays
 
 
 def scoring_data(data: DatasetSplits, *, bn_batches: int = 8, bn_batch_size: int = 128, images: int = 2000,
@@ -122,35 +139,74 @@ def accuracy(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tenso
     return int(correct) / seen
 
 
-def score_one(supernet: Supernet, arch: Architecture, sd: ScoringData, *, fold_bn: bool = True) -> float:
+SCORING_BACKENDS = ("torch", "onnxruntime")
+
+
+def onnx_session(model: nn.Module, resolution: int, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session of `model` (exported in memory, dynamic batch)."""
+    import onnxruntime as ort  # heavy; only the onnxruntime backend needs it
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    with tempfile.TemporaryDirectory(prefix="mnas-score-") as tmp:
+        path = Path(tmp) / "candidate.onnx"
+        with quiet_converters(), torch.no_grad():
+            torch.onnx.export(model.cpu().eval(), (torch.zeros(1, 3, resolution, resolution),), str(path),
+                              opset_version=17, dynamo=False, input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, do_constant_folding=True)
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_accuracy(session: Any, arrays: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    correct = seen = 0
+    for x, y in arrays:
+        (logits,) = session.run(None, {"input": x})
+        correct += int((logits.argmax(1) == y).sum())
+        seen += int(y.shape[0])
+    return correct / seen
+
+
+def score_one(supernet: Supernet, arch: Architecture, sd: ScoringData, *, fold_bn: bool = True,
+              backend: str = "torch") -> float:
     """Held-out top-1 of one candidate with inherited weights and re-estimated BN statistics."""
+    if backend not in SCORING_BACKENDS:
+        raise UserError(f"unknown scoring backend {backend!r}; choose one of {', '.join(SCORING_BACKENDS)}")
     model = extract(supernet, arch)
+    if sd.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     reestimate_bn(model, sd.bn_batches)
     if fold_bn:
         fold_bn_(model)
-    if sd.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if backend == "onnxruntime":
+        return onnx_accuracy(onnx_session(model, supernet.resolution), sd.arrays())
     return accuracy(model, sd.val_batches)
 
 
 def score(supernet: Supernet, archs: Sequence[Architecture], data: DatasetSplits | ScoringData, *,
           bn_batches: int = 8, bn_batch_size: int = 128, images: int = 2000, batch_size: int = 500, seed: int = 0,
-          fold_bn: bool = True, on_result: Callable[[int, Architecture, float, float], None] | None = None) -> list[float]:
+          fold_bn: bool = True, backend: str = "torch",
+          on_result: Callable[[int, Architecture, float, float], None] | None = None) -> list[float]:
     """Held-out top-1 (fractions) of many candidates, loading the data once.
 
     `data`: a dataset (BN batches and validation images are then prepared here, on the supernet's
     device) or a prepared `ScoringData` to share between calls. `on_result(i, arch, acc, seconds)`
-    is called after each candidate. Every architecture is checked against the space first."""
+    is called after each candidate. Every architecture is checked against the space first.
+    backend: "torch" or "onnxruntime" (CPU only) for the scoring pass."""
+    if backend not in SCORING_BACKENDS:
+        raise UserError(f"unknown scoring backend {backend!r}; choose one of {', '.join(SCORING_BACKENDS)}")
     for arch in archs:
         supernet.resolve(arch)
     device = next(supernet.parameters()).device
+    if backend == "onnxruntime" and device.type != "cpu":
+        raise UserError("the onnxruntime scoring backend runs on the CPU; move the supernet to the CPU or use backend torch")
     sd = data if isinstance(data, ScoringData) else scoring_data(
         data, bn_batches=bn_batches, bn_batch_size=bn_batch_size, images=images, batch_size=batch_size, seed=seed,
         device=device)
     out = []
     for i, arch in enumerate(archs):
         t0 = time.perf_counter()
-        acc = score_one(supernet, arch, sd, fold_bn=fold_bn)
+        acc = score_one(supernet, arch, sd, fold_bn=fold_bn, backend=backend)
         out.append(acc)
         if on_result is not None:
             on_result(i, arch, acc, time.perf_counter() - t0)
