@@ -141,6 +141,11 @@ class LatencyConfig(_Strict):
             return f"lut:{Path(self.lut).stem}"
         return f"{self.backend}-{self.threads}t" + (f"-{self.device}" if self.device != "cpu" else "")
 
+    @property
+    def measured(self) -> bool:
+        """True: timed on the target's machine (a measurement); False: a table lookup, anywhere."""
+        return self.lut is None
+
     def to_model(self) -> LatencyModel:
         """The `LatencyModel` of this target: its table, or measurements against `reference`."""
         return latency_model(self.to_target(), lut=self.lut, processes=self.processes, reference=self.reference)

@@ -21,7 +21,7 @@ from typing import Any
 
 from mnas.config import SearchConfig
 from mnas.errors import UserError
-from mnas.search.evaluation import accuracy_parts, combine, from_wire, latency_models, latency_parts, short_error, to_wire
+from mnas.search.evaluation import accuracy_parts, combine, from_wire, latency_parts, short_error, to_wire
 from mnas.search.local import Hooks
 from mnas.space import Architecture
 from mnas.trial import Trial
@@ -79,7 +79,7 @@ class RayExecutor:
         self.train_fn = train_fn
         self.host = config.primary.host or socket.gethostname()
         # a table predicts anywhere; a measurement must run on the target's machine, alone
-        self.on_device = any(m.on_device for m in latency_models(config))
+        self.on_device = any(t.measured for t in config.latency)
         self.resource = next(iter(device_resource(self.host)))
         self._owns_ray = False
         if not ray.is_initialized():
