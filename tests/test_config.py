@@ -35,6 +35,10 @@ def test_examples_fit_their_purpose():
     assert quick.budget.trials <= 10
     assert big.executor.name == "ray" and big.primary.lut and big.budget.trials >= 100
     assert Path(big.primary.lut).is_absolute()  # resolved against the YAML's folder
+    shared = load_config(EXAMPLES / "supernet.yaml")
+    assert shared.proxy.kind == "supernet" and Path(shared.proxy.path).is_absolute()
+    assert Path(shared.space).is_file() and [t.name for t in shared.latency] == ["ort", "eager"]
+    assert shared.budget.trials >= 200
 
 
 def test_bad_value_names_file_and_path(tmp_path):
