@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,28 +52,26 @@ def export_arch(arch: Architecture, target: Target, path: Path) -> Path:
     return export_module(module, target, path, backend)
 
 
-def export_module(module: Any, target: Target, path: Path, backend: Backend) -> Path:
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """`write(tmp)` next to `path`, then rename: a reader never sees half a model file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{os.getpid()}_{path.name}")
     try:
-        backend.export(module, tmp, target)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def export_module(module: Any, target: Target, path: Path, backend: Backend) -> Path:
+    return _write_atomically(path, lambda tmp: backend.export(module, tmp, target))
 
 
 def export_pack(units: Sequence[Unit], target: Target, path: Path) -> Path:
     """One file holding every unit (atomically)."""
     backend = get_backend(target.backend)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{os.getpid()}_{path.name}")
-    try:
-        backend.export_pack(units, tmp, target)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _write_atomically(path, lambda tmp: backend.export_pack(units, tmp, target))
 
 
 def _run_job(job: dict[str, Any]) -> tuple[str, float]:

@@ -84,10 +84,7 @@ class LatencyResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyResult:
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        d["target"] = Target.from_dict(d["target"])
-        return cls(**d)
+        return cls(**_known_fields(cls, d))
 
 
 @dataclass(frozen=True)
@@ -128,10 +125,7 @@ class ReferenceLatency:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReferenceLatency:
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        d["target"] = Target.from_dict(d["target"])
-        return cls(**d)
+        return cls(**_known_fields(cls, d))
 
 
 def consensus(values: Sequence[float], k: int, max_spread: float) -> tuple[list[int], bool]:
@@ -203,3 +197,11 @@ def summarise(samples: list[ProcessSample], target: Target, arch_id: str | None 
         target=target, per_process_ms=medians, measured_at=[s.finished_at for s in samples],
         arch_id=arch_id, used_processes=len(used), stable=stable, raw_ms=raw_ms, relative=relative,
         per_process_relative=ratios, **ref)
+
+
+def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """A stored record's fields that `cls` has (older and newer records both load), target rebuilt."""
+    known = {f.name for f in fields(cls)}
+    out = {k: v for k, v in d.items() if k in known}
+    out["target"] = Target.from_dict(out["target"])
+    return out
