@@ -4,6 +4,7 @@ model and its ONNX export, BN re-estimation, path sampling, the training step, t
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import nn
 
 from mnas.data import DatasetSplits, load_dataset
 from mnas.errors import UserError
-from mnas.model import build_model
+from mnas.model import Layer, build_model
 from mnas.profile import count_macs
 from mnas.space import DECISIONS, Architecture, OpChoice, SearchSpace
 from mnas.supernet import (
@@ -72,6 +73,8 @@ def _perturb_(net: Supernet, seed: int = 0) -> Supernet:
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
             if name.startswith("head.classifier."):  # zero-initialised: would make every logit 0
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            if ".residual_scales." in name:  # zero-initialised: a wrong fold would go unnoticed
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
     return net
 
 
@@ -254,6 +257,32 @@ def test_folding_bn_keeps_the_logits(nets):
 
 
 # ---- sampling and the training step ----------------------------------------------------------------
+
+
+def test_residual_layers_start_as_their_shortcut_and_none_paths_are_unscaled(user_space):
+    """The residual scale starts at zero (a residual layer outputs its shortcut, as stable_init_ does
+    for a stand-alone network) and is used only by paths that add a shortcut; a "none" path of the
+    same layer keeps the BN's own scale."""
+    torch.manual_seed(0)
+    net = Supernet(user_space, num_classes=10, resolution=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    arch = net.resolve(user_space.decode([0] * len(user_space.decision_sizes())))
+    blocks = list(arch.blocks)
+    for skip in ("identity", "none"):
+        path = replace(arch, blocks=tuple(replace(b, skip=skip) for b in blocks))
+        model = extract(net, path)
+        for layer in model.modules():
+            if isinstance(layer, Layer) and layer.has_skip and layer.shortcut is None:
+                with torch.no_grad():
+                    inp = torch.randn(2, layer.body[0][0].in_channels, 8, 8)
+                    assert torch.equal(layer(inp), inp)  # body scaled to zero: identity
+        residual = [m for m in model.modules() if isinstance(m, Layer) and m.has_skip]
+        assert bool(residual) == (skip == "identity")
+        torch.testing.assert_close(model(x), net(x, path), rtol=1e-5, atol=1e-5)
+    none_path = replace(arch, blocks=tuple(replace(b, skip="none") for b in blocks))
+    for m in extract(net, none_path).modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight))  # not multiplied by the zero scale
 
 
 def test_paths_depend_on_seed_and_step_only(nets):

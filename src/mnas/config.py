@@ -94,7 +94,7 @@ class ProxyConfig(_Strict):
     bn_batches: int = Field(default=8, gt=0)  # supernet: training batches that re-estimate BN per candidate
     score_images: int = Field(default=2000, gt=0)  # supernet: held-out images a candidate is scored on
     amp: bool | None = None  # bf16 autocast; None: on for CUDA
-    channels_last: bool | None = None  # None: on for CUDA
+    channels_last: bool | None = None  # None: on (CPU and CUDA)
     fused: bool | None = None  # fused optimizer kernels; None: on for CUDA
     compile: bool = False
 

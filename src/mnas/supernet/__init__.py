@@ -34,6 +34,11 @@ leading slice ("the first c channels").
 - BatchNorm: belongs to the conv before it, so it is per op family, sliced like its conv. Running
   statistics trained with the supernet are an average over paths; scoring re-estimates them per
   candidate (`reestimate_bn`: reset, then the exact mean over K training batches).
+- Residual scales: per layer position and op family, a per-channel factor on the body's last BN
+  (`LAST_BN`), used only by paths whose layer adds a shortcut and initialised to zero, so every
+  residual layer starts as its shortcut (what `stable_init_` does for one network: without it
+  these deep narrow networks barely learn in a few hundred steps). A "none" path of the same layer
+  uses the BN unscaled. Extraction multiplies the BN's weight and bias by the factor.
 - Head: the 1x1 head conv is shared, its input sliced to the last block's width; pooling, dropout
   and the classifier are shared as they are.
 

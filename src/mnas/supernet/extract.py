@@ -12,7 +12,7 @@ from torch import nn
 
 from mnas.model import ConvBnAct, Layer, MnasModel, SqueezeExcite, build_model
 from mnas.space import Architecture, BlockSpec
-from mnas.supernet.modules import SlicedBatchNorm, SlicedConvBn, SlicedSE, SuperLayer, mid_width, se_width
+from mnas.supernet.modules import LAST_BN, SlicedBatchNorm, SlicedConvBn, SlicedSE, SuperLayer, mid_width, se_width
 from mnas.supernet.network import Supernet
 
 
@@ -65,6 +65,14 @@ def _copy_layer(dst: Layer, src: SuperLayer, spec: BlockSpec, cin: int) -> None:
             _copy_conv_bn(module, getattr(family, name))
     if dst.shortcut is not None and isinstance(dst.shortcut.proj, ConvBnAct):
         _copy_conv_bn(dst.shortcut.proj, src.projection)
+    if dst.has_skip:  # fold the residual scale into the body's last BN (weight and bias)
+        last = body[LAST_BN[spec.op]]
+        assert isinstance(last, ConvBnAct)
+        bn = last[1]
+        assert isinstance(bn, nn.BatchNorm2d)
+        scale = src.residual_scales[spec.op][:bn.num_features]
+        bn.weight.mul_(scale)
+        bn.bias.mul_(scale)
 
 
 @torch.no_grad()

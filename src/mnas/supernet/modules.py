@@ -34,7 +34,8 @@ class SlicedBatchNorm(nn.BatchNorm2d):
     Same arithmetic as `nn.BatchNorm2d` (including momentum=None, the cumulative average used to
     re-estimate statistics), on views of the full-size buffers."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`scale` (per channel, optional) multiplies the affine output: BN with weight*scale, bias*scale."""
         c = x.shape[1]
         assert self.running_mean is not None and self.running_var is not None  # always tracked here
         factor = self.momentum
@@ -42,7 +43,10 @@ class SlicedBatchNorm(nn.BatchNorm2d):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative average, as nn.BatchNorm2d
                 factor = 1.0 / float(self.num_batches_tracked)
-        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
+        weight, bias = self.weight[:c], self.bias[:c]
+        if scale is not None:
+            weight, bias = weight * scale[:c], bias * scale[:c]
+        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], weight, bias,
                             self.training, factor or 0.0, self.eps)
 
 
@@ -84,12 +88,13 @@ class SlicedConvBn(nn.Module):
             raise ValueError(f"kernel {k} is not one of this layer's kernels {self.kernels}")
         return w
 
-    def forward(self, x: torch.Tensor, cout: int, k: int = 1, stride: int = 1) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cout: int, k: int = 1, stride: int = 1,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
         cin = x.shape[1]
         if self.depthwise:
             cout = cin
         out = F.conv2d(x, self.weight(cin, cout, k), None, stride, k // 2, 1, cin if self.depthwise else 1)
-        out = self.bn(out)
+        out = self.bn(out, scale)
         return self.act(out) if self.act is not None else out
 
 
@@ -132,9 +137,9 @@ class ConvFamily(nn.Module):
         self.conv = SlicedConvBn(b.cin, b.cout, kernels, act=act, bn=bn)
         self.se = SlicedSE(b.cout, b.se, act) if has_se else None
 
-    def forward(self, x: torch.Tensor, spec: BlockSpec, stride: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spec: BlockSpec, stride: int, scale: torch.Tensor | None = None) -> torch.Tensor:
         se = se_width(x.shape[1], spec.se_ratio)
-        out = self.conv(x, spec.filters, spec.kernel, stride)
+        out = self.conv(x, spec.filters, spec.kernel, stride, scale)
         return self.se(out, se) if (se and self.se is not None) else out
 
 
@@ -147,12 +152,12 @@ class DsFamily(nn.Module):
         self.se = SlicedSE(b.cin, b.se, act) if has_se else None
         self.conv_pw = SlicedConvBn(b.cin, b.cout, (1,), bn=bn)
 
-    def forward(self, x: torch.Tensor, spec: BlockSpec, stride: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spec: BlockSpec, stride: int, scale: torch.Tensor | None = None) -> torch.Tensor:
         se = se_width(x.shape[1], spec.se_ratio)
         out = self.conv_dw(x, x.shape[1], spec.kernel, stride)
         if se and self.se is not None:
             out = self.se(out, se)
-        return self.conv_pw(out, spec.filters)
+        return self.conv_pw(out, spec.filters, scale=scale)
 
 
 class MbconvFamily(nn.Module):
@@ -169,7 +174,7 @@ class MbconvFamily(nn.Module):
         self.se = SlicedSE(b.mid, b.se, act) if has_se else None
         self.conv_pwl = SlicedConvBn(b.mid, b.cout, (1,), bn=bn)
 
-    def forward(self, x: torch.Tensor, spec: BlockSpec, stride: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spec: BlockSpec, stride: int, scale: torch.Tensor | None = None) -> torch.Tensor:
         cin = x.shape[1]
         mid = mid_width(cin, spec.expand)
         se = se_width(cin, spec.se_ratio)
@@ -181,12 +186,27 @@ class MbconvFamily(nn.Module):
         out = self.conv_dw(out, mid, spec.kernel, stride)
         if se and self.se is not None:
             out = self.se(out, se)
-        return self.conv_pwl(out, spec.filters)
+        return self.conv_pwl(out, spec.filters, scale=scale)
+
+
+#: Per op family, the part whose BN the residual scale multiplies (the body's last BN).
+LAST_BN = {"conv": "conv", "ds": "conv_pw", "mbconv": "conv_pwl"}
+
+
+def has_residual(spec: BlockSpec, cin: int, stride: int) -> bool:
+    """mnas.model.Layer's rule: a shortcut is added when the skip is not "none" and the shapes
+    match, or the skip is "pool" (which projects)."""
+    same_shape = stride == 1 and cin == spec.filters
+    return spec.skip != "none" and (same_shape or spec.skip == "pool")
 
 
 class SuperLayer(nn.Module):
-    """One layer position of a block: a body per op family present in the space, and one shared
-    pooling-shortcut projection (the shortcut does not depend on the op)."""
+    """One layer position of a block: a body per op family present in the space, one shared
+    pooling-shortcut projection (the shortcut does not depend on the op), and per op family a
+    residual scale: a per-channel factor on the body's last BN, used only by paths that add a
+    shortcut, starting at zero (so every residual layer starts as its shortcut, as
+    `mnas.train.engine.stable_init_` does for a stand-alone network; a "none" path, which shares
+    that BN, is not scaled). Extraction folds it into the BN's weight and bias."""
 
     def __init__(self, b: LayerBounds, space: SearchSpace, act: str, bn: dict, expansions: set[bool]) -> None:
         super().__init__()
@@ -201,16 +221,17 @@ class SuperLayer(nn.Module):
         if "mbconv" in ops:
             families["mbconv"] = MbconvFamily(b, kernels, act, bn, has_se, has_expansion=True in expansions)
         self.families = nn.ModuleDict(families)
+        self.residual_scales = nn.ParameterDict(
+            {op: nn.Parameter(torch.zeros(b.cout)) for op in families} if set(space.skips) - {"none"} else {})
         self.stride = b.stride
         self.projection = SlicedConvBn(b.cin, b.cout, (1,), bn=bn) if b.needs_projection else None
 
     def forward(self, x: torch.Tensor, spec: BlockSpec, stride: int) -> torch.Tensor:
         cin, cout = x.shape[1], spec.filters
-        out = self.families[spec.op](x, spec, stride)
-        same_shape = stride == 1 and cin == cout
-        if spec.skip == "none" or not (same_shape or spec.skip == "pool"):
-            return out
-        if same_shape:
+        if not has_residual(spec, cin, stride):
+            return self.families[spec.op](x, spec, stride)
+        out = self.families[spec.op](x, spec, stride, self.residual_scales[spec.op])
+        if stride == 1 and cin == cout:
             return out + x
         short = F.avg_pool2d(x, stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else x
         if cin != cout:

@@ -45,7 +45,7 @@ def train_supernet(
     warmup_epochs: float = 0.5,
     seed: int = 0,
     max_steps: int | None = None,
-    channels_last: bool = False,
+    channels_last: bool = True,
     out: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,

@@ -4,8 +4,9 @@ An `Engine` holds a model, its optimiser, learning-rate function and weight EMA 
 runs epochs and evaluations. What a training step computes is pluggable (`StepFn`): the default
 is forward, cross-entropy, backward; the supernet passes one that runs several sampled paths.
 
-Speed on CUDA (all off on CPU, where they do not pay): bf16 autocast, channels_last tensors, fused
-optimisers, optional `torch.compile`, and no host syncs inside the step loop (running sums stay on
+Speed: channels_last tensors on every device (on a 2-core CPU they train the depthwise-heavy
+MnasNet networks 1.05-1.7x faster: BatchNorm's batch statistics reduce over contiguous channels);
+on CUDA also bf16 autocast, fused optimisers, optional `torch.compile`, and no host syncs inside the step loop (running sums stay on
 the device; the host reads them late through pinned non-blocking copies).
 """
 
@@ -33,7 +34,8 @@ DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    """CUDA speed switches; None = on for CUDA, off elsewhere. `compile` is opt-in."""
+    """Speed switches; None = the device's default (channels_last: on everywhere; amp and fused: on
+    for CUDA only). `compile` is opt-in."""
 
     amp: bool | None = None  # bf16 autocast
     channels_last: bool | None = None
@@ -46,7 +48,8 @@ class SpeedOptions:
         def pick(v: bool | None) -> bool:
             return cuda if v is None else bool(v)
 
-        return SpeedOptions(pick(self.amp), pick(self.channels_last), pick(self.fused) and cuda, self.compile)
+        channels_last = True if self.channels_last is None else bool(self.channels_last)
+        return SpeedOptions(pick(self.amp), channels_last, pick(self.fused) and cuda, self.compile)
 
 
 def parse_device(device: str | torch.device) -> torch.device | None:
