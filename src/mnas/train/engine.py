@@ -6,8 +6,9 @@ is forward, cross-entropy, backward; the supernet passes one that runs several s
 
 Speed: channels_last tensors on every device (on a 2-core CPU they train the depthwise-heavy
 MnasNet networks 1.05-1.7x faster: BatchNorm's batch statistics reduce over contiguous channels);
-on CUDA also bf16 autocast, fused optimisers, optional `torch.compile`, and no host syncs inside the step loop (running sums stay on
-the device; the host reads them late through pinned non-blocking copies).
+on CUDA also bf16 autocast, fused optimisers, optional `torch.compile`, and no host syncs inside
+the step loop (running sums stay on the device; the host reads them late through pinned
+non-blocking copies).
 """
 
 from __future__ import annotations
