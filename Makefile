@@ -24,7 +24,7 @@ run: $(STAMP)
 	$(PY) -m mnas report $$out
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # The fast tier: everything but the tests that train or measure (marked slow); under a minute.
 test-fast: $(STAMP)
