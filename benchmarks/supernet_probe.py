@@ -173,11 +173,15 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=6)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-root", default=None)
-    parser.add_argument("--only", default="", help="comma-separated row labels (default: all)")
+    parser.add_argument("--only", default="", help="row labels separated by '|' (default: all)")
     parser.add_argument("--reading", default="", help="text for the Reading section")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "supernet_probe.md")
     args = parser.parse_args()
-    rows = [r for r in ROWS if not args.only or r.label in args.only.split(",")]
+    wanted = [w.strip() for w in args.only.split("|") if w.strip()]
+    unknown = [w for w in wanted if w not in {r.label for r in ROWS}]
+    if unknown:
+        parser.error(f"--only: no row {unknown[0]!r}; rows: {' | '.join(r.label for r in ROWS)}")
+    rows = [r for r in ROWS if not wanted or r.label in wanted]
     start = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(probe, rows, [args.steps] * len(rows), [args.candidates] * len(rows),
