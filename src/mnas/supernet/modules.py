@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnas.model import ConvBnAct, make_act
+from mnas.model import ConvBnAct, adds_shortcut, make_act
 from mnas.space import Architecture, BlockSpec, SearchSpace
 
 
@@ -193,13 +193,6 @@ class MbconvFamily(nn.Module):
 LAST_BN = {"conv": "conv", "ds": "conv_pw", "mbconv": "conv_pwl"}
 
 
-def has_residual(spec: BlockSpec, cin: int, stride: int) -> bool:
-    """mnas.model.Layer's rule: a shortcut is added when the skip is not "none" and the shapes
-    match, or the skip is "pool" (which projects)."""
-    same_shape = stride == 1 and cin == spec.filters
-    return spec.skip != "none" and (same_shape or spec.skip == "pool")
-
-
 class SuperLayer(nn.Module):
     """One layer position of a block: a body per op family present in the space, one shared
     pooling-shortcut projection (the shortcut does not depend on the op), and per op family a
@@ -228,7 +221,7 @@ class SuperLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, spec: BlockSpec, stride: int) -> torch.Tensor:
         cin, cout = x.shape[1], spec.filters
-        if not has_residual(spec, cin, stride):
+        if not adds_shortcut(spec, cin, stride):
             return self.families[spec.op](x, spec, stride)
         out = self.families[spec.op](x, spec, stride, self.residual_scales[spec.op])
         if stride == 1 and cin == cout:
