@@ -114,7 +114,7 @@ def _same(a, b) -> bool:
 
 def _knobs(name: str) -> dict:
     # Small populations and PPO batches so that a few rounds already exercise selection and updates.
-    return {"ppo": {"batch_size": 4, "epochs": 2}, "evolution": {"population": 8, "sample_size": 3},
+    return {"ppo": {"batch_size": 4, "epochs": 2, "top_k": 3}, "evolution": {"population": 8, "sample_size": 3},
             "tpe": {"n_startup_trials": 4}, "nsga2": {"population_size": 6}}.get(name, {})
 
 
@@ -328,6 +328,29 @@ def test_ppo_learns_from_a_window_of_recent_results() -> None:
     classic = PPOStrategy(space, 0, batch_size=4, window=None)
     classic.tell([_trial(p, 0.5) for p in classic.ask(8)])
     assert len(classic.memory) == 4  # window None: the newest batch only
+
+
+def test_ppo_top_k_keeps_the_best_results_and_pulls_the_policy_to_them() -> None:
+    space = TinySpace([3, 3, 3])
+    best = (2, 1, 0)
+
+    def score(arch: tuple[int, ...]) -> float:
+        return 1.0 if arch == best else 0.1 * sum(a == b for a, b in zip(arch, best, strict=True))
+
+    runs = {}
+    for k in (0, 4):
+        s = PPOStrategy(space, 0, batch_size=4, top_k=k, unique=False)
+        for _ in range(5):
+            proposals = s.ask(4)
+            s.tell([_trial(p, score(p.arch)) for p in proposals])
+        runs[k] = s
+    told = sorted({(score(p.arch), p.tokens) for p in proposals}, reverse=True)
+    kept = runs[4].best
+    assert len(kept) == 4 and [r for r, _ in kept] == sorted((r for r, _ in kept), reverse=True)
+    assert kept[0][0] >= told[0][0] and runs[0].best == []
+    with torch.no_grad():
+        logp = {k: float(s.controller(1, tokens=torch.tensor([kept[0][1]]))[1]) for k, s in runs.items()}
+    assert logp[4] > logp[0] + 0.5  # the best result so far is much likelier with the queue
 
 
 @pytest.mark.parametrize("advantage", ["rank", "zscore", "ema", "elite"])

@@ -31,6 +31,13 @@ docs/benchmarks/search.md; the papers' settings remain available as knobs):
   seen, and after `resample` draws per wanted candidate take a new uniform sample), so the budget
   is spent on new models even after the policy has concentrated. Its log-probability is the
   policy's, so PPO's ratio stays correct.
+- `top_k`, `top_k_weight`: priority-queue training (Abolafia et al. 2018, arXiv:1801.03526) next
+  to PPO: every update also raises the log-likelihood of the `top_k` best results seen so far,
+  weighted by `top_k_weight`, so the policy keeps returning to the neighbourhood of the best
+  architectures (what evolution's mutations do) instead of drifting with each batch's ranks.
+  0 (the default) turns it off: at 200 trials it made PPO beat random search in 18-19 of the
+  benchmark's 24 settings rather than 16, at the same mean regret
+  (docs/benchmarks/search_ppo_tuning.md); it becomes the default when the full benchmark says so.
 - The gradient norm is clipped to 1 and the log-ratio to +-20, the usual PPO safeguards.
 
 The log-probability of each proposal is returned by `ask` (`Proposal.logp`) and must come back
@@ -80,6 +87,8 @@ class PPOKnobs(StrategyKnobs):
     unique: bool = True
     resample: Int = Field(default=32, ge=1, le=10_000)
     failed_reward: Float | None = None
+    top_k: Int = Field(default=0, ge=0, le=10_000)
+    top_k_weight: Float = Field(default=1.0, ge=0)
 
 
 class Controller(nn.Module):
@@ -145,6 +154,7 @@ class PPOStrategy(Strategy):
         self.baseline: float | None = None
         self.buffer: list[Sample] = []  # results not yet learned from
         self.memory: list[Sample] = []  # the last `window` results, which each update learns from
+        self.best: list[tuple[float, list[int]]] = []  # the `top_k` best (reward, tokens) so far
         self.updates = 0
 
     # -- ask / tell ------------------------------------------------------------------------
@@ -201,6 +211,9 @@ class PPOStrategy(Strategy):
         while len(self.buffer) >= size:
             batch, self.buffer = self.buffer[:size], self.buffer[size:]
             self.memory = (self.memory + batch)[-max(window, size):]
+            if self.knobs.top_k:
+                ranked = sorted(self.best + [(b[2], b[0]) for b in batch], key=lambda rt: -rt[0])
+                self.best = ranked[:self.knobs.top_k]
             self._update(self.memory)
 
     def advantages(self, batch: Sequence[Sample]) -> torch.Tensor:
@@ -242,13 +255,19 @@ class PPOStrategy(Strategy):
         old = torch.tensor([b[1] for b in batch], dtype=torch.float32)
         adv = self.advantages(batch)
         clip = self.knobs.clip
+        # The best results so far (`top_k`) ride along in the same forward pass.
+        n = len(batch)
+        scored = torch.cat([tokens, torch.tensor([t for _, t in self.best], dtype=torch.long).view(-1, tokens.shape[1])])
         for _ in range(self.knobs.epochs):
-            _, logp, entropy = self.controller(len(batch), tokens=tokens)
+            _, logp_all, entropy_all = self.controller(len(scored), tokens=scored)
+            logp, entropy, top_logp = logp_all[:n], entropy_all[:n], logp_all[n:]
             # The log-ratio is bounded so that a sample the policy has since made far likelier
             # (a uniform fallback of `unique`) cannot overflow exp() into inf * 0 = NaN.
             ratio = torch.exp((logp - old).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
             surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
             loss = -surrogate.mean() - self.knobs.entropy_weight * entropy.mean()
+            if len(top_logp):
+                loss = loss - self.knobs.top_k_weight * top_logp.mean()
             self.optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(self.controller.parameters(), MAX_GRAD_NORM)
@@ -281,6 +300,7 @@ class PPOStrategy(Strategy):
             "buffer": [(list(t), lp, r, b) for t, lp, r, b in self.buffer],
             "memory": [(list(t), lp, r, b) for t, lp, r, b in self.memory],
             "updates": self.updates,
+            "best": [(r, list(t)) for r, t in self.best],
         }
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -295,6 +315,7 @@ class PPOStrategy(Strategy):
         self.memory = [(list(t), float(lp), float(r), None if b is None else float(b))
                        for t, lp, r, b in state["memory"]]
         self.updates = int(state["updates"])
+        self.best = [(float(r), list(t)) for r, t in state.get("best", [])]
 
 
 def _clone(obj: Any) -> Any:

@@ -1,0 +1,109 @@
+"""PPO knob variants against random search on the NAS-Bench-201 settings of search_strategies.py.
+
+Writes docs/benchmarks/search_ppo_tuning.md: per variant, in how many settings it beats random
+search (one-sided Mann-Whitney U over the seeds' best rewards, p < 0.05) at one budget, its mean
+regret, and the settings it does not win. Same protocol, settings, seeds and sharing as
+`benchmarks/search_strategies.py` (whose functions this reuses); cheaper, because it runs PPO and
+random only, to one budget, so several knob sets can be compared before a full rerun there.
+
+    python benchmarks/ppo_tuning.py --budget 200 --seeds 20 --variant '{}' --variant '{"top_k": 8}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import search_strategies as bench  # the sibling benchmark: protocol and settings
+
+OUT = bench.ROOT / "docs" / "benchmarks" / "search_ppo_tuning.md"
+
+
+def _job(args: tuple[str, dict[str, Any], int, bench.Setting, int]) -> tuple[str, int, list[tuple[int, ...]]]:
+    name, knobs, seed, setting, budget = args
+    run = bench.run_search(name, name, knobs, seed, setting, budget)
+    return json.dumps([name, knobs], sort_keys=True), seed, run["cells"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_table = Path(os.environ.get("MNAS_DATA", str(Path.home() / ".cache" / "mnas" / "data"))) / "nb201_hw.csv.gz"
+    ap.add_argument("table", nargs="?", type=Path, default=default_table)
+    ap.add_argument("--budget", type=int, default=200)
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--variant", action="append", default=None, help="PPO knobs as JSON (repeatable)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    variants = [json.loads(v) for v in (args.variant or ["{}"])]
+    table = bench.load_table(args.table)
+    for v in variants:  # bad knobs stop here, before any search
+        bench.make_strategy("ppo", bench.NB201Space(), 0, v)
+    settings = bench.make_settings(table)
+    start, t0 = dt.datetime.now(dt.UTC), time.time()
+    jobs: dict[tuple[str, int, str], tuple[str, dict[str, Any], int, bench.Setting, int]] = {}
+    for seed in range(args.seeds):
+        jobs[("random", seed, "any")] = ("random", {}, seed, settings[0], args.budget)
+        for v in variants:
+            for s in settings:
+                jobs.setdefault((json.dumps(v, sort_keys=True), seed, bench.problem("ppo", s)),
+                                ("ppo", v, seed, s, args.budget))
+    cells: dict[tuple[str, int, str], list[tuple[int, ...]]] = {}
+    with multiprocessing.get_context("fork").Pool(args.workers, bench._init_worker, (table,)) as pool:
+        keys = list(jobs)
+        for key, (_, _, found) in zip(keys, pool.imap(_job, [jobs[k] for k in keys]), strict=True):
+            cells[key] = found
+    rows = []
+    for label in ["random"] + [json.dumps(v, sort_keys=True) for v in variants]:
+        wins, regrets, lost = 0, [], []
+        for s in settings:
+            reward = s.reward()
+            optimum = max(reward(acc, lats[s.device]) for acc, lats in table.values())
+
+            def best(key: str, seed: int, s: bench.Setting = s, reward: Any = reward) -> float:
+                problem = "any" if key == "random" else bench.problem("ppo", s)
+                return max(reward(table[c][0], table[c][1][s.device]) for c in cells[(key, seed, problem)])
+
+            mine = [best(label, k) for k in range(args.seeds)]
+            regrets.append(1e3 * statistics.mean(optimum - b for b in mine))
+            if label != "random":
+                p = bench.p_greater(mine, [best("random", k) for k in range(args.seeds)])
+                wins += p < bench.ALPHA
+                if p >= bench.ALPHA:
+                    lost.append(f"{s.label} ({p:.2f})")
+        rows.append((label, wins, statistics.mean(regrets), lost))
+        print(label, wins, f"{statistics.mean(regrets):.2f}", flush=True)
+    write(args, rows, len(settings), start, time.time() - t0)
+
+
+def write(args: argparse.Namespace, rows: list[tuple[str, int, float, list[str]]], n: int, start: dt.datetime,
+          elapsed: float) -> None:
+    lines = ["# PPO knobs against random search (NAS-Bench-201, real device latency)", "",
+             f"Written by `python benchmarks/ppo_tuning.py` on {start:%Y-%m-%d %H:%M} UTC ({elapsed / 60:.0f} min, "
+             f"{args.workers} worker(s)): the {n} settings, protocol and seeds 0..{args.seeds - 1} of "
+             "`benchmarks/search_strategies.py` (docs/benchmarks/search.md), PPO and random search only, "
+             f"to {args.budget} evaluated cells. Wins: settings where PPO beats random (one-sided "
+             "Mann-Whitney U, p < 0.05); regret in 1e-3 reward, mean over settings and seeds.", "",
+             f"| PPO knobs (changes from the defaults) | wins at {args.budget} (of {n}) | mean regret | "
+             "settings not won (p) |", "|---|---:|---:|---|"]
+    for label, wins, regret, lost in rows:
+        name = "random search" if label == "random" else f"`{label}`"
+        lines.append(f"| {name} | {'-' if label == 'random' else wins} | {regret:.2f} | {', '.join(lost) or '-'} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    old = args.out.read_text() if args.out.exists() else ""
+    notes = old[old.index("## Reading"):] if "## Reading" in old else "## Reading\n\n(to be written)\n"
+    args.out.write_text("\n".join(lines) + "\n\n" + notes)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
