@@ -28,10 +28,9 @@ import search_strategies as bench  # the sibling benchmark: protocol and setting
 OUT = bench.ROOT / "docs" / "benchmarks" / "search_ppo_tuning.md"
 
 
-def _job(args: tuple[str, dict[str, Any], int, bench.Setting, int]) -> tuple[str, int, list[tuple[int, ...]]]:
+def _job(args: tuple[str, dict[str, Any], int, bench.Setting, int]) -> list[tuple[int, ...]]:
     name, knobs, seed, setting, budget = args
-    run = bench.run_search(name, name, knobs, seed, setting, budget)
-    return json.dumps([name, knobs], sort_keys=True), seed, run["cells"]
+    return bench.run_search(name, name, knobs, seed, setting, budget)["cells"]
 
 
 def main() -> None:
@@ -60,7 +59,7 @@ def main() -> None:
     cells: dict[tuple[str, int, str], list[tuple[int, ...]]] = {}
     with multiprocessing.get_context("fork").Pool(args.workers, bench._init_worker, (table,)) as pool:
         keys = list(jobs)
-        for key, (_, _, found) in zip(keys, pool.imap(_job, [jobs[k] for k in keys]), strict=True):
+        for key, found in zip(keys, pool.imap(_job, [jobs[k] for k in keys]), strict=True):
             cells[key] = found
     rows = []
     for label in ["random"] + [json.dumps(v, sort_keys=True) for v in variants]:
