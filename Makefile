@@ -23,8 +23,11 @@ run: $(STAMP)
 	$(PY) -m mnas search --config examples/quick.yaml --out $$out && \
 	$(PY) -m mnas report $$out
 
+# Two pytest workers (the 2-core CI machine); a file's tests stay in one worker (--dist loadfile),
+# so module fixtures are built once. Latency tests time against an interleaved reference, which
+# holds while the other worker computes (docs/benchmarks/latency.md).
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20
 
 # The fast tier: everything but the tests that train or measure (marked slow); under a minute.
 test-fast: $(STAMP)

@@ -67,7 +67,7 @@ def test_every_trial_has_a_latency_per_target(searched):
 def test_report_draws_one_front_per_target(searched, capsys):
     folder, _ = searched
     with pytest.raises(SystemExit) as exc:
-        main(["report", str(folder / "run")])
+        main(["report", str(folder / "run"), "--no-zoo"])  # zoo marks: test_report.py
     assert exc.value.code in (0, None)
     md = (folder / "run" / "report.md").read_text()
     assert "## Pareto front on ort" in md and "## Pareto front on eager" in md
