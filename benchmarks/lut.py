@@ -15,6 +15,9 @@ Smoke run (a few units, seconds to minutes):
         --calibration 3 --doc /tmp/lut.md
 Reduced run (only the units the calibration and validation architectures use):
     python benchmarks/lut.py --reduced --samples 20 --calibration 12
+Refit the calibration of built tables and re-score their validations, from the cached measurements
+only (nothing is timed; after a change to `mnas.latency.calibration`):
+    python benchmarks/lut.py --backends onnxruntime --space mnasnet --recalibrate
 """
 
 from __future__ import annotations
@@ -29,9 +32,19 @@ from typing import Any
 
 from mnas.latency import LatencyCache, Target
 from mnas.latency.backends.base import cpu_name
-from mnas.latency.lut import LatencyTable, Validation, build_lut, calibration_archs, validate_lut, validation_archs
+from mnas.latency.lut import (
+    LatencyTable,
+    Validation,
+    build_lut,
+    calibrate,
+    calibration_archs,
+    evaluate,
+    scatter,
+    validate_lut,
+    validation_archs,
+)
 from mnas.latency.units import arch_units, space_units
-from mnas.space import SearchSpace
+from mnas.space import Architecture, SearchSpace
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "latency.md"
 HEADING = "## Lookup-table accuracy and build time"
@@ -58,20 +71,26 @@ def main() -> None:
     ap.add_argument("--units", type=int, default=None, help="measure only the first N units (a smoke run)")
     ap.add_argument("--out", type=Path, default=None, help="folder for the tables (default: $MNAS_CACHE_DIR/luts/)")
     ap.add_argument("--doc", type=Path, default=DOC)
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="refit the calibration of the built table from cached measurements, re-score the validations")
     args = ap.parse_args()
     space = SearchSpace.load(args.space)
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        row = run(space, backend, args)
+        row = recalibrate(space, backend, args) if args.recalibrate else run(space, backend, args)
         print({k: v for k, v in row.items() if not isinstance(v, list)}, flush=True)
         write_row(args.doc, row)
 
 
-def run(space: SearchSpace, backend: str, args: argparse.Namespace) -> dict[str, Any]:
+def _table_path(space: SearchSpace, backend: str, args: argparse.Namespace) -> tuple[Target, LatencyCache, Path]:
     target = Target(backend=backend, threads=args.threads, resolution=args.resolution or space.resolution,
                     num_classes=args.num_classes)
     cache = LatencyCache()
     folder = args.out or cache.path.parent / "luts"
-    out = folder / f"{space.name}_{backend}_{target.fingerprint}.json"
+    return target, cache, folder / f"{space.name}_{backend}_{target.fingerprint}.json"
+
+
+def run(space: SearchSpace, backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    target, cache, out = _table_path(space, backend, args)
     all_units = space_units(space, target.resolution, target.num_classes)
     units = all_units
     if args.reduced:
@@ -90,16 +109,25 @@ def run(space: SearchSpace, backend: str, args: argparse.Namespace) -> dict[str,
     for k in range(args.validations):  # independent: every run measures afresh (the files are reused)
         validations.append(validate_lut(LatencyTable.load(out), args.samples, processes=args.processes,
                                         cache=cache, fresh=True, plot=out.with_suffix(f".validation{k + 1}.png")))
+    return _row(space, table, out, build_s, validations, partial=len(units) < len(all_units), load=load,
+                calibration=f"{args.calibration} models, {table.build.get('calibration_s', 0.0):.0f} s")
+
+
+def _row(space: SearchSpace, table: LatencyTable, out: Path, build_s: float, validations: list[Validation], *,
+         partial: bool, load: float, calibration: str) -> dict[str, Any]:
+    target = table.target
+    all_units = space_units(space, target.resolution, target.num_classes)
     b = table.build
     per_unit = b["layer_seconds"] / max(len(table.entries), 1)
     row: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "backend": backend, "space": space.name,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "backend": target.backend, "space": space.name,
         "resolution": target.resolution, "units": len(table.entries), "space_units": len(all_units),
-        "partial": len(units) < len(all_units), "build_s": build_s, "layer_s": b["layer_seconds"],
+        "partial": partial, "build_s": build_s, "layer_s": b["layer_seconds"],
         "full_table_estimate_s": per_unit * len(all_units) + (build_s - b["layer_seconds"]),
         "export_cpu_s": b.get("export_cpu_s", 0.0), "wait_s": b.get("wait_s", 0.0), "measure_s": b.get("measure_s", 0.0),
-        "export_workers": b.get("export_workers", 0), "calibration_s": b.get("calibration_s", 0.0),
-        "calibration": args.calibration, "fit_mape": table.calibration.get("fit_mape"),
+        "export_workers": b.get("export_workers", 0), "calibration": calibration,
+        "calibration_model": table.calibration.get("model", "scale, per unit, offset"),
+        "fit_mape": table.calibration.get("fit_mape"),
         "reference_ms": table.reference.ms if table.reference else None,
         "validations": [{"mape": v.mape, "tau": v.kendall_tau, "within_10": v.within_10, "meets_bar": v.meets_bar,
                          "n": v.n} for v in validations],
@@ -111,8 +139,46 @@ def run(space: SearchSpace, backend: str, args: argparse.Namespace) -> dict[str,
         row["agreement_mape"] = 100 * statistics.fmean(dev)
         row["agreement_within_2"] = 100 * sum(d <= 0.02 for d in dev) / len(dev)
     row["bar_met"] = (bool(validations) and all(v.meets_bar for v in validations)
-                      and row.get("agreement_mape", 0.0) <= 2.0 and not row["partial"])
+                      and row.get("agreement_mape", 0.0) <= 2.0 and not partial)
     return row
+
+
+def recalibrate(space: SearchSpace, backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Refit the built table's calibration on its cached calibration measurements and score it on
+    the cached ground truths of the last `--validations` validation runs. Times nothing: a network
+    missing from the cache is an error."""
+    target, cache, out = _table_path(space, backend, args)
+    table = LatencyTable.load(out)
+    if table.reference is None:
+        raise SystemExit(f"{out} is an absolute (format 1) table; rebuild it")
+    ref = table.reference
+
+    def history(arch: Architecture) -> list[float]:
+        found = [float(r.relative or 0.0) for r in cache.history(arch.id, target, ref.architecture().id)]
+        if not found:
+            raise SystemExit(f"{arch.id} has no cached measurement for {target.label}; run the full benchmark")
+        return found
+
+    archs = calibration_archs(space, args.calibration, resolution=target.resolution)
+    old = table.calibration.get("model", "scale, per unit, offset")
+    calibrate(table, archs, [history(a)[-1] for a in archs])
+    table.build["recalibrated_at"] = time.time()
+    table.save(out)
+    val = validation_archs(space, args.samples, resolution=target.resolution)
+    truths = [history(a) for a in val]
+    runs = min(len(t) for t in truths)
+    validations = []
+    for k in range(max(0, runs - args.validations), runs):
+        measured = [t[k] * ref.ms for t in truths]
+        predicted = [table.predict(a, allow_missing=True) for a in val]
+        validations.append(Validation(n=len(val), predict_us=0.0, predicted_ms=predicted, measured_ms=measured,
+                                      arch_ids=[a.id for a in val], **evaluate(predicted, measured)))
+        scatter(validations[-1], out.with_suffix(f".validation{len(validations)}.png"), title=f"LUT {target.label}")
+    print(f"{out}: calibration {old!r} -> {table.calibration['model']!r} "
+          f"(leave-one-out {table.calibration['loo_mape']:.2f}%)")
+    b = table.build
+    return _row(space, table, out, b["seconds"], validations, partial=len(table.entries) < b.get("units", 0),
+                load=os.getloadavg()[0], calibration=f"{args.calibration} models (cached), refit")
 
 
 def write_row(doc: Path, row: dict[str, Any]) -> None:
@@ -126,7 +192,7 @@ def write_row(doc: Path, row: dict[str, Any]) -> None:
     agree = (f"{row['agreement_mape']:.2f}%, {row['agreement_within_2']:.0f}%" if "agreement_mape" in row else "-")
     line = (f"| {row['date']} | {row['backend']} | {row['space']} @{row['resolution']} | {units} | {build} | "
             f"{row['export_cpu_s']:.0f} s / {row['wait_s']:.0f} s / {row['measure_s']:.0f} s "
-            f"({row['export_workers']} converters) | {row['calibration']} models, {row['calibration_s']:.0f} s | "
+            f"({row['export_workers']} converters) | {row['calibration']}: {row['calibration_model']} | "
             f"{val[0]} | {val[1]} | {agree} | {'yes' if row['bar_met'] else 'no'} | {row['load']:.1f} |")
     text = doc.read_text() if doc.exists() else ""
     if BEGIN in text and END in text:

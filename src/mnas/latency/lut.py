@@ -1,10 +1,10 @@
 """Layer-level latency lookup table: build it for a target and a space, predict, validate.
 
 Everything is relative to a reference network (default mobilenet_v2 at the target's resolution),
-timed in the same processes as the units: an entry is unit / reference, a prediction is
-    relative = scale * sum(entries) + per_unit * n_units + offset
-(the calibration, fitted on a few dozen whole networks measured against the same reference,
-corrects what runtimes do across layer boundaries: fusion, re-layout, per-call overhead), and
+timed in the same processes as the units: an entry is unit / reference, a prediction is the
+calibrated sum of the entries (`mnas.latency.calibration`: a scale per op family and per-unit
+costs, fitted on a few dozen whole networks measured against the same reference, correct what
+runtimes do across layer boundaries: fusion, re-layout, per-call overhead), and
 ms = relative x the reference's latency on the target (measured once, recorded in the table with
 its date and spread). So a slow period of the machine during the build moves neither the entries
 nor the ground truth of `validate_lut`.
@@ -40,6 +40,7 @@ import numpy as np
 
 from mnas.errors import UserError
 from mnas.latency.backends import Backend, ModelFile, backend_names, get_backend
+from mnas.latency.calibration import NO_CALIBRATION, Terms, apply, fit_calibration
 from mnas.latency.exporter import Job, arch_file, exporter, pool_size
 from mnas.latency.lifetime import terminate_as_exit
 from mnas.latency.protocol import (
@@ -61,7 +62,6 @@ from mnas.latency.units import Unit, arch_units, space_units, unit_from_dict, un
 from mnas.space import Architecture, SearchSpace
 
 FORMAT_VERSION = 2  # 2: entries relative to a reference; 1 (still read): absolute ms
-NO_CALIBRATION = {"scale": 1.0, "per_unit": 0.0, "offset": 0.0}
 
 
 @dataclass
@@ -69,7 +69,7 @@ class LatencyTable:
     target: Target
     entries: dict[str, dict[str, Any]]
     space: dict[str, Any] | None = None
-    calibration: dict[str, float] = field(default_factory=lambda: dict(NO_CALIBRATION))
+    calibration: dict[str, Any] = field(default_factory=lambda: dict(NO_CALIBRATION))
     build: dict[str, Any] = field(default_factory=dict)
     reference: ReferenceLatency | None = None  # None: an old absolute table (format 1)
     regressed: int = 0  # units predicted by the MACs regression (allow_missing) so far
@@ -86,43 +86,40 @@ class LatencyTable:
     def _value(self, entry: dict[str, Any]) -> float:
         return float(entry["relative"] if self.relative else entry["median_ms"])
 
-    def raw(self, arch: Architecture, allow_missing: bool = False) -> tuple[float, int]:
-        """(sum of the unit entries, number of units); relative to the reference for a relative
-        table, ms for an old one. `arch` as it runs (see `Architecture.for_resolution`)."""
+    def terms(self, arch: Architecture, allow_missing: bool = False) -> Terms:
+        """The unit entries of `arch` summed per op family, and unit counts (what the calibration
+        needs); relative to the reference for a relative table, ms for an old one. `arch` as it
+        runs (see `Architecture.for_resolution`)."""
         units = self.units(arch)
         missing = [u.key for u in units if u.key not in self.entries]
         if missing and not allow_missing:
             raise UserError(f"{len(missing)} of the {len(units)} layers of {arch.id} are not in this latency "
                             f"table (e.g. {missing[0]}): it was built for another space, resolution or class "
                             "count; build one for this space with `mnas latency build-lut`")
-        total = 0.0
+        terms = Terms()
         for u in units:
             e = self.entries.get(u.key)
-            total += self._value(e) if e is not None else self._regress(u)
+            terms.add(u, self._value(e) if e is not None else self._regress(u))
         self.regressed += len(missing)
-        return total, len(units)
+        return terms
 
     def predict_relative(self, arch: Architecture, allow_missing: bool = False) -> float | None:
         """Predicted latency / the reference's (None for an old absolute table)."""
         if not self.relative:
             return None
-        return self._calibrated(*self.raw(arch, allow_missing))
+        return apply(self.calibration, self.terms(arch, allow_missing))
 
     def predict(self, arch: Architecture, allow_missing: bool = False) -> float:
         """Predicted latency in ms (microseconds of work: dictionary look-ups and a sum)."""
-        value = self._calibrated(*self.raw(arch, allow_missing))
+        value = apply(self.calibration, self.terms(arch, allow_missing))
         return value * self.reference.ms if self.reference is not None else value
 
     def estimate(self, arch: Architecture, allow_missing: bool = False) -> tuple[float, float | None]:
         """(ms, relative) with one look-up."""
-        value = self._calibrated(*self.raw(arch, allow_missing))
+        value = apply(self.calibration, self.terms(arch, allow_missing))
         if self.reference is None:
             return value, None
         return value * self.reference.ms, value
-
-    def _calibrated(self, s: float, n: int) -> float:
-        c = self.calibration
-        return c["scale"] * s + c["per_unit"] * n + c["offset"]
 
     def missing(self, arch: Architecture) -> list[str]:
         return [u.key for u in self.units(arch) if u.key not in self.entries]
@@ -207,40 +204,18 @@ class LatencyTable:
 
 
 # ---- calibration --------------------------------------------------------------------------------
-def fit_calibration(raw: Sequence[tuple[float, int]], measured: Sequence[float]) -> dict[str, float]:
-    """Fit measured ~ scale * sum + per_unit * n + offset, or measured ~ scale * sum alone,
-    whichever predicts held-out models better (leave-one-out relative error): with few or noisy
-    whole-model measurements the three-parameter fit overfits. Rows are weighted by 1/measured
-    so relative errors count equally."""
-    y = np.asarray(measured, dtype=float)
-    s = np.array([r[0] for r in raw], dtype=float)
-    n = np.array([r[1] for r in raw], dtype=float)
-    if len(y) == 0:
-        return dict(NO_CALIBRATION)
-    full = np.stack([s, n, np.ones_like(s)], axis=1)
-
-    def fit(rows: np.ndarray, cols: list[int]) -> np.ndarray:
-        x = full[rows][:, cols] / y[rows, None]
-        coef = np.zeros(3)
-        coef[cols] = np.linalg.lstsq(x, np.ones(len(rows)), rcond=None)[0]
-        return coef
-
-    candidates = [[0]]
-    if len(y) >= 8 and np.ptp(n) > 0:
-        candidates.append([0, 1, 2])
-    best, best_err = [0], float("inf")
-    for cols in candidates:
-        errs = [abs(full[i] @ fit(np.array([j for j in range(len(y)) if j != i]), cols) / y[i] - 1)
-                for i in range(len(y))] if len(y) > len(cols) else [0.0]
-        err = float(np.mean(errs))
-        if err < best_err - 1e-12:
-            best, best_err = cols, err
-    coef = fit(np.arange(len(y)), best)
-    return {"scale": float(coef[0]), "per_unit": float(coef[1]), "offset": float(coef[2]),
-            "loo_mape": 100 * best_err}
+def calibrate(table: LatencyTable, archs: Sequence[Architecture], measured: Sequence[float]) -> dict[str, Any]:
+    """Fit the table's calibration on whole networks measured in its terms (relative to its
+    reference; ms for an old table) and record how well it fits them."""
+    terms = [table.terms(a, allow_missing=True) for a in archs]
+    table.calibration = fit_calibration(terms, measured)
+    table.calibration["samples"] = len(measured)
+    if measured:
+        pred = [apply(table.calibration, t) for t in terms]
+        table.calibration["fit_mape"] = 100 * statistics.fmean(abs(p - m) / m for p, m in zip(pred, measured, strict=True))
+    return table.calibration
 
 
-# ---- building -----------------------------------------------------------------------------------
 def calibration_archs(space: SearchSpace, n: int, seed: int = 0, resolution: int | None = None) -> list[Architecture]:
     """The architectures whose whole-model latency fits the calibration (deterministic), as they
     run at `resolution` (default: the space's)."""
@@ -380,13 +355,10 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
                                on_result=lambda i, r: bar.advance(ctask, 1))
             measured = [float(r.relative or r.median_ms) for r in res]
             before = table.regressed  # a partial table (`units`): count what the regression filled
-            table.calibration = fit_calibration([table.raw(a, allow_missing=True) for a in archs], measured)
+            calibrate(table, archs, measured)
             timing["calibration_regressed_units"] = table.regressed - before
         timing["calibration_s"] = time.time() - c
     table.calibration["samples"] = len(measured)
-    if measured:
-        pred = [table.predict_relative(a, allow_missing=True) or 0.0 for a in archs]
-        table.calibration["fit_mape"] = 100 * statistics.fmean(abs(p - m) / m for p, m in zip(pred, measured, strict=True))
     table.build = {"seconds": spent + time.time() - t0, "layer_seconds": layers_s,
                    "units": len(table.entries), "pack_size": size, "processes": processes,
                    "calibration_archs": len(archs), "started_at": started, "finished_at": time.time(),
