@@ -216,7 +216,7 @@ def build_lut_cmd(
     threads: int = _THREADS,
     resolution: int | None = typer.Option(None, "--resolution", "-r", help="default: the space's"),
     num_classes: int = typer.Option(1000, "--num-classes"),
-    calibration: int = typer.Option(32, "--calibration", help="whole models measured to fit the calibration"),
+    calibration: int = typer.Option(64, "--calibration", help="whole models measured to fit the calibration"),
     pack_size: int | None = typer.Option(None, "--pack-size", help="layers per exported model (default: the backend's)"),
     processes: int = _PROCESSES,
     reference: str = typer.Option(DEFAULT_REFERENCE, "--reference", help="network the units are timed against"),

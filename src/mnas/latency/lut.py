@@ -276,7 +276,7 @@ def _resume(partial: Path, key: dict[str, Any]) -> tuple[dict[str, dict[str, Any
 
 
 def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *, processes: int = 3,
-              calibration: int = 32, pack_size: int | None = None, seed: int = 0, cache: Any = DEFAULT,
+              calibration: int = 64, pack_size: int | None = None, seed: int = 0, cache: Any = DEFAULT,
               protocol: Protocol = DEFAULT_PROTOCOL, progress: bool = True, units: Sequence[Unit] | None = None,
               reference: str | Architecture = DEFAULT_REFERENCE, force: bool = False,
               export_workers: int | None = None) -> LatencyTable:
