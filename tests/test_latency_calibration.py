@@ -17,8 +17,8 @@ FAMILIES = ("conv", "ds", "mbconv6", "other")
 
 def _networks(n: int, seed: int = 0) -> list[Terms]:
     rng = random.Random(seed)
-    return [Terms({f: rng.uniform(0.05, 0.5) for f in FAMILIES}, units=rng.randint(10, 25), se_units=rng.randint(0, 8))
-            for _ in range(n)]
+    return [Terms({f: rng.uniform(0.05, 0.5) for f in FAMILIES}, units=rng.randint(10, 25), se_units=rng.randint(0, 8),
+                  shortcut_units=rng.randint(0, 12)) for _ in range(n)]
 
 
 def test_one_scale_per_unit_and_offset_on_known_numbers() -> None:
@@ -46,6 +46,17 @@ def test_a_cost_per_se_unit_is_recovered() -> None:
     c = fit_calibration(nets, [truth(t) for t in nets])
     assert c["model"] == "scale per family, per SE unit"
     assert c["per_se_unit"] == pytest.approx(0.03) and c["family_scales"] == pytest.approx(true)
+    assert "per_shortcut_unit" not in c  # the shortcut count varies too, but adds nothing here
+
+
+def test_a_cost_per_shortcut_unit_is_recovered() -> None:
+    true = {"conv": 1.2, "ds": 0.8, "mbconv6": 0.95, "other": 1.5}
+    truth = lambda t: (sum(true[f] * v for f, v in t.families.items()) + 0.03 * t.se_units
+                       + 0.01 * t.shortcut_units)
+    nets = _networks(40)
+    c = fit_calibration(nets, [truth(t) for t in nets])
+    assert c["model"] == "scale per family, per SE and shortcut unit"
+    assert c["per_se_unit"] == pytest.approx(0.03) and c["per_shortcut_unit"] == pytest.approx(0.01)
 
 
 def test_few_networks_get_few_terms() -> None:
@@ -67,10 +78,28 @@ def test_an_unseen_family_falls_back_to_the_one_scale_fit() -> None:
 
 def test_a_calibration_of_an_older_table_still_applies() -> None:
     old = {"scale": 0.9, "per_unit": 0.01, "offset": 0.05}
-    assert apply(old, Terms({"conv": 1.0, "mbconv6": 1.0}, units=10, se_units=3)) == pytest.approx(0.9 * 2 + 0.1 + 0.05)
+    terms = Terms({"conv": 1.0, "mbconv6": 1.0}, units=10, se_units=3, shortcut_units=4)
+    assert apply(old, terms) == pytest.approx(0.9 * 2 + 0.1 + 0.05)
 
 
-def test_every_unit_of_the_default_space_has_a_family() -> None:
+def test_every_unit_of_the_default_space_has_a_family_and_its_counts() -> None:
     arch = SearchSpace.default().sample(random.Random(0))
-    families = {unit_family(u) for u in arch_units(arch, 224, 1000)}
+    units = arch_units(arch, 224, 1000)
+    families = {unit_family(u) for u in units}
     assert "other" in families and families <= {"conv", "ds", "mbconv3", "mbconv6", "other"}
+    terms = Terms()
+    for u in units:
+        terms.add(u, 1.0)
+    assert terms.units == len(units) and terms.total == len(units)
+    layers = units[1:-1]  # between the stem and the head
+    assert terms.se_units == sum(u.se_ratio > 0 for u in layers)
+    assert terms.shortcut_units == sum(u.adds_shortcut for u in layers)
+
+
+def test_the_shortcut_rule_is_the_models() -> None:
+    """A layer adds a shortcut exactly when the built network's layer has one."""
+    from mnas.model import build_model
+
+    arch = SearchSpace.default().sample(random.Random(1))
+    built = [m.has_skip for m in build_model(arch).modules() if hasattr(m, "has_skip")]
+    assert built == [u.adds_shortcut for u in arch.layer_configs(224)]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mnas.errors import UserError
-from mnas.space import Architecture, BlockSpec
+from mnas.space import Architecture, BlockSpec, adds_shortcut
 
 # TF's BatchNorm defaults in MnasNet (momentum 0.99 in TF terms = 0.01 in PyTorch's, eps 1e-3).
 TF_BN_MOMENTUM = 0.01
@@ -71,13 +71,6 @@ class Shortcut(nn.Module):
         return self.proj(self.pool(x))
 
 
-def adds_shortcut(spec: BlockSpec, cin: int, stride: int) -> bool:
-    """Whether a layer adds a shortcut: its skip is not "none" and the shapes match, or its skip is
-    "pool" (which projects). The one place this rule lives (the supernet uses it too)."""
-    same_shape = stride == 1 and cin == spec.filters
-    return spec.skip != "none" and (same_shape or spec.skip == "pool")
-
-
 class Layer(nn.Module):
     """One layer of a block: the op's body plus its shortcut (see mnas.space for skip semantics)."""
 
@@ -105,7 +98,7 @@ class Layer(nn.Module):
             body.append(("conv_pwl", ConvBnAct(mid, cout, 1, act=None, bn=bn)))
         self.body = nn.Sequential(OrderedDict(body))
         same_shape = stride == 1 and cin == cout
-        self.has_skip = adds_shortcut(spec, cin, stride)
+        self.has_skip = adds_shortcut(spec.skip, cin, spec.filters, stride)
         self.shortcut = Shortcut(cin, cout, stride, bn) if self.has_skip and not same_shape else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -128,6 +128,10 @@ class LayerConfig:
     act: str
 
     @property
+    def adds_shortcut(self) -> bool:
+        return adds_shortcut(self.skip, self.in_filters, self.out_filters, self.stride)
+
+    @property
     def key(self) -> str:
         return (f"{self.op}_e{_fmt(self.expand)}_k{self.kernel}_se{_fmt(self.se_ratio)}_{self.skip}"
                 f"_i{self.in_filters}_o{self.out_filters}_s{self.stride}_r{self.input_size}_{self.act}")
@@ -327,6 +331,13 @@ class Architecture:
 
 BLOCK_KEYS = ("op", "expand", "kernel", "se_ratio", "skip", "filters", "layers", "stride")
 ARCH_KEYS = ("stem_filters", "stem_stride", "head_filters", "act", "name")
+
+
+def adds_shortcut(skip: str, cin: int, cout: int, stride: int) -> bool:
+    """Whether a layer adds a shortcut: its skip is not "none" and the shapes match, or its skip is
+    "pool" (which projects). The one place this rule lives (the model, the supernet and the
+    latency calibration use it)."""
+    return skip != "none" and ((stride == 1 and cin == cout) or skip == "pool")
 
 
 def whole_number(value: Any, what: str, low: int, high: int) -> int:

@@ -10,16 +10,19 @@ The calibration is a linear model, fitted on a few dozen whole networks measured
 reference as the units, with rows weighted by 1/measured so that relative errors count equally:
 
     prediction = sum over families f of scale_f * (entries of family f)
-                 + per_unit * (number of units) + per_se_unit * (units with squeeze-excite) + offset
+                 + per_unit * (number of units) + per_se_unit * (units with squeeze-excite)
+                 + per_shortcut_unit * (units that add a shortcut) + offset
 
-Several such models are candidates, from one scale up to a scale per family plus a cost per SE
-unit; the one with the lowest leave-one-out error on the calibration networks is kept, so a model
-with more terms is used only when it predicts networks it was not fitted on better. A family the
-calibration networks did not contain falls back to the one-scale fit.
+Several such models are candidates, from one scale up to a scale per family plus costs per SE and
+per shortcut unit; the one with the lowest leave-one-out error on the calibration networks is
+kept, so a model with more terms is used only when it predicts networks it was not fitted on
+better. A family the calibration networks did not contain falls back to the one-scale fit. (The
+SE and shortcut terms answer residuals seen on the onnxruntime table's validation networks: a unit
+with SE or a residual add timed on its own costs a little more than it adds inside a network.)
 
 A calibration is a plain dict stored in the table: "scale", "per_unit", "offset" (every table has
-them; older tables have only these), "family_scales" and "per_se_unit" (when the chosen model has
-them), "model" (its name) and "loo_mape".
+them; older tables have only these), "family_scales", "per_se_unit" and "per_shortcut_unit" (when
+the chosen model has them), "model" (its name) and "loo_mape".
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ def has_se(unit: Unit) -> bool:
     return not isinstance(unit, StemConfig | HeadConfig) and bool(unit.se_ratio)
 
 
+def has_shortcut(unit: Unit) -> bool:
+    return not isinstance(unit, StemConfig | HeadConfig) and unit.adds_shortcut
+
+
 @dataclass
 class Terms:
     """What a calibration sees of one network: the entries summed per family, and unit counts."""
@@ -54,6 +61,7 @@ class Terms:
     families: dict[str, float] = field(default_factory=dict)
     units: int = 0
     se_units: int = 0
+    shortcut_units: int = 0
 
     @property
     def total(self) -> float:
@@ -64,6 +72,7 @@ class Terms:
         self.families[f] = self.families.get(f, 0.0) + value
         self.units += 1
         self.se_units += has_se(unit)
+        self.shortcut_units += has_shortcut(unit)
 
 
 def apply(calibration: dict[str, Any], terms: Terms) -> float:
@@ -71,7 +80,8 @@ def apply(calibration: dict[str, Any], terms: Terms) -> float:
     c = calibration
     scales = c.get("family_scales") or {}
     scaled = sum(scales.get(f, c["scale"]) * v for f, v in terms.families.items())
-    return scaled + c["per_unit"] * terms.units + c.get("per_se_unit", 0.0) * terms.se_units + c["offset"]
+    return (scaled + c["per_unit"] * terms.units + c.get("per_se_unit", 0.0) * terms.se_units
+            + c.get("per_shortcut_unit", 0.0) * terms.shortcut_units + c["offset"])
 
 
 def _loo_error(x: np.ndarray, y: np.ndarray) -> float:
@@ -98,16 +108,20 @@ def fit_calibration(terms: Sequence[Terms], measured: Sequence[float]) -> dict[s
     fam = np.array([[t.families.get(f, 0.0) for f in families] for t in terms]).reshape(len(y), len(families))
     n = np.array([float(t.units) for t in terms])
     se = np.array([float(t.se_units) for t in terms])
+    shortcut = np.array([float(t.shortcut_units) for t in terms])
     one = np.ones(len(y))
     # name -> (design matrix, what each column is)
     models: dict[str, tuple[np.ndarray, list[str]]] = {"one scale": (total[:, None], ["scale"])}
     if np.ptp(n) > 0:
         models["scale, per unit, offset"] = (np.stack([total, n, one], axis=1), ["scale", "per_unit", "offset"])
     if len(families) > 1:
-        models["scale per family"] = (fam, [f"family:{f}" for f in families])
-        if np.ptp(se) > 0:
-            models["scale per family, per SE unit"] = (np.column_stack([fam, se]),
-                                                       [f"family:{f}" for f in families] + ["per_se_unit"])
+        x, cols = fam, [f"family:{f}" for f in families]
+        labels: list[str] = []
+        models["scale per family"] = (x, cols)
+        for label, col, values in (("SE", "per_se_unit", se), ("shortcut", "per_shortcut_unit", shortcut)):
+            if np.ptp(values) > 0:  # each cost on top of the previous candidate
+                x, cols, labels = np.column_stack([x, values]), [*cols, col], [*labels, label]
+                models[f"scale per family, per {' and '.join(labels)} unit"] = (x, cols)
     best, best_err = "one scale", float("inf")
     for name, (x, cols) in models.items():
         if name != "one scale" and len(y) < 2 * len(cols) + 2:  # too few networks for its coefficients

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnas.model import ConvBnAct, adds_shortcut, make_act
-from mnas.space import Architecture, BlockSpec, SearchSpace
+from mnas.model import ConvBnAct, make_act
+from mnas.space import Architecture, BlockSpec, SearchSpace, adds_shortcut
 
 
 def se_width(cin: int, se_ratio: float) -> int:
@@ -221,7 +221,7 @@ class SuperLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, spec: BlockSpec, stride: int) -> torch.Tensor:
         cin, cout = x.shape[1], spec.filters
-        if not adds_shortcut(spec, cin, stride):
+        if not adds_shortcut(spec.skip, cin, cout, stride):
             return self.families[spec.op](x, spec, stride)
         out = self.families[spec.op](x, spec, stride, self.residual_scales[spec.op])
         if stride == 1 and cin == cout:
