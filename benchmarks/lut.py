@@ -171,10 +171,10 @@ def recalibrate(space: SearchSpace, backend: str, args: argparse.Namespace) -> d
     val = validation_archs(space, args.samples, resolution=target.resolution)
     truths = [history(a) for a in val]
     runs = min(len(t) for t in truths)
+    predicted = [table.predict(a, allow_missing=True) for a in val]
     validations = []
     for k in range(max(0, runs - args.validations), runs):
         measured = [t[k] * ref.ms for t in truths]
-        predicted = [table.predict(a, allow_missing=True) for a in val]
         validations.append(Validation(n=len(val), predict_us=0.0, predicted_ms=predicted, measured_ms=measured,
                                       arch_ids=[a.id for a in val], **evaluate(predicted, measured)))
         scatter(validations[-1], out.with_suffix(f".validation{len(validations)}.png"), title=f"LUT {target.label}")
