@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mnas.cli import main
-from mnas.config import load_config, parse_config
+from mnas.config import StrategyConfig, load_config, parse_config
 from mnas.errors import UserError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -39,6 +39,8 @@ def test_examples_fit_their_purpose():
     assert shared.proxy.kind == "supernet" and Path(shared.proxy.path).is_absolute()
     assert Path(shared.space).is_file() and [t.name for t in shared.latency] == ["ort", "eager"]
     assert shared.budget.trials >= 200
+    winner = StrategyConfig().name  # the benchmark's winner (docs/benchmarks/search.md)
+    assert quick.strategy.name == big.strategy.name == shared.strategy.name == winner
 
 
 def test_bad_value_names_file_and_path(tmp_path):
