@@ -76,6 +76,9 @@ def table_file(tmp_path_factory) -> Path:
     (("build-lut", "--out", "{tmp}/file/t.json"), "is a file, not a folder"),
     (("build-lut", "--processes", "0", "--out", "{tmp}/t.json"), "--processes must be >= 1"),
     (("validate-lut", "{tmp}"), "is a directory, not a latency table"),
+    (("refine-lut", "{tmp}/missing.json"), "does not exist"),
+    (("refine-lut", "{tmp}/binary.json", "-p", "0"), "--processes must be >= 1 (got 0)"),
+    (("refine-lut", "{tmp}/binary.json"), "is not a latency table written by `mnas latency build-lut` (it is a binary file)"),
     (("validate-lut", "{tmp}/binary.json"), "is not a latency table written by `mnas latency build-lut` (it is a binary file)"),
     (("validate-lut", "{tmp}/missing.json"), "does not exist"),
 ])

@@ -16,7 +16,7 @@ import torch
 from mnas.errors import UserError
 from mnas.latency import LatencyCache, Target
 from mnas.latency.backends import get_backend
-from mnas.latency.lut import LatencyTable, build_lut, check_output, evaluate, validate_lut
+from mnas.latency.lut import LatencyTable, build_lut, check_output, evaluate, pooled, refine_lut, validate_lut
 from mnas.latency.packs import pack_module
 from mnas.latency.protocol import Protocol
 from mnas.latency.session import time_session
@@ -97,8 +97,73 @@ def test_packs_get_more_processes_while_they_disagree(tmp_path, cache, spread: f
     assert table.build["pack_processes"] == [expected]
     assert table.build["unstable_units"] == (0 if expected == 2 else 4)
     for e in table.entries.values():
-        assert len(e["per_process_relative"]) == expected and len(e["used_processes"]) == 2
-        assert e["stable"] == (expected == 2) and e["relative"] > 0
+        assert len(e["per_process_relative"]) == expected and set(e["used_processes"]) <= set(range(expected))
+        assert e["relative"] == pytest.approx(pooled(e["per_process_relative"])[0]) and e["relative"] > 0
+        assert e["stable"] == (expected == 2)
+
+
+def test_an_entry_pools_every_process_but_a_disturbed_one() -> None:
+    assert pooled([1.0, 1.1, 0.9, 1.0]) == (pytest.approx(1.0), [0, 1, 2, 3])
+    value, used = pooled([1.0, 1.02, 0.98, 1.01, 1.6])  # the fifth process was disturbed
+    assert used == [0, 1, 2, 3] and value == pytest.approx(1.0025)
+    assert pooled([2.0, 2.0, 2.0]) == (2.0, [0, 1, 2]) and pooled([3.0]) == (3.0, [0])
+
+
+@pytest.mark.slow
+def test_refine_times_every_layer_in_more_processes(built, cache, tmp_path) -> None:
+    """A table built with one process per layer, refined to 2: every layer gets one more figure
+    from a new pack, entries are pooled, the calibration is refitted, the run is recorded; a
+    second refine to the same count has nothing to do."""
+    space, table, out, units, _ = built
+    copy = tmp_path / "lut.json"
+    copy.write_text(out.read_text())
+    before = LatencyTable.load(copy)
+    refined = refine_lut(copy, 2, pack_size=4, cache=cache, progress=False, protocol=QUICK)
+    assert LatencyTable.load(copy).entries == refined.entries
+    for key, e in refined.entries.items():
+        old = before.entries[key]["per_process_relative"]
+        assert len(e["per_process_relative"]) == 2 and e["per_process_relative"][:1] == old
+        assert e["relative"] == pytest.approx(pooled(e["per_process_relative"])[0])
+        assert e["median_ms"] == pytest.approx(e["relative"] * refined.reference.ms)
+    assert refined.calibration["samples"] == before.calibration["samples"] == 6  # the same networks, cached
+    run = refined.build["refined"][-1]
+    assert run["processes"] == 2 and run["units"] == len(units) and run["packs"] == -(-len(units) // 4)
+    again = refine_lut(copy, 2, pack_size=4, cache=cache, progress=False, protocol=QUICK)
+    assert again.build["refined"][-1]["units"] == 0 and again.entries == refined.entries
+
+
+def test_refine_refuses_what_it_cannot_extend(built, tmp_path) -> None:
+    space, table, out, *_ = built
+    d = json.loads(out.read_text())
+    (tmp_path / "other.json").write_text(json.dumps({**d, "fingerprint": "0123456789abcdef"}))
+    with pytest.raises(UserError, match="was built on another machine or runtime"):
+        refine_lut(tmp_path / "other.json", 2, progress=False)
+    (tmp_path / "abs.json").write_text(json.dumps({**d, "reference": None, "format": 1}))
+    with pytest.raises(UserError, match="absolute .* table; build a new one"):
+        refine_lut(tmp_path / "abs.json", 2, progress=False)
+    with pytest.raises(UserError, match="--processes must be >= 1"):
+        refine_lut(out, 0, progress=False)
+    assert LatencyTable.load(out).entries == table.entries
+
+
+@pytest.mark.slow
+def test_an_older_table_pools_a_layer_it_measured_twice(built, tmp_path) -> None:
+    """Tables built before an identity skip across a change of shape was keyed as "none" hold
+    that layer twice; loading pools the two entries' processes into one."""
+    space, table, out, units, _ = built
+    assert len({u.key for u in units}) == len(units)
+    d = json.loads(out.read_text())
+    key, e = next((k, e) for k, e in d["entries"].items() if e["unit"].get("skip") == "none")
+    alias = key.replace("_none_", "_identity_")
+    d["entries"][alias] = {**e, "unit": {**e["unit"], "skip": "identity"},
+                           "per_process_relative": [2 * e["relative"]], "per_process_ms": [2 * e["median_ms"]]}
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    loaded = LatencyTable.load(tmp_path / "old.json")
+    assert alias not in loaded.entries and set(loaded.entries) == set(table.entries)
+    merged = loaded.entries[key]
+    assert merged["per_process_relative"] == [*e["per_process_relative"], 2 * e["relative"]]
+    assert merged["relative"] == pytest.approx(pooled(merged["per_process_relative"])[0])
+    assert merged["count"] == 2 * e["count"]
 
 
 @pytest.mark.slow

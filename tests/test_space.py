@@ -206,3 +206,20 @@ def test_blockspec_validation():
         BlockSpec("ds", 6, 3, 0, "identity", 16, 1, 1)
     with pytest.raises(UserError):
         replace(zoo.get("mnasnet_a1"), act="gelu")
+
+
+def test_a_skip_that_adds_no_shortcut_is_keyed_as_none() -> None:
+    """Identity across a change of shape costs nothing: one latency-table entry, not two."""
+    from mnas.space import LayerConfig
+
+    args = dict(op="mbconv", expand=6, kernel=3, se_ratio=0.0, input_size=56, act="relu")
+    across = LayerConfig(skip="identity", in_filters=24, out_filters=40, stride=2, **args)
+    plain = LayerConfig(skip="none", in_filters=24, out_filters=40, stride=2, **args)
+    assert across == plain and across.key == plain.key and across.skip == "none" and not across.adds_shortcut
+    same = LayerConfig(skip="identity", in_filters=40, out_filters=40, stride=1, **args)
+    pooled = LayerConfig(skip="pool", in_filters=24, out_filters=40, stride=2, **args)
+    assert same.skip == "identity" and same.adds_shortcut and pooled.skip == "pool" and pooled.adds_shortcut
+    space = SearchSpace.load("mnasnet")
+    configs = space.layer_configs()
+    assert all(c.skip == "none" or c.adds_shortcut for c in configs)
+    assert len({c.key for c in configs}) == len(configs)

@@ -114,7 +114,10 @@ class BlockSpec:
 
 @dataclass(frozen=True)
 class LayerConfig:
-    """One layer as the latency lookup table keys it: everything that changes its cost."""
+    """One layer as the latency lookup table keys it: everything that changes its cost. A skip
+    that adds no shortcut (identity across a change of shape) changes nothing, so it is stored as
+    "none": such a layer is one table entry, measured once (a quarter of the default space's
+    layers were measured twice before)."""
 
     op: str
     expand: float
@@ -126,6 +129,10 @@ class LayerConfig:
     stride: int
     input_size: int
     act: str
+
+    def __post_init__(self) -> None:
+        if self.skip != "none" and not self.adds_shortcut:
+            object.__setattr__(self, "skip", "none")
 
     @property
     def adds_shortcut(self) -> bool:
