@@ -19,6 +19,12 @@ Refit the calibration of built tables and re-score their validations from the ca
 (after a change to `mnas.latency.calibration`, or with more calibration networks: only those not
 cached are measured):
     python benchmarks/lut.py --backends onnxruntime --space mnasnet --recalibrate
+Refine a built table first (`mnas latency refine-lut`: every layer timed in at least N processes,
+in new packs), then refit and re-score as above:
+    python benchmarks/lut.py --backends onnxruntime --space mnasnet --recalibrate --refine 6
+Validate a built table afresh on other random architectures (an out-of-sample check of choices
+made while looking at the first validation set):
+    python benchmarks/lut.py --backends onnxruntime --space mnasnet --revalidate --seed 1777
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from mnas.latency.lut import (
     calibrate,
     calibration_archs,
     evaluate,
+    refine_lut,
     scatter,
     validate_lut,
     validation_archs,
@@ -74,10 +81,16 @@ def main() -> None:
     ap.add_argument("--doc", type=Path, default=DOC)
     ap.add_argument("--recalibrate", action="store_true",
                     help="refit the calibration of the built table from cached measurements, re-score the validations")
+    ap.add_argument("--refine", type=int, default=0,
+                    help="with --recalibrate: first time every layer in at least this many processes (refine-lut)")
+    ap.add_argument("--revalidate", action="store_true",
+                    help="validate the built table afresh (--validations runs of --samples architectures)")
+    ap.add_argument("--seed", type=int, default=777, help="seed of the random validation architectures")
     args = ap.parse_args()
     space = SearchSpace.load(args.space)
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        row = recalibrate(space, backend, args) if args.recalibrate else run(space, backend, args)
+        mode = recalibrate if args.recalibrate else revalidate if args.revalidate else run
+        row = mode(space, backend, args)
         print({k: v for k, v in row.items() if not isinstance(v, list)}, flush=True)
         write_row(args.doc, row)
 
@@ -109,13 +122,28 @@ def run(space: SearchSpace, backend: str, args: argparse.Namespace) -> dict[str,
     validations: list[Validation] = []
     for k in range(args.validations):  # independent: every run measures afresh (the files are reused)
         validations.append(validate_lut(LatencyTable.load(out), args.samples, processes=args.processes,
-                                        cache=cache, fresh=True, plot=out.with_suffix(f".validation{k + 1}.png")))
+                                        cache=cache, fresh=True, plot=out.with_suffix(f".validation{k + 1}.png"),
+                                        seed=args.seed))
     return _row(space, table, out, build_s, validations, partial=len(units) < len(all_units), load=load,
-                calibration=f"{args.calibration} models, {table.build.get('calibration_s', 0.0):.0f} s")
+                calibration=f"{args.calibration} models, {table.build.get('calibration_s', 0.0):.0f} s", seed=args.seed)
+
+
+def revalidate(space: SearchSpace, backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The built table as it is, validated `--validations` times afresh on seed `--seed`."""
+    target, cache, out = _table_path(space, backend, args)
+    table = LatencyTable.load(out)
+    load = os.getloadavg()[0]
+    validations = [validate_lut(table, args.samples, processes=args.processes, cache=cache, fresh=True,
+                                seed=args.seed, plot=out.with_suffix(f".seed{args.seed}.validation{k + 1}.png"))
+                   for k in range(args.validations)]
+    covered, total = table.coverage(space)
+    c = table.calibration
+    return _row(space, table, out, table.build["seconds"], validations, partial=covered < total, load=load,
+                calibration=f"{c.get('samples', 0)} models (as in the table); validated afresh", seed=args.seed)
 
 
 def _row(space: SearchSpace, table: LatencyTable, out: Path, build_s: float, validations: list[Validation], *,
-         partial: bool, load: float, calibration: str) -> dict[str, Any]:
+         partial: bool, load: float, calibration: str, seed: int = 777) -> dict[str, Any]:
     target = table.target
     all_units = space_units(space, target.resolution, target.num_classes)
     b = table.build
@@ -131,7 +159,7 @@ def _row(space: SearchSpace, table: LatencyTable, out: Path, build_s: float, val
         "fit_mape": table.calibration.get("fit_mape"),
         "reference_ms": table.reference.ms if table.reference else None,
         "validations": [{"mape": v.mape, "tau": v.kendall_tau, "within_10": v.within_10, "meets_bar": v.meets_bar,
-                         "n": v.n} for v in validations],
+                         "n": v.n} for v in validations], "seed": seed,
         "load": load, "cpu": cpu_name(), "table": str(out),
     }
     if len(validations) >= 2:
@@ -160,15 +188,20 @@ def recalibrate(space: SearchSpace, backend: str, args: argparse.Namespace) -> d
             raise SystemExit(f"{arch.id} has no cached measurement for {target.label}; run the full benchmark")
         return found
 
-    archs = calibration_archs(space, args.calibration, resolution=target.resolution)
     old = table.calibration.get("model", "scale, per unit, offset")
+    if args.refine:
+        table = refine_lut(out, args.refine, pack_size=args.pack_size, cache=cache)
+    runs = table.build.get("refined") or []
+    refined = (f"; layers refined to {runs[-1]['processes']} processes ({sum(r['units'] for r in runs)} layer "
+               f"re-timings, {sum(r['seconds'] for r in runs):.0f} s)") if runs else ""
+    archs = calibration_archs(space, args.calibration, resolution=target.resolution)
     t0 = time.time()  # calibration networks not in the cache (a larger --calibration) are measured as the build does
     res = measure_many(archs, target, processes=args.processes, cache=cache, reference=ref.architecture())
     calibrate(table, archs, [float(r.relative or 0.0) for r in res])
     table.build["recalibration_s"] = time.time() - t0
     table.build["recalibrated_at"] = time.time()
     table.save(out)
-    val = validation_archs(space, args.samples, resolution=target.resolution)
+    val = validation_archs(space, args.samples, args.seed, resolution=target.resolution)
     truths = [history(a) for a in val]
     runs = min(len(t) for t in truths)
     predicted = [table.predict(a, allow_missing=True) for a in val]
@@ -181,9 +214,11 @@ def recalibrate(space: SearchSpace, backend: str, args: argparse.Namespace) -> d
     print(f"{out}: calibration {old!r} -> {table.calibration['model']!r} "
           f"(leave-one-out {table.calibration['loo_mape']:.2f}%)")
     b = table.build
-    return _row(space, table, out, b["seconds"], validations, partial=len(table.entries) < b.get("units", 0),
+    covered, total = table.coverage(space)
+    return _row(space, table, out, b["seconds"], validations, partial=covered < total,
                 load=os.getloadavg()[0],
-                calibration=f"{args.calibration} models, refit ({table.build['recalibration_s']:.0f} s)")
+                calibration=f"{args.calibration} models, refit ({table.build['recalibration_s']:.0f} s){refined}",
+                seed=args.seed)
 
 
 def write_row(doc: Path, row: dict[str, Any]) -> None:
@@ -192,7 +227,8 @@ def write_row(doc: Path, row: dict[str, Any]) -> None:
     build = f"{row['build_s'] / 60:.1f} min"
     if row["partial"]:
         build += f" (full table est. {row['full_table_estimate_s'] / 60:.0f} min)"
-    val = [f"{v['mape']:.2f}% / {v['tau']:.3f} / {v['within_10']:.0f}% (n={v['n']})" for v in row["validations"]]
+    seed = f", seed {row['seed']}" if row.get("seed", 777) != 777 else ""
+    val = [f"{v['mape']:.2f}% / {v['tau']:.3f} / {v['within_10']:.0f}% (n={v['n']}{seed})" for v in row["validations"]]
     val += ["-"] * (2 - len(val))
     agree = (f"{row['agreement_mape']:.2f}%, {row['agreement_within_2']:.0f}%" if "agreement_mape" in row else "-")
     line = (f"| {row['date']} | {row['backend']} | {row['space']} @{row['resolution']} | {units} | {build} | "
