@@ -225,11 +225,7 @@ def _merge_aliases(entries: dict[str, dict[str, Any]], ref: ReferenceLatency | N
         if key not in out:
             out[key] = e
         elif ref is not None and "per_process_relative" in e and "per_process_relative" in out[key]:
-            kept = out[key]
-            kept["per_process_relative"] = kept["per_process_relative"] + e["per_process_relative"]
-            kept["per_process_ms"] = kept["per_process_ms"] + e["per_process_ms"]
-            kept["count"] = int(kept.get("count", 0)) + int(e.get("count", 0))
-            pool_entry(kept, ref)
+            add_processes(out[key], e["per_process_relative"], e["per_process_ms"], int(e.get("count", 0)), ref)
     return out
 
 
@@ -409,6 +405,15 @@ def pool_entry(entry: dict[str, Any], ref: ReferenceLatency) -> dict[str, Any]:
     return entry
 
 
+def add_processes(entry: dict[str, Any], relatives: Sequence[float], ms: Sequence[float], count: int,
+                  ref: ReferenceLatency) -> dict[str, Any]:
+    """Append more processes' figures of the same unit to an entry and pool it again."""
+    entry["per_process_relative"] = [*entry.get("per_process_relative", []), *relatives]
+    entry["per_process_ms"] = [*entry.get("per_process_ms", []), *ms]
+    entry["count"] = int(entry.get("count", 0)) + count
+    return pool_entry(entry, ref)
+
+
 def _entries(pack: Sequence[Unit], per_proc: list[list[Any]], processes: int, protocol: Protocol,
              ref: ReferenceLatency) -> dict[str, dict[str, Any]]:
     """One entry per unit, pooled over every process (`pooled`). `stable`: whether the pack's
@@ -519,16 +524,15 @@ def refine_lut(path: str | os.PathLike[str], processes: int = 6, *, pack_size: i
             for pack, per_proc in _timed_packs(ex, [packs[k] for k in idx], [n] * len(idx), Path(tmp), ref_file,
                                                target, exact, backend, max(2, 2 * workers), timing):
                 for i, u in enumerate(pack):
-                    e = table.entries[u.key]
-                    e.setdefault("per_process_relative", []).extend(float(proc[i].relative or 0.0) for proc in per_proc)
-                    e.setdefault("per_process_ms", []).extend(proc[i].median_ms for proc in per_proc)
-                    e["count"] = int(e.get("count", 0)) + sum(len(proc[i].times_ms or []) for proc in per_proc)
-                    pool_entry(e, ref)
+                    add_processes(table.entries[u.key], [float(proc[i].relative or 0.0) for proc in per_proc],
+                                  [proc[i].median_ms for proc in per_proc],
+                                  sum(len(proc[i].times_ms or []) for proc in per_proc), ref)
                 table.save(out)
                 bar.advance(task, len(pack))
         if archs:
             ctask = bar.add_task("calibration", total=len(archs))
-            res = measure_many(archs, target, processes=3, cache=db, protocol=protocol, reference=ref_arch,
+            res = measure_many(archs, target, processes=int(table.build.get("processes", 3)), cache=db,
+                               protocol=protocol, reference=ref_arch,
                                on_result=lambda i, r: bar.advance(ctask, 1))
             calibrate(table, archs, [float(r.relative or 0.0) for r in res])
     runs = table.build.setdefault("refined", [])
