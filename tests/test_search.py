@@ -22,6 +22,7 @@ import yaml
 from mnas.config import load_config
 from mnas.latency.cache import LatencyCache
 from mnas.search import latency_parts, prepare, resume_search, start_search
+from mnas.search.local import LocalExecutor
 from mnas.search.loop import make_reward
 from mnas.space import SearchSpace
 from mnas.store import Store, load_state
@@ -194,10 +195,24 @@ def test_resume_of_a_finished_run_runs_nothing(tmp_path, data_root):
         assert [(t.trial_id, t.finished_at) for t in store.trials()] == before
 
 
+class SlowLocalExecutor(LocalExecutor):
+    """The real local executor, with each batch lasting at least `seconds`: a fast machine can
+    finish a tiny batch inside any small time budget, and the test must not depend on its speed."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def run(self, trials, config, hooks) -> None:
+        start = time.monotonic()
+        super().run(trials, config, hooks)
+        time.sleep(max(0.0, self.seconds - (time.monotonic() - start)))
+
+
 def test_time_budget_stops_asking(tmp_path, data_root):
     """max_seconds ends the search between batches; the finished batch is kept and told."""
     config = load_config(write_config(tmp_path, budget={"trials": 6, "batch_size": 2, "max_seconds": 0.5}))
-    outcome = start_search(config, tmp_path / "run", show_progress=False)
+    outcome = start_search(config, tmp_path / "run", executor=SlowLocalExecutor(0.6), show_progress=False)
     assert outcome.stopped == "time" and outcome.counts["done"] == 2
     with Store.open(tmp_path / "run") as store:
         assert len(store) == 2 and store.untold() == []
