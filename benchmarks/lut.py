@@ -125,7 +125,8 @@ def run(space: SearchSpace, backend: str, args: argparse.Namespace) -> dict[str,
                                         cache=cache, fresh=True, plot=out.with_suffix(f".validation{k + 1}.png"),
                                         seed=args.seed))
     return _row(space, table, out, build_s, validations, partial=len(units) < len(all_units), load=load,
-                calibration=f"{args.calibration} models, {table.build.get('calibration_s', 0.0):.0f} s", seed=args.seed)
+                calibration=f"{args.calibration} models, {table.build.get('calibration_s', 0.0):.0f} s", seed=args.seed,
+                truth_processes=args.processes)
 
 
 def revalidate(space: SearchSpace, backend: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -139,11 +140,12 @@ def revalidate(space: SearchSpace, backend: str, args: argparse.Namespace) -> di
     covered, total = table.coverage(space)
     c = table.calibration
     return _row(space, table, out, table.build["seconds"], validations, partial=covered < total, load=load,
-                calibration=f"{c.get('samples', 0)} models (as in the table); validated afresh", seed=args.seed)
+                calibration=f"{c.get('samples', 0)} models (as in the table); validated afresh", seed=args.seed,
+                truth_processes=args.processes)
 
 
 def _row(space: SearchSpace, table: LatencyTable, out: Path, build_s: float, validations: list[Validation], *,
-         partial: bool, load: float, calibration: str, seed: int = 777) -> dict[str, Any]:
+         partial: bool, load: float, calibration: str, seed: int = 777, truth_processes: int = 3) -> dict[str, Any]:
     target = table.target
     all_units = space_units(space, target.resolution, target.num_classes)
     b = table.build
@@ -159,7 +161,7 @@ def _row(space: SearchSpace, table: LatencyTable, out: Path, build_s: float, val
         "fit_mape": table.calibration.get("fit_mape"),
         "reference_ms": table.reference.ms if table.reference else None,
         "validations": [{"mape": v.mape, "tau": v.kendall_tau, "within_10": v.within_10, "meets_bar": v.meets_bar,
-                         "n": v.n} for v in validations], "seed": seed,
+                         "n": v.n} for v in validations], "seed": seed, "truth_processes": truth_processes,
         "load": load, "cpu": cpu_name(), "table": str(out),
     }
     if len(validations) >= 2:
@@ -228,6 +230,8 @@ def write_row(doc: Path, row: dict[str, Any]) -> None:
     if row["partial"]:
         build += f" (full table est. {row['full_table_estimate_s'] / 60:.0f} min)"
     seed = f", seed {row['seed']}" if row.get("seed", 777) != 777 else ""
+    if row.get("truth_processes", 3) != 3:  # each network's ground truth pools this many processes
+        seed += f", {row['truth_processes']} processes"
     val = [f"{v['mape']:.2f}% / {v['tau']:.3f} / {v['within_10']:.0f}% (n={v['n']}{seed})" for v in row["validations"]]
     val += ["-"] * (2 - len(val))
     agree = (f"{row['agreement_mape']:.2f}%, {row['agreement_within_2']:.0f}%" if "agreement_mape" in row else "-")
