@@ -21,7 +21,7 @@ from ray import cloudpickle
 from mnas.config import load_config
 from mnas.errors import UserError
 from mnas.search import accuracy_parts, latency_parts, start_search
-from mnas.search.ray_executor import RayExecutor, device_resource
+from mnas.search.ray_executor import RayExecutor, device_resource, merge_latency
 from mnas.store import Store, load_state
 from test_search import write_config
 
@@ -34,8 +34,9 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory, data_root):
     env = {"MNAS_DATA": str(data_root), "MNAS_CACHE_DIR": str(tmp_path_factory.mktemp("ray-cache"))}
-    ray.init(num_cpus=2, include_dashboard=False, resources=device_resource(), log_to_driver=False,
-             runtime_env={"env_vars": env})
+    # this node stands for two device hosts: its own and a second one named "phone-host"
+    ray.init(num_cpus=2, include_dashboard=False, resources={**device_resource(), **device_resource("phone-host")},
+             log_to_driver=False, runtime_env={"env_vars": env})
     yield
     ray.shutdown()
 
@@ -50,6 +51,14 @@ def _record(marks: str, kind: str, trial_id: int, fn):
 
 def timed_latency(marks: str, trial_id, arch, config):
     return _record(marks, "latency", trial_id, lambda: latency_parts([arch], config)[0])
+
+
+def placed_latency(marks: str, trial_id, arch, config):
+    """Latency as usual, noting which device resource the task held and which targets it timed."""
+    held = sorted(k for k in ray.get_runtime_context().get_assigned_resources() if k.startswith("latency_device:"))
+    labels = [t.label for t in config.latency]
+    (Path(marks) / f"placed-{trial_id}-{'+'.join(labels)}.json").write_text(json.dumps(held))
+    return latency_parts([arch], config)[0]
 
 
 def crashing_train(marks: str, crash_always: int, crash_once: int, trial_id, arch, config):
@@ -99,3 +108,44 @@ def test_missing_device_resource_is_a_user_error(tmp_path, ray_cluster):
     config = load_config(write_config(tmp_path, executor="ray", latency={"host": "no-such-host"}))
     with pytest.raises(UserError, match="no Ray node offers resource 'latency_device:no-such-host'"):
         RayExecutor(config)
+
+
+def test_each_target_is_measured_on_its_own_host(tmp_path, ray_cluster):
+    """Two measured targets on two hosts: one latency task per host, holding that host's device;
+    the trial stores both figures and the first target's drives the reward."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    here = next(iter(device_resource()))
+    targets = [{"backend": "onnxruntime", "threads": 1, "processes": 1, "name": "cpu"},
+               {"backend": "onnxruntime", "threads": 1, "processes": 1, "name": "phone", "host": "phone-host"}]
+    config = load_config(write_config(tmp_path, executor={"name": "ray", "cpus_per_trial": 1}, latency=targets,
+                                      budget={"trials": 2, "batch_size": 2}))
+    executor = RayExecutor(config, latency_fn=functools.partial(placed_latency, str(marks)))
+    start_search(config, tmp_path / "run", executor=executor, show_progress=False)
+
+    with Store.open(tmp_path / "run") as store:
+        trials = store.trials()
+    assert [t.status for t in trials] == ["done", "done"]
+    for t in trials:
+        assert json.loads((marks / f"placed-{t.trial_id}-cpu.json").read_text()) == [here]
+        assert json.loads((marks / f"placed-{t.trial_id}-phone.json").read_text()) == ["latency_device:phone-host"]
+        assert set(t.latencies) == {"cpu", "phone"} and t.latency_ms == t.latencies["cpu"]
+    assert len(list(marks.glob("placed-*"))) == 4  # nothing else was timed
+
+
+def test_a_second_host_without_its_device_is_a_user_error(tmp_path, ray_cluster):
+    targets = [{"backend": "onnxruntime", "name": "cpu"}, {"backend": "onnxruntime", "name": "far", "host": "far-host"}]
+    config = load_config(write_config(tmp_path, executor="ray", latency=targets))
+    with pytest.raises(UserError, match="no Ray node offers resource 'latency_device:far-host' .*target far"):
+        RayExecutor(config)
+
+
+def test_latency_parts_merge_in_the_configs_order_and_fail_together():
+    here = {"error": None, "seconds": 1.0, "worker": "a", "latencies": {"cpu": 2.0}, "latency_ms": 2.0, "relative": 0.5}
+    there = {"error": None, "seconds": 3.0, "worker": "b", "latencies": {"phone": 9.0}, "latency_ms": 9.0, "relative": 1.5}
+    merged = merge_latency([there, here], ["cpu", "phone"])
+    assert list(merged["latencies"].items()) == [("cpu", 2.0), ("phone", 9.0)]
+    assert (merged["latency_ms"], merged["relative"], merged["seconds"], merged["error"]) == (2.0, 0.5, 4.0, None)
+    broken = {**there, "error": "latency: worker died", "latencies": None, "latency_ms": None, "relative": None}
+    failed = merge_latency([here, broken], ["cpu", "phone"])
+    assert failed["error"] == "latency: worker died" and failed["latencies"] is None and failed["latency_ms"] is None

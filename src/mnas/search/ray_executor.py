@@ -10,6 +10,10 @@ when GPUs exist) only, so they run anywhere. A task whose worker process dies is
 
 A cluster you start yourself must offer the resource on the target's node, e.g.
 ``ray start --head --resources '{"latency_device:HOST": 1}'`` (see `device_resource`).
+
+With several latency targets, each measured target is timed on its own `host`: a trial gets one
+latency task per host (the targets sitting on one host share it), and table targets are looked up
+in the driver. The trial's latency is their union; the first target's figure drives the reward.
 """
 
 from __future__ import annotations
@@ -78,9 +82,8 @@ class RayExecutor:
         self.latency_fn = latency_fn
         self.train_fn = train_fn
         self.host = config.primary.host or socket.gethostname()
-        # a table predicts anywhere; a measurement must run on the target's machine, alone
-        self.on_device = any(t.measured for t in config.latency)
-        self.resource = next(iter(device_resource(self.host)))
+        # A table predicts anywhere; a measurement must run on its target's machine, alone there.
+        self.hosts = measuring_hosts(config)
         self._owns_ray = False
         if not ray.is_initialized():
             address = config.executor.ray_address
@@ -90,27 +93,28 @@ class RayExecutor:
                 if address:
                     ray.init(address=address, log_to_driver=False)
                 else:
-                    ray.init(resources=device_resource(self.host), include_dashboard=False,
-                             log_to_driver=False)
+                    # everything runs here: this machine stands for every target's host
+                    ray.init(resources={k: v for h in self.hosts or [self.host] for k, v in device_resource(h).items()},
+                             include_dashboard=False, log_to_driver=False)
             except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
                 where = f"Ray at {address}" if address else "a local Ray instance"
                 raise UserError(f"executor: cannot start or reach {where}: "
                                 f"{' '.join(str(exc).split())[:300]}") from None
             self._owns_ray = True
-        self.device_cpus = self._device_cpus(needed=self.on_device)
+        self.device_cpus = {host: self._device_cpus(host) for host in self.hosts}
         self.gpus = config.executor.gpus_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
-    def _device_cpus(self, needed: bool) -> float:
-        """CPUs of the node that offers the device resource (all of them go to a measurement)."""
+    def _device_cpus(self, host: str) -> float:
+        """CPUs of the node that offers `host`'s device resource (all of them go to a measurement)."""
+        resource = next(iter(device_resource(host)))
         for node in self._ray.nodes():
             resources = node.get("Resources", {})
-            if node.get("Alive") and resources.get(self.resource):
+            if node.get("Alive") and resources.get(resource):
                 return float(resources.get("CPU", 1.0))
-        if needed:
-            raise UserError(
-                f"no Ray node offers resource {self.resource!r} for latency measurement; start the "
-                f"target's node with --resources '{{\"{self.resource}\": 1}}' or use a latency LUT")
-        return 1.0
+        targets = ", ".join(self.hosts[host])
+        raise UserError(
+            f"no Ray node offers resource {resource!r} for latency measurement (target {targets}); start the "
+            f"target's node with --resources '{{\"{resource}\": 1}}' or use a latency LUT")
 
     def run(self, trials: Sequence[Trial], config: SearchConfig, hooks: Hooks) -> None:
         ray = self._ray
@@ -118,18 +122,22 @@ class RayExecutor:
         retries = config.executor.max_retries
         inflight: dict[Any, tuple[Trial, str]] = {}
         parts: dict[int, dict[str, dict[str, Any]]] = {}
+        tables = [t for t in config.latency if not t.measured]
+        by_host = {host: _with_targets(config, [t for t in config.latency if t.label in labels]).model_dump_json()
+                   for host, labels in self.hosts.items()}  # what each host's latency task receives
+        expected = {"train"} | {f"latency@{host}" for host in by_host} | ({"latency@tables"} if tables else set())
         for trial in trials:
             trial.worker = f"ray:{self.host}"
             hooks.on_start(trial)
             arch_json, config_json = to_wire(trial.arch, config)
             parts[trial.trial_id] = {}
-            if not self.on_device:  # table lookups: no need for the device
-                parts[trial.trial_id]["latency"] = latency_parts([trial.arch], config)[0]
-            else:
-                ref = remote.options(num_cpus=self.device_cpus, resources={self.resource: 1},
-                                     max_retries=retries, name=f"latency-{trial.trial_id}"
-                                     ).remote(self.latency_fn, trial.trial_id, arch_json, config_json)
-                inflight[ref] = (trial, "latency")
+            if tables:  # table lookups: no need for any device
+                parts[trial.trial_id]["latency@tables"] = latency_parts([trial.arch], _with_targets(config, tables))[0]
+            for host, host_config_json in by_host.items():
+                ref = remote.options(num_cpus=self.device_cpus[host], resources=device_resource(host),
+                                     max_retries=retries, name=f"latency-{trial.trial_id}@{host}"
+                                     ).remote(self.latency_fn, trial.trial_id, arch_json, host_config_json)
+                inflight[ref] = (trial, f"latency@{host}")
             ref = remote.options(num_cpus=config.executor.cpus_per_trial, num_gpus=self.gpus,
                                  max_retries=retries, name=f"train-{trial.trial_id}"
                                  ).remote(self.train_fn, trial.trial_id, arch_json, config_json)
@@ -141,8 +149,10 @@ class RayExecutor:
                 trial, kind = inflight.pop(ref)
                 parts[trial.trial_id][kind] = self._get(ref, kind, retries)
                 got = parts[trial.trial_id]
-                if "latency" in got and "train" in got:
-                    hooks.on_result(combine(trial, got["latency"], got["train"]))
+                if set(got) == expected:
+                    latency = merge_latency([got[k] for k in sorted(got) if k != "train"],
+                                            [t.label for t in config.latency])
+                    hooks.on_result(combine(trial, latency, got["train"]))
                 else:
                     hooks.on_phase(trial, f"{kind} finished")
 
@@ -162,7 +172,7 @@ class RayExecutor:
             error = short_error(exc)
         value = {"error": f"{'training' if kind == 'train' else 'latency'}: {error}",
                  "seconds": 0.0, "worker": f"ray:{self.host}", "finished_at": time.time()}
-        if kind == "latency":
+        if kind.startswith("latency"):
             value.update(latency_ms=None, latencies=None, relative=None)
         else:
             value["accuracy"] = None
@@ -171,3 +181,34 @@ class RayExecutor:
     def close(self) -> None:
         if self._owns_ray and self._ray.is_initialized():
             self._ray.shutdown()
+
+
+def measuring_hosts(config: SearchConfig) -> dict[str, list[str]]:
+    """The labels of the measured targets, by the host they are timed on (the driver's by default)."""
+    hosts: dict[str, list[str]] = {}
+    for t in config.latency:
+        if t.measured:
+            hosts.setdefault(t.host or socket.gethostname(), []).append(t.label)
+    return hosts
+
+
+def _with_targets(config: SearchConfig, targets: list[Any]) -> SearchConfig:
+    """`config` with only `targets` to time (each latency task measures its own host's)."""
+    return config.model_copy(update={"latency": targets})
+
+
+def merge_latency(parts: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
+    """One trial's latency parts (one per host, and the tables') as one: every target's figure in
+    the config's order (`labels`), the reward's from the first target; failed when any part failed."""
+    errors = [p["error"] for p in parts if p["error"]]
+    found = {k: v for p in parts for k, v in (p.get("latencies") or {}).items()}
+    primary = next((p for p in parts if labels[0] in (p.get("latencies") or {})), None)
+    ok = not errors and primary is not None
+    return {
+        "error": "; ".join(errors) if errors else None if ok else f"latency: no figure for {labels[0]}",
+        "seconds": sum(float(p["seconds"]) for p in parts),
+        "worker": parts[0]["worker"] if parts else "",
+        "latencies": {k: found[k] for k in labels if k in found} if ok else None,
+        "latency_ms": found[labels[0]] if ok else None,
+        "relative": primary["relative"] if ok and primary is not None else None,
+    }
