@@ -350,7 +350,7 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
             if db is not None:
                 calibration_jobs.extend(ex.arch(a, arch_file(a, target, keep, backend)) for a in archs)
 
-        for pack, per_proc in _timed_packs(ex, packs, [processes] * len(packs), Path(tmp), ref_file, target,
+        for pack, per_proc in _timed_packs(ex, packs, processes, Path(tmp), ref_file, target,
                                            protocol, backend, max(2, 2 * workers), timing, convert_calibration):
             pack_processes.append(len(per_proc))
             table.entries.update(_entries(pack, per_proc, processes, protocol, ref))
@@ -437,11 +437,11 @@ def _entries(pack: Sequence[Unit], per_proc: list[list[Any]], processes: int, pr
     return out
 
 
-def _timed_packs(ex: Exporter, packs: Sequence[Sequence[Unit]], processes: Sequence[int], folder: Path,
+def _timed_packs(ex: Exporter, packs: Sequence[Sequence[Unit]], processes: int, folder: Path,
                  ref_file: Path, target: Target, protocol: Protocol, backend: Backend, lookahead: int,
                  timing: dict[str, float], when_queued: Callable[[], None] | None = None,
                  ) -> Iterator[tuple[Sequence[Unit], list[list[Any]]]]:
-    """Export packs ahead (`lookahead` in the converters) and time each in `processes[k]` processes
+    """Export packs ahead (`lookahead` in the converters) and time each in `processes` processes
     (more while they disagree, up to the protocol's maximum); yields (pack, per-process samples).
     `when_queued` runs once when every pack is queued (to convert something else meanwhile)."""
     def submit(k: int) -> Job:
@@ -461,7 +461,7 @@ def _timed_packs(ex: Exporter, packs: Sequence[Sequence[Unit]], processes: Seque
         timing["wait_s"] += time.time() - w
         timing["export_cpu_s"] += job.cpu_seconds
         m = time.time()
-        per_proc = measure_rounds({0: ModelFile(path, parts=len(pack))}, ref_file, target, processes[k],
+        per_proc = measure_rounds({0: ModelFile(path, parts=len(pack))}, ref_file, target, processes,
                                   protocol, backend)[0]
         timing["measure_s"] += time.time() - m
         path.unlink(missing_ok=True)
@@ -521,7 +521,7 @@ def refine_lut(path: str | os.PathLike[str], processes: int = 6, *, pack_size: i
         for n in sorted(set(plan)):  # exactly n more processes: the pooling, not consensus, handles spread
             exact = replace(protocol, max_processes=n)
             idx = [k for k, m in enumerate(plan) if m == n]
-            for pack, per_proc in _timed_packs(ex, [packs[k] for k in idx], [n] * len(idx), Path(tmp), ref_file,
+            for pack, per_proc in _timed_packs(ex, [packs[k] for k in idx], n, Path(tmp), ref_file,
                                                target, exact, backend, max(2, 2 * workers), timing):
                 for i, u in enumerate(pack):
                     add_processes(table.entries[u.key], [float(proc[i].relative or 0.0) for proc in per_proc],
