@@ -16,7 +16,8 @@ from mnas.errors import UserError
 from mnas.latency import LatencyCache, Target, measure, measure_many, reference_latency
 from mnas.latency.backends.base import Runner
 from mnas.latency.protocol import Protocol, measure_cpus
-from mnas.latency.result import closest, consensus
+from mnas.latency.result import ReferenceLatency, closest, consensus, summarise
+from mnas.latency.sample import ProcessSample
 from mnas.latency.session import time_session
 from mnas.space import SearchSpace
 
@@ -160,6 +161,31 @@ def test_closest_keeps_the_tightest_window_of_ratios() -> None:
     assert closest([0.91, 0.99, 0.92, 0.915], 3, 0.02) == ([0, 3, 2], True)  # so is a high one
     assert closest([0.8, 0.9, 1.0], 3, 0.02)[1] is False
     assert closest([0.5], 3, 0.02) == ([0], True)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_spread_of_the_processes_used_beside_all(relative: bool) -> None:
+    """A process the protocol measured again and left out widens `spread` (every process) but not
+    `used_spread` (the processes the figure is made of); the reference made of such a result says
+    both, the used one first."""
+    target = Target(backend="onnxruntime", threads=1, resolution=32)
+    values = [10.0, 13.0, 10.1, 10.2]  # the second process was slowed from outside
+    samples = [ProcessSample(median_ms=v, p10_ms=v, p90_ms=v, mean_ms=v, std_ms=0.0, runs=20,
+                             relative=v / 20 if relative else None) for v in values]
+    ref = ReferenceLatency("mobilenet_v2", "id", 20.0, 0.01, 0.0, 3, True, target) if relative else None
+    result = summarise(samples, target, use=3, reference=ref)
+    assert result.used_processes == 3 and result.processes == 4
+    assert result.spread == pytest.approx(3.0 / 10.15)
+    assert result.used_spread == pytest.approx(0.2 / 10.1)
+    assert result.spread_text() == "spread 2.0% over the 3 processes used of 4 (all: 29.6%)"
+    assert result.to_dict()["used_spread"] == pytest.approx(result.used_spread)
+    if not relative:
+        made = ReferenceLatency.from_result("mobilenet_v2", result, zoo.get("mobilenet_v2"))
+        assert (made.used_processes, made.used_spread, made.figure_spread) == (3, result.used_spread, result.used_spread)
+        assert made.spread_text() == result.spread_text()
+        assert ReferenceLatency.from_dict(made.to_dict()) == made
+        old = ReferenceLatency("mobilenet_v2", "id", 20.0, 0.3, 0.0, 5, True, target)  # a record from before
+        assert old.spread_text() == "spread 30.0% over 5 processes" and old.figure_spread == 0.3
 
 
 @pytest.mark.slow

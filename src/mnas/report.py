@@ -139,12 +139,13 @@ def references(target: LatencyConfig, names: tuple[str, ...] = REFERENCE_MODELS)
 
 
 def reference_line(target: LatencyConfig) -> str:
-    """'mobilenet_v2 = 3.512 ms (2026-11-30, spread 1.2%)': what relative latencies are relative to."""
+    """'mobilenet_v2 = 3.512 ms (2026-11-30 08:35 UTC, spread 1.2% over 3 processes)': what relative
+    latencies are relative to."""
     try:
         ref = target.to_model().reference_latency()
     except Exception as exc:
         return f"reference {target.reference}: unavailable ({' '.join(str(exc).split())[:120]})"
-    return f"{ref.name} = {ref.ms:.3f} ms ({ref.date}, spread {100 * ref.spread:.1f}%)"
+    return f"{ref.name} = {ref.ms:.3f} ms ({ref.date}, {ref.spread_text()})"
 
 
 # -- plots -------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def _resolution(given: int | None, default: int) -> int:
 
 def _reference_line(ref: ReferenceLatency) -> str:
     return (f"{ref.name} = {ref.ms:.3f} ms on {ref.target.label}, measured {ref.date} "
-            f"(spread {100 * ref.spread:.1f}% over {ref.processes} processes{'' if ref.stable else ', unstable'})")
+            f"({ref.spread_text()}{'' if ref.stable else ', unstable'})")
 
 
 def _date(t: float | None) -> str | None:
@@ -125,7 +125,7 @@ def measure(
                    f"{_date(result.reference_measured_at)}, spread {100 * (result.reference_spread or 0):.1f}%); "
                    f"this run's own time {result.raw_ms:.3f} ms")
     typer.echo(f"  p10 {result.p10_ms:.3f}  p90 {result.p90_ms:.3f}  cv {100 * result.cv:.1f}%  "
-               f"spread {100 * result.spread:.1f}%  processes {result.processes}  runs {result.runs}  "
+               f"{result.spread_text()}  runs {result.runs}  "
                f"preempted {100 * result.preempted_fraction:.1f}%")
     if not result.stable:
         limit = protocol.max_relative_spread if result.relative is not None else protocol.max_spread

@@ -12,6 +12,7 @@ Two consensus rules, one per figure:
 from __future__ import annotations
 
 import datetime as dt
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -58,11 +59,21 @@ class LatencyResult:
     def spread(self) -> float:
         """(max - min) / median of the per-process figures the result is made of (relative when
         there is a reference): the between-process repeatability."""
+        return _spread(self.per_process_relative or self.per_process_ms)
+
+    @property
+    def used_spread(self) -> float:
+        """The same for only the processes the headline figure is made of (the closest ratios, or
+        the fastest absolute times): what the figure's repeatability is; `spread` also counts the
+        processes the protocol measured again and then left out."""
         values = self.per_process_relative or self.per_process_ms
-        mid = statistics.median(values) if values else 0.0
-        if len(values) < 2 or mid <= 0:
-            return 0.0
-        return (max(values) - min(values)) / mid
+        k = self.used_processes or len(values)
+        pick = closest if self.per_process_relative else consensus
+        chosen, _ = pick(values, k, math.inf)
+        return _spread([values[i] for i in chosen])
+
+    def spread_text(self) -> str:
+        return spread_text(self.spread, self.processes, self.used_spread, self.used_processes)
 
     def rescaled(self, reference: ReferenceLatency) -> LatencyResult:
         """The same relative figure in ms of another measurement of the reference latency."""
@@ -71,7 +82,7 @@ class LatencyResult:
         scale = reference.ms / self.reference_ms if self.reference_ms else 1.0
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(median_ms=self.relative * reference.ms, p10_ms=self.p10_ms * scale, p90_ms=self.p90_ms * scale,
-                 reference_ms=reference.ms, reference_spread=reference.spread,
+                 reference_ms=reference.ms, reference_spread=reference.figure_spread,
                  reference_measured_at=reference.measured_at)
         return LatencyResult(**d)
 
@@ -80,6 +91,7 @@ class LatencyResult:
         d["target"] = self.target.to_dict()
         d["fingerprint"] = self.target.fingerprint
         d["spread"] = self.spread
+        d["used_spread"] = self.used_spread
         return d
 
     @classmethod
@@ -101,6 +113,8 @@ class ReferenceLatency:
     stable: bool
     target: Target
     arch_json: str = ""  # the reference network as it runs on the target
+    used_processes: int = 0  # how many of `processes` the figure is made of (0: an old record)
+    used_spread: float | None = None  # the spread of those (None: an old record)
 
     def architecture(self) -> Architecture | str:
         """The reference network (its name where an old record lacks the architecture)."""
@@ -115,7 +129,16 @@ class ReferenceLatency:
         return cls(name=name, arch_id=arch.id, ms=result.median_ms, spread=result.spread,
                    measured_at=max(result.measured_at) if result.measured_at else 0.0,
                    processes=result.processes, stable=result.stable, target=result.target,
-                   arch_json=arch.to_json())
+                   arch_json=arch.to_json(), used_processes=result.used_processes or result.processes,
+                   used_spread=result.used_spread)
+
+    @property
+    def figure_spread(self) -> float:
+        """The spread of the processes `ms` is made of (of every process on an old record)."""
+        return self.spread if self.used_spread is None else self.used_spread
+
+    def spread_text(self) -> str:
+        return spread_text(self.spread, self.processes, self.used_spread, self.used_processes)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -143,6 +166,23 @@ def closest(values: Sequence[float], k: int, max_spread: float) -> tuple[list[in
     best = min(range(len(order) - k + 1), key=lambda s: values[order[s + k - 1]] - values[order[s]])
     chosen = order[best:best + k]
     return chosen, _agree([values[i] for i in chosen], max_spread)
+
+
+def spread_text(spread: float, processes: int, used_spread: float | None, used: int) -> str:
+    """'spread 1.2% over the 3 processes used of 5 (all: 29.9%)': the figure's own repeatability
+    first, then with the processes the protocol measured again and left out."""
+    if used_spread is None or not 0 < used < processes:
+        return f"spread {100 * spread:.1f}% over {processes} processes"
+    return (f"spread {100 * used_spread:.1f}% over the {used} processes used of {processes} "
+            f"(all: {100 * spread:.1f}%)")
+
+
+def _spread(values: Sequence[float]) -> float:
+    """(max - min) / median; 0 for fewer than two values."""
+    mid = statistics.median(values) if values else 0.0
+    if len(values) < 2 or mid <= 0:
+        return 0.0
+    return (max(values) - min(values)) / mid
 
 
 def _agree(vals: list[float], max_spread: float) -> bool:
@@ -189,7 +229,7 @@ def summarise(samples: list[ProcessSample], target: Target, arch_id: str | None 
     ref: dict[str, Any] = {}
     if reference is not None and relative is not None:
         ref = {"reference": reference.name, "reference_id": reference.arch_id, "reference_ms": reference.ms,
-               "reference_spread": reference.spread, "reference_measured_at": reference.measured_at}
+               "reference_spread": reference.figure_spread, "reference_measured_at": reference.measured_at}
     return LatencyResult(
         median_ms=median_ms, p10_ms=p10, p90_ms=p90, cv=cv,
         runs=sum(s.runs for s in samples), processes=len(samples),
