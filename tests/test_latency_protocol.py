@@ -177,7 +177,7 @@ def test_spread_of_the_processes_used_beside_all(relative: bool) -> None:
     assert result.used_processes == 3 and result.processes == 4
     assert result.spread == pytest.approx(3.0 / 10.15)
     assert result.used_spread == pytest.approx(0.2 / 10.1)
-    assert result.spread_text() == "spread 2.0% over the 3 processes used of 4 (all: 29.6%)"
+    assert result.spread_text() == "spread 2.0% over the 3 processes used of 4, 29.6% over all"
     assert result.to_dict()["used_spread"] == pytest.approx(result.used_spread)
     if not relative:
         made = ReferenceLatency.from_result("mobilenet_v2", result, zoo.get("mobilenet_v2"))

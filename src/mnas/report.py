@@ -145,7 +145,8 @@ def reference_line(target: LatencyConfig) -> str:
         ref = target.to_model().reference_latency()
     except Exception as exc:
         return f"reference {target.reference}: unavailable ({' '.join(str(exc).split())[:120]})"
-    return f"{ref.name} = {ref.ms:.3f} ms ({ref.date}, {ref.spread_text()})"
+    unstable = "" if ref.stable else "; unstable: `mnas latency reference --fresh` with this target measures it again"
+    return f"{ref.name} = {ref.ms:.3f} ms ({ref.date}, {ref.spread_text()}{unstable})"
 
 
 # -- plots -------------------------------------------------------------------------------------

@@ -169,12 +169,12 @@ def closest(values: Sequence[float], k: int, max_spread: float) -> tuple[list[in
 
 
 def spread_text(spread: float, processes: int, used_spread: float | None, used: int) -> str:
-    """'spread 1.2% over the 3 processes used of 5 (all: 29.9%)': the figure's own repeatability
-    first, then with the processes the protocol measured again and left out."""
+    """'spread 1.2% over the 3 processes used of 5, 29.9% over all': the figure's own
+    repeatability first, then with the processes the protocol measured again and left out."""
     if used_spread is None or not 0 < used < processes:
         return f"spread {100 * spread:.1f}% over {processes} processes"
-    return (f"spread {100 * used_spread:.1f}% over the {used} processes used of {processes} "
-            f"(all: {100 * spread:.1f}%)")
+    return (f"spread {100 * used_spread:.1f}% over the {used} processes used of {processes}, "
+            f"{100 * spread:.1f}% over all")
 
 
 def _spread(values: Sequence[float]) -> float:
