@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import onnx
 import pytest
@@ -64,6 +65,8 @@ def test_plots_and_leaderboard(run_dir):
     rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert rows[0].startswith("| 1 | 4 |")  # hard constraint: 0.38 at T beats 0.40 at 8 ms (0.25)
     assert "training: diverged" in text  # failed trials are listed with their error
+    # What relative latencies are relative to: the reference's figure, date and repeatability.
+    assert re.search(r"relative to mobilenet_v2 = [0-9.]+ ms \([0-9-]+ [0-9:]+ UTC, spread [0-9.]+% over ", text)
 
 
 def test_reward_by_step_and_pick_best(run_dir):
