@@ -23,7 +23,7 @@ import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,10 +47,12 @@ class Row:
     scales: bool = True  # False: residual scales frozen at 1
     lr: float = 0.05
     narrowed: tuple[tuple[str, object], ...] = ()  # opened decisions given fewer choices than the space's
+    skeleton: tuple[tuple[str, object], ...] = ()  # space fields other than decisions, changed for this row
 
 
 MBCONV_ONLY = (("ops", [{"op": "mbconv", "expand": 3}, {"op": "mbconv", "expand": 6}]),)
 OFA_LIKE = ("ops", "kernels", "se_ratios", "layer_deltas")  # Once-for-All's kind of space: no op or skip choice
+SHALLOW = (("base_layers", [1, 1, 2, 2, 1, 2, 1]), ("head_filters", 512))  # 10 layers instead of 17: a cheaper step
 
 
 ROWS = [
@@ -65,6 +67,8 @@ ROWS = [
     Row("expansion open (mbconv3, mbconv6)", ("ops",), narrowed=MBCONV_ONLY),
     Row("MBConv expansion, kernels, SE, layers open", OFA_LIKE, narrowed=MBCONV_ONLY),
     Row("the same and filters open", (*OFA_LIKE, "filter_multipliers"), narrowed=MBCONV_ONLY),
+    Row("the same, shallower (layers 1,1,2,2,1,2,1, head 512)", (*OFA_LIKE, "filter_multipliers"),
+        narrowed=MBCONV_ONLY, skeleton=SHALLOW),
     Row("all open", tuple(ONE_PATH)),
     Row("all open, scale fixed at 1", tuple(ONE_PATH), scales=False),
 ]
@@ -80,11 +84,13 @@ class Result:
     seconds: float = 0.0
 
 
-def probe(row: Row, steps: int, candidates: int, data_root: str | None) -> Result:
+def probe(row: Row, steps: int, candidates: int, data_root: str | None, lr: float | None = None) -> Result:
     torch.set_num_threads(1)
+    if lr is not None:
+        row = replace(row, lr=lr)
     base = SearchSpace.load(SPACE_FILE).to_dict()
     space = SearchSpace.from_dict({**base, **{k: v for k, v in ONE_PATH.items() if k not in row.opened},
-                                   **dict(row.narrowed)})
+                                   **dict(row.narrowed), **dict(row.skeleton)})
     data = load_dataset("cifar10", data_root, val_size=1000, train_subset=10_000, seed=0)
     torch.manual_seed(0)
     net = Supernet(space, num_classes=10, resolution=32, dropout=0.0).to(memory_format=torch.channels_last)
@@ -171,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--candidates", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate of every row (default: each row's)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--only", default="", help="row labels separated by '|' (default: all)")
@@ -185,7 +192,7 @@ def main() -> None:
     start = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(probe, rows, [args.steps] * len(rows), [args.candidates] * len(rows),
-                                [args.data_root] * len(rows)))
+                                [args.data_root] * len(rows), [args.lr] * len(rows)))
     for r in results:
         print(r.row.label, r.curve, f"{r.largest:.3f} {r.smallest:.3f}", r.random, flush=True)
     write(results, args, time.perf_counter() - start, args.out)
