@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("table", nargs="?", type=Path, default=default_table)
     ap.add_argument("--budget", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first..first+seeds-1 (a fresh range confirms a variant chosen on seeds 0..19)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--variant", action="append", default=None, help="PPO knobs as JSON (repeatable)")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -50,7 +52,8 @@ def main() -> None:
     settings = bench.make_settings(table)
     start, t0 = dt.datetime.now(dt.UTC), time.time()
     jobs: dict[tuple[str, int, str], tuple[str, dict[str, Any], int, bench.Setting, int]] = {}
-    for seed in range(args.seeds):
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for seed in seeds:
         jobs[("random", seed, "any")] = ("random", {}, seed, settings[0], args.budget)
         for v in variants:
             for s in settings:
@@ -72,10 +75,10 @@ def main() -> None:
                 problem = "any" if key == "random" else bench.problem("ppo", s)
                 return max(reward(table[c][0], table[c][1][s.device]) for c in cells[(key, seed, problem)])
 
-            mine = [best(label, k) for k in range(args.seeds)]
+            mine = [best(label, k) for k in seeds]
             regrets.append(1e3 * statistics.mean(optimum - b for b in mine))
             if label != "random":
-                p = bench.p_greater(mine, [best("random", k) for k in range(args.seeds)])
+                p = bench.p_greater(mine, [best("random", k) for k in seeds])
                 wins += p < bench.ALPHA
                 if p >= bench.ALPHA:
                     lost.append(f"{s.label} ({p:.2f})")
@@ -88,8 +91,9 @@ def write(args: argparse.Namespace, rows: list[tuple[str, int, float, list[str]]
           elapsed: float) -> None:
     lines = ["# PPO knobs against random search (NAS-Bench-201, real device latency)", "",
              f"Written by `python benchmarks/ppo_tuning.py` on {start:%Y-%m-%d %H:%M} UTC ({elapsed / 60:.0f} min, "
-             f"{args.workers} worker(s)): the {n} settings, protocol and seeds 0..{args.seeds - 1} of "
-             "`benchmarks/search_strategies.py` (docs/benchmarks/search.md), PPO and random search only, "
+             f"{args.workers} worker(s)): the {n} settings and protocol of "
+             "`benchmarks/search_strategies.py` (docs/benchmarks/search.md), seeds "
+             f"{args.first_seed}..{args.first_seed + args.seeds - 1}, PPO and random search only, "
              f"to {args.budget} evaluated cells. Wins: settings where PPO beats random (one-sided "
              "Mann-Whitney U, p < 0.05); regret in 1e-3 reward, mean over settings and seeds.", "",
              f"| PPO knobs (changes from the defaults) | wins at {args.budget} (of {n}) | mean regret | "
