@@ -258,8 +258,20 @@ def write_report(path: Path, costs: list[dict[str, Any]], first: dict[str, Any] 
     if first is not None:
         lines += _first_section(first, args)
     lines += ["", "## How to read these numbers", "", *NOTES]
+    kept = hand_written(path)
+    if kept:
+        lines += ["", kept]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+HAND_WRITTEN = "## Diagnosis"  # sections from this heading on are written by hand and kept by reruns
+
+
+def hand_written(doc: Path) -> str:
+    """The hand-written sections of an earlier report (from HAND_WRITTEN on), or ''."""
+    text = doc.read_text() if doc.exists() else ""
+    return text[text.index(HAND_WRITTEN):].rstrip() if HAND_WRITTEN in text else ""
 
 
 def _first_section(first: dict[str, Any], args: argparse.Namespace) -> list[str]:
