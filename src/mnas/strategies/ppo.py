@@ -76,7 +76,7 @@ class PPOKnobs(StrategyKnobs):
 
     hidden: Int = Field(default=100, ge=1, le=4096)
     init_range: Float = Field(default=0.1, gt=0)
-    lr: Float = Field(default=0.02, gt=0, le=10)
+    lr: Float = Field(default=0.05, gt=0, le=10)
     clip: Float = Field(default=0.2, gt=0, le=1)
     epochs: Int = Field(default=4, ge=1, le=1000)
     batch_size: Int = Field(default=16, ge=1)
@@ -88,8 +88,8 @@ class PPOKnobs(StrategyKnobs):
     unique: bool = True
     resample: Int = Field(default=32, ge=1, le=10_000)
     failed_reward: Float | None = None
-    top_k: Int = Field(default=0, ge=0, le=10_000)
-    top_k_weight: Float = Field(default=1.0, ge=0)
+    top_k: Int = Field(default=16, ge=0, le=10_000)
+    top_k_weight: Float = Field(default=0.3, ge=0)
 
 
 class Controller(nn.Module):
