@@ -35,11 +35,11 @@ docs/benchmarks/search.md; the papers' settings remain available as knobs):
   to PPO: every update also raises the log-likelihood of the `top_k` best results seen so far,
   weighted by `top_k_weight`, so the policy keeps returning to the neighbourhood of the best
   architectures (what evolution's mutations do) instead of drifting with each batch's ranks.
-  The default, 16 results at weight 0.3 with `lr` 0.05, was chosen on the benchmark at 200
-  trials (docs/benchmarks/search_ppo_tuning.md): PPO beats random search there in 20 of 24
-  settings with the benchmark's seeds and in 22 with 20 other seeds, against 16 and 16 without
-  the queue at lr 0.02. A heavier queue (8 results at weight 4) helps more up to about 100
-  trials and narrows the search later. `top_k` 0 turns the queue off.
+  0 (the default) turns it off. On the benchmark (docs/benchmarks/search_ppo_tuning.md), `top_k`
+  8 with weight 4 is much better up to about 100 trials (PPO beats random search in 21 of 24
+  settings instead of 13) and worse at 500 (mean regret 2.65e-3 instead of 2.30e-3): worth it
+  for a small budget. For about 200 trials, `top_k` 16 with weight 0.3 and `lr` 0.05 (21 of 24
+  at 200 against the defaults' 16; 20 at 500 against 22, mean regret 2.61e-3 against 2.30e-3).
 - The gradient norm is clipped to 1 and the log-ratio to +-20, the usual PPO safeguards.
 
 The log-probability of each proposal is returned by `ask` (`Proposal.logp`) and must come back
@@ -69,16 +69,15 @@ MAX_GRAD_NORM = 1.0  # the usual PPO safeguard (e.g. 0.5 in Stable-Baselines3); 
 class PPOKnobs(StrategyKnobs):
     """The controller's size and PPO's settings (see the module doc for what each one does).
 
-    Defaults: the controller and `clip` are the papers'; `entropy_weight`, `advantage`, `window`
-    and `unique` were chosen on benchmarks/search_strategies.py (4 of its 24 settings, 10 seeds),
-    where the papers' values (lr 3.5e-4, entropy 1e-5, EMA baseline, no window) were no better
-    than random search at 500 trials; `lr`, `top_k` and `top_k_weight` later on all 24 settings
-    at 200 trials (docs/benchmarks/search_ppo_tuning.md).
+    Defaults: the controller and `clip` are the papers'; `lr`, `entropy_weight`, `advantage`,
+    `window` and `unique` were chosen on benchmarks/search_strategies.py (4 of its 24 settings,
+    10 seeds), where the papers' values (lr 3.5e-4, entropy 1e-5, EMA baseline, no window) were
+    no better than random search at 500 trials.
     """
 
     hidden: Int = Field(default=100, ge=1, le=4096)
     init_range: Float = Field(default=0.1, gt=0)
-    lr: Float = Field(default=0.05, gt=0, le=10)
+    lr: Float = Field(default=0.02, gt=0, le=10)
     clip: Float = Field(default=0.2, gt=0, le=1)
     epochs: Int = Field(default=4, ge=1, le=1000)
     batch_size: Int = Field(default=16, ge=1)
@@ -90,8 +89,8 @@ class PPOKnobs(StrategyKnobs):
     unique: bool = True
     resample: Int = Field(default=32, ge=1, le=10_000)
     failed_reward: Float | None = None
-    top_k: Int = Field(default=16, ge=0, le=10_000)
-    top_k_weight: Float = Field(default=0.3, ge=0)
+    top_k: Int = Field(default=0, ge=0, le=10_000)
+    top_k_weight: Float = Field(default=1.0, ge=0)
 
 
 class Controller(nn.Module):
