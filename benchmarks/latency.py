@@ -163,7 +163,7 @@ def write_doc(doc: Path, backends: list[str], models: list[str], conditions: lis
     for b in backends:
         r = refs[b]
         lines.append(f"- reference on {b}: mobilenet_v2 = {r.ms:.3f} ms at 224 px, measured {r.date}, "
-                     f"spread {100 * r.spread:.1f}% over {r.processes} processes")
+                     f"{r.spread_text()}")
     lines += ["", "## Repeatability: absolute vs relative", "",
               f"{args.calls} fresh `mnas latency measure NAME -b BACKEND --fresh --json` calls per model "
               "(new processes each call). CV over the calls; max dev = the largest |call / median - 1|. "
