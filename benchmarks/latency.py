@@ -38,6 +38,7 @@ from mnas.latency.protocol import cores, measure_cpus
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "latency.md"
 LUT_HEADING = "\n## Lookup-table accuracy and build time"
+READING = "**Reading.**"  # where the hand-written part of the repeatability section starts
 MODELS = "mnasnet_a1,mobilenet_v2,mnasnet_b1,mnasnet_small,a1_mbconv6_k5"
 
 
@@ -181,6 +182,11 @@ def write_doc(doc: Path, backends: list[str], models: list[str], conditions: lis
     lines += ["", "Every call (relative / raw ms):", ""]
     for (b, cond, name), r in repeat.items():
         lines.append(f"- {b} {cond} {name}: " + ", ".join(f"{x['relative']:.4f} / {x['raw_ms']:.2f}" for x in r["rows"]))
+    old = doc.read_text() if doc.exists() else ""
+    generated = old[:old.index(LUT_HEADING)] if LUT_HEADING in old else old
+    if READING in generated:  # hand-written readings (and other hosts' runs) stay below the new tables
+        kept = generated[generated.index(READING):]
+        lines += ["", kept[:kept.index("\n## ")] if "\n## " in kept else kept.rstrip("\n")]
     if zoo_rows:
         lines += ["", "## The zoo side by side", "",
                   "| model | input | " + " | ".join(f"{b} ms | {b} x mobilenet_v2" for b in backends) + " |",
@@ -188,7 +194,6 @@ def write_doc(doc: Path, backends: list[str], models: list[str], conditions: lis
         for name, row in zoo_rows.items():
             lines.append(f"| {name} | {row['resolution']} | " + " | ".join(
                 f"{row[b]['ms']:.2f} | {row[b]['relative']:.3f}" for b in backends) + " |")
-    old = doc.read_text() if doc.exists() else ""
     if LUT_HEADING in old:
         lut = old[old.index(LUT_HEADING):].rstrip("\n") + "\n"  # the LUT section and its notes, owned by lut.py
     else:
