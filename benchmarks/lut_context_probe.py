@@ -39,7 +39,7 @@ from mnas.latency.backends import get_backend
 from mnas.latency.backends.base import ModelFile
 from mnas.latency.calibration import has_se, has_shortcut, unit_family
 from mnas.latency.exporter import export_arch
-from mnas.latency.lut import validation_archs
+from mnas.latency.lut import evaluate, validation_archs
 from mnas.latency.protocol import DEFAULT_PROTOCOL, measure_rounds, reference_arch
 from mnas.latency.sample import ProcessSample
 from mnas.latency.target import Target
@@ -156,14 +156,6 @@ def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef
 
 
-def _kendall(a: Sequence[float], b: Sequence[float]) -> float:
-    n, s = len(a), 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            s += int(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]))
-    return s / (n * (n - 1) / 2)
-
-
 def loo_predictions(raw: list[dict[str, Any]]) -> dict[str, list[float]]:
     """Each network's whole latency predicted from its isolated units by a model fitted on the
     other networks (leave-one-out), for several ways of adding the units up."""
@@ -211,12 +203,12 @@ def loo_lines(raw: list[dict[str, Any]]) -> list[str]:
         err = [math.log(p / w) for p, w in zip(pred, whole, strict=True)]
         ape = [abs(p / w - 1) for p, w in zip(pred, whole, strict=True)]
         lines.append(f"| {label} | {100 * statistics.fmean(ape):.2f}% | {100 * statistics.pstdev(err):.2f}% | "
-                     f"{_kendall(pred, whole):.3f} | {100 * sum(a <= 0.02 for a in ape) / len(ape):.0f}% |")
+                     f"{evaluate(pred, whole)['kendall_tau']:.3f} | {100 * sum(a <= 0.02 for a in ape) / len(ape):.0f}% |")
     chain = [sum(u["chain"] for u in r["units"]) for r in raw]
     err = [math.log(c / w) for c, w in zip(chain, whole, strict=True)]
     mape = statistics.fmean(abs(c / w - 1) for c, w in zip(chain, whole, strict=True))
     lines.append(f"| (the chain's own sum, no fit) | {100 * mape:.2f}% | {100 * statistics.pstdev(err):.2f}% | "
-                 f"{_kendall(chain, whole):.3f} | - |")
+                 f"{evaluate(chain, whole)['kendall_tau']:.3f} | - |")
     return lines + [""]
 
 
