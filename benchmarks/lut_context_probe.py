@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from doc_notes import hand_written
 from mnas.latency.backends import get_backend
 from mnas.latency.backends.base import ModelFile
 from mnas.latency.calibration import has_se, has_shortcut, unit_family
@@ -273,8 +274,7 @@ def write(out: Path, data: dict[str, Any]) -> None:
     lines += ["", "## Every network", "", "| arch | whole | chain sum | isolated sum | kernel-3 share |",
               "|---|---:|---:|---:|---:|"]
     lines += [f"| `{a}` | {w:.4f} | {c:.4f} | {s:.4f} | {k:.2f} |" for a, w, c, s, k in rows]
-    old = out.read_text() if out.exists() else ""
-    notes = old[old.index("## Reading"):] if "## Reading" in old else "## Reading\n\n(to be written)\n"
+    notes = hand_written(out, "## Reading", "## Reading\n\n(to be written)\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n\n" + notes)
     print(f"wrote {out}")

@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_strategies as bench  # the sibling benchmark: protocol and settings
+from doc_notes import hand_written
 
 OUT = bench.ROOT / "docs" / "benchmarks" / "search_ppo_tuning.md"
 
@@ -102,8 +103,7 @@ def write(args: argparse.Namespace, rows: list[tuple[str, int, float, list[str]]
         name = "random search" if label == "random" else f"`{label}`"
         lines.append(f"| {name} | {'-' if label == 'random' else wins} | {regret:.2f} | {', '.join(lost) or '-'} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    old = args.out.read_text() if args.out.exists() else ""
-    notes = old[old.index("## Reading"):] if "## Reading" in old else "## Reading\n\n(to be written)\n"
+    notes = hand_written(args.out, "## Reading", "## Reading\n\n(to be written)\n")
     args.out.write_text("\n".join(lines) + "\n\n" + notes)
     print(f"wrote {args.out}")
 

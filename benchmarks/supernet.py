@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from scipy.stats import kendalltau, spearmanr
 
+from doc_notes import hand_written
 from mnas.data import DatasetSplits, load_dataset
 from mnas.profile import count_macs
 from mnas.space import Architecture, SearchSpace
@@ -258,7 +259,7 @@ def write_report(path: Path, costs: list[dict[str, Any]], first: dict[str, Any] 
     if first is not None:
         lines += _first_section(first, args)
     lines += ["", "## How to read these numbers", "", *NOTES]
-    kept = hand_written(path)
+    kept = hand_written(path, HAND_WRITTEN).rstrip()
     if kept:
         lines += ["", kept]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,12 +267,6 @@ def write_report(path: Path, costs: list[dict[str, Any]], first: dict[str, Any] 
 
 
 HAND_WRITTEN = "## Diagnosis"  # sections from this heading on are written by hand and kept by reruns
-
-
-def hand_written(doc: Path) -> str:
-    """The hand-written sections of an earlier report (from HAND_WRITTEN on), or ''."""
-    text = doc.read_text() if doc.exists() else ""
-    return text[text.index(HAND_WRITTEN):].rstrip() if HAND_WRITTEN in text else ""
 
 
 def _first_section(first: dict[str, Any], args: argparse.Namespace) -> list[str]:
