@@ -313,6 +313,28 @@ def test_ppo_unique_proposes_no_repeats_and_scores_them() -> None:
     assert s.updates == 6
 
 
+def test_ppo_unique_widens_a_collapsed_policy_around_its_choice() -> None:
+    """Once the policy only draws what was seen, new proposals come from it at a rising
+    temperature: neighbours of what it prefers, not uniform samples (which were most of a
+    500-trial search once the policy had concentrated)."""
+    space = TinySpace([5] * 6)
+    distances = {}
+    for max_temperature in (1.0, 50.0):  # 1.0: no widening, straight to uniform samples
+        s = PPOStrategy(space, 0, max_temperature=max_temperature)
+        with torch.no_grad():
+            for head in s.controller.heads:  # a policy sure of token 0 at every decision
+                head.weight.zero_()
+                head.bias.copy_(torch.tensor([12.0, 0.0, 0.0, 0.0, 0.0]))
+        assert s.ask(1)[0].arch == (0,) * 6
+        proposals = s.ask(16)
+        assert len({p.arch for p in proposals}) == 16 and (0,) * 6 not in {p.arch for p in proposals}
+        with torch.no_grad():
+            scored = s.controller(16, tokens=torch.tensor([p.tokens for p in proposals]))[1]
+        assert [p.logp for p in proposals] == pytest.approx(scored.tolist(), abs=1e-4)  # the policy's own
+        distances[max_temperature] = statistics.mean(sum(t != 0 for t in p.tokens) for p in proposals)
+    assert distances[50.0] < 2.0 < 3.5 < distances[1.0]  # uniform samples differ in 4.8 of 6 on average
+
+
 def test_ppo_learns_from_a_window_of_recent_results() -> None:
     space = TinySpace([3, 3, 3])
     s = PPOStrategy(space, 0, batch_size=4, window=10, unique=False)
