@@ -7,6 +7,7 @@ regret, and the settings it does not win. Same protocol, settings, seeds and sha
 random only, to one budget, so several knob sets can be compared before a full rerun there.
 
     python benchmarks/ppo_tuning.py --budget 200 --seeds 20 --variant '{}' --variant '{"top_k": 8}'
+    python benchmarks/ppo_tuning.py --budget 500 --at 200 --first-seed 20   # two budgets, fresh seeds
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main() -> None:
     default_table = Path(os.environ.get("MNAS_DATA", str(Path.home() / ".cache" / "mnas" / "data"))) / "nb201_hw.csv.gz"
     ap.add_argument("table", nargs="?", type=Path, default=default_table)
     ap.add_argument("--budget", type=int, default=200)
+    ap.add_argument("--at", type=int, action="append", default=[],
+                    help="also score each search at this smaller budget (repeatable)")
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--first-seed", type=int, default=0,
                     help="seeds first..first+seeds-1 (a fresh range confirms a variant chosen on seeds 0..19)")
@@ -65,16 +68,18 @@ def main() -> None:
         keys = list(jobs)
         for key, found in zip(keys, pool.imap(_job, [jobs[k] for k in keys]), strict=True):
             cells[key] = found
+    budgets = sorted({args.budget, *(n for n in args.at if 0 < n < args.budget)})
     rows = []
-    for label in ["random"] + [json.dumps(v, sort_keys=True) for v in variants]:
+    for label, n in [(label, n) for label in ["random"] + [json.dumps(v, sort_keys=True) for v in variants]
+                     for n in budgets]:
         wins, regrets, lost = 0, [], []
         for s in settings:
             reward = s.reward()
             optimum = max(reward(acc, lats[s.device]) for acc, lats in table.values())
 
-            def best(key: str, seed: int, s: bench.Setting = s, reward: Any = reward) -> float:
+            def best(key: str, seed: int, s: bench.Setting = s, reward: Any = reward, n: int = n) -> float:
                 problem = "any" if key == "random" else bench.problem("ppo", s)
-                return max(reward(table[c][0], table[c][1][s.device]) for c in cells[(key, seed, problem)])
+                return max(reward(table[c][0], table[c][1][s.device]) for c in cells[(key, seed, problem)][:n])
 
             mine = [best(label, k) for k in seeds]
             regrets.append(1e3 * statistics.mean(optimum - b for b in mine))
@@ -83,12 +88,12 @@ def main() -> None:
                 wins += p < bench.ALPHA
                 if p >= bench.ALPHA:
                     lost.append(f"{s.label} ({p:.2f})")
-        rows.append((label, wins, statistics.mean(regrets), lost))
-        print(label, wins, f"{statistics.mean(regrets):.2f}", flush=True)
+        rows.append((label, n, wins, statistics.mean(regrets), lost))
+        print(label, n, wins, f"{statistics.mean(regrets):.2f}", flush=True)
     write(args, rows, len(settings), start, time.time() - t0)
 
 
-def write(args: argparse.Namespace, rows: list[tuple[str, int, float, list[str]]], n: int, start: dt.datetime,
+def write(args: argparse.Namespace, rows: list[tuple[str, int, int, float, list[str]]], n: int, start: dt.datetime,
           elapsed: float) -> None:
     lines = ["# PPO knobs against random search (NAS-Bench-201, real device latency)", "",
              f"Written by `python benchmarks/ppo_tuning.py` on {start:%Y-%m-%d %H:%M} UTC ({elapsed / 60:.0f} min, "
@@ -96,12 +101,14 @@ def write(args: argparse.Namespace, rows: list[tuple[str, int, float, list[str]]
              "`benchmarks/search_strategies.py` (docs/benchmarks/search.md), seeds "
              f"{args.first_seed}..{args.first_seed + args.seeds - 1}, PPO and random search only, "
              f"to {args.budget} evaluated cells. Wins: settings where PPO beats random (one-sided "
-             "Mann-Whitney U, p < 0.05); regret in 1e-3 reward, mean over settings and seeds.", "",
-             f"| PPO knobs (changes from the defaults) | wins at {args.budget} (of {n}) | mean regret | "
-             "settings not won (p) |", "|---|---:|---:|---|"]
-    for label, wins, regret, lost in rows:
+             "Mann-Whitney U, p < 0.05) among the first `cells` evaluated; regret in 1e-3 reward, "
+             "mean over settings and seeds.", "",
+             f"| PPO knobs (changes from the defaults) | cells | wins (of {n}) | mean regret | "
+             "settings not won (p) |", "|---|---:|---:|---:|---|"]
+    for label, budget, wins, regret, lost in rows:
         name = "random search" if label == "random" else f"`{label}`"
-        lines.append(f"| {name} | {'-' if label == 'random' else wins} | {regret:.2f} | {', '.join(lost) or '-'} |")
+        lines.append(f"| {name} | {budget} | {'-' if label == 'random' else wins} | {regret:.2f} | "
+                     f"{', '.join(lost) or '-'} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     notes = hand_written(args.out, "## Reading", "## Reading\n\n(to be written)\n")
     args.out.write_text("\n".join(lines) + "\n\n" + notes)
