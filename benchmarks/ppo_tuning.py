@@ -69,20 +69,20 @@ def main() -> None:
         for key, found in zip(keys, pool.imap(_job, [jobs[k] for k in keys]), strict=True):
             cells[key] = found
     budgets = sorted({args.budget, *(n for n in args.at if 0 < n < args.budget)})
+    optimum = {s.label: max(s.reward()(acc, lats[s.device]) for acc, lats in table.values()) for s in settings}
     rows = []
     for label, n in [(label, n) for label in ["random"] + [json.dumps(v, sort_keys=True) for v in variants]
                      for n in budgets]:
         wins, regrets, lost = 0, [], []
         for s in settings:
             reward = s.reward()
-            optimum = max(reward(acc, lats[s.device]) for acc, lats in table.values())
 
             def best(key: str, seed: int, s: bench.Setting = s, reward: Any = reward, n: int = n) -> float:
                 problem = "any" if key == "random" else bench.problem("ppo", s)
                 return max(reward(table[c][0], table[c][1][s.device]) for c in cells[(key, seed, problem)][:n])
 
             mine = [best(label, k) for k in seeds]
-            regrets.append(1e3 * statistics.mean(optimum - b for b in mine))
+            regrets.append(1e3 * statistics.mean(optimum[s.label] - b for b in mine))
             if label != "random":
                 p = bench.p_greater(mine, [best("random", k) for k in seeds])
                 wins += p < bench.ALPHA
