@@ -13,6 +13,7 @@ import random
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -320,7 +321,7 @@ def test_ppo_unique_widens_a_collapsed_policy_around_its_choice() -> None:
     space = TinySpace([5] * 6)
     distances = {}
     for max_temperature in (1.0, 50.0):  # 1.0: no widening, straight to uniform samples
-        s = PPOStrategy(space, 0, max_temperature=max_temperature)
+        s = PPOStrategy(space, 0, max_temperature=max_temperature, explore=0.0)
         with torch.no_grad():
             for head in s.controller.heads:  # a policy sure of token 0 at every decision
                 head.weight.zero_()
@@ -333,6 +334,38 @@ def test_ppo_unique_widens_a_collapsed_policy_around_its_choice() -> None:
         assert [p.logp for p in proposals] == pytest.approx(scored.tolist(), abs=1e-4)  # the policy's own
         distances[max_temperature] = statistics.mean(sum(t != 0 for t in p.tokens) for p in proposals)
     assert distances[50.0] < 2.0 < 3.5 < distances[1.0]  # uniform samples differ in 4.8 of 6 on average
+
+
+def test_ppo_explore_mixes_in_a_share_of_uniform_samples_over_the_whole_search() -> None:
+    """A policy sure of one architecture still proposes `explore` of all candidates uniformly,
+    whether asked 16 at a time or one by one, each with the policy's log-probability of it."""
+    space = TinySpace([5] * 6)
+
+    def sure_of_zeros(**knobs: Any) -> PPOStrategy:
+        s = PPOStrategy(space, 0, **knobs)
+        with torch.no_grad():
+            for head in s.controller.heads:  # the policy all but always draws (0,) * 6
+                head.weight.zero_()
+                head.bias.copy_(torch.tensor([30.0, 0.0, 0.0, 0.0, 0.0]))
+        return s
+
+    def distances(s: PPOStrategy) -> list[int]:
+        # Nothing is told, so the policy stays as set: far from (0,) * 6 means uniform.
+        proposals = s.ask(16) + [p for _ in range(8) for p in s.ask(1)]
+        with torch.no_grad():
+            scored = s.controller(len(proposals), tokens=torch.tensor([p.tokens for p in proposals]))[1]
+        assert [p.logp for p in proposals] == pytest.approx(scored.tolist(), abs=1e-4)
+        return [sum(t != 0 for t in p.tokens) for p in proposals]
+
+    assert distances(sure_of_zeros(explore=0.0, unique=False)) == [0] * 24
+    far = [d >= 2 for d in distances(sure_of_zeros(explore=0.25, unique=False))]
+    assert (sum(far[:16]), sum(far[16:])) == (4, 2)  # 4 of 16, then 2 in 8 single asks
+    # With `unique` the policy's repeats are widened to its neighbours; the uniform share comes
+    # last in each ask: proposals 12-15 of the first 16, then single asks 3 and 6.
+    d = distances(sure_of_zeros(explore=0.25))
+    uniform = [12, 13, 14, 15, 18, 21]
+    assert statistics.mean(d[i] for i in uniform) > 3.5  # uniform samples differ in 4.8 of 6 on average
+    assert statistics.mean(d[i] for i in range(1, 24) if i not in uniform) < 1.5
 
 
 def test_ppo_learns_from_a_window_of_recent_results() -> None:
@@ -428,6 +461,7 @@ def test_ppo_controller_shape() -> None:
     ("ppo", {"batch_size": 2.5},
      "strategy.knobs.batch_size: Input should be a valid integer, got a number with a fractional part"),
     ("ppo", {"clip": 0}, "strategy.knobs.clip: Input should be greater than 0"),
+    ("ppo", {"explore": 1.5}, "strategy.knobs.explore: Input should be less than or equal to 1"),
     ("ppo", {"advantage": "median"}, "strategy.knobs.advantage: Input should be 'rank', 'zscore', 'ema' or 'elite'"),
     ("tpe", {"n_startup_trials": -1}, "strategy.knobs.n_startup_trials: Input should be greater than or equal to 0"),
     ("nsga2", {"population_size": 1}, "strategy.knobs.population_size: Input should be greater than or equal to 2"),
