@@ -347,9 +347,10 @@ def render(a: Analysis, args: argparse.Namespace, png: Path, elapsed: float) -> 
         "  better cells than this strategy.",
         "- **Tuning**: PPO's first default knobs (`lr`, `entropy_weight`, `advantage`, `window`, `unique`) were chosen on",
         f"  {len(TUNED_ON)} settings ({', '.join(TUNED_ON)}; marked * below) with 10 seeds. Its priority queue",
-        "  (`top_k`, `top_k_weight`) and widening (`temperature_step`) were then chosen on all 24 settings with",
-        "  seeds 0..19, the seeds of this report; on fresh seeds (20..39) they were checked once, after the",
-        "  choice, in `search_ppo_tuning.md` (`benchmarks/ppo_tuning.py --first-seed 20`).",
+        "  (`top_k`, `top_k_weight`), widening (`temperature_step`) and uniform share (`explore`) were then",
+        "  chosen on all 24 settings with seeds 0..19, the seeds of this report; on fresh seeds (20..39) the",
+        "  queue and widening were checked once, after their choice, in `search_ppo_tuning.md`",
+        "  (`benchmarks/ppo_tuning.py --first-seed 20`); `explore` has not been checked there yet.",
         "- **Strategies** at their default knobs: "
         + "; ".join(_describe(label, name, knobs) for label, name, knobs in args.runs) + ".",
         "",
