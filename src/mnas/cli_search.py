@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from mnas.errors import UserError
-from mnas.paths import writable_dir
+from mnas.paths import output_file, writable_dir, write_text
 
 if TYPE_CHECKING:  # torch-backed modules load inside the commands (see mnas.cli)
     from torch import nn
@@ -72,6 +72,12 @@ def search(
     console.print(f"next: mnas report {outcome.run_dir}", highlight=False)
 
 
+#: What `mnas report` writes into the run folder (its own outputs: regenerated, never through a link).
+REPORT_FILES = ("report.md", "pareto.png", "latency_hist.png", "reward_curve.png")
+#: What `mnas best --export DIR` writes into DIR.
+EXPORT_FILES = ("model.onnx", "arch.json", "arch.timm.txt")
+
+
 def report(
     run_dir: Path = typer.Argument(..., help="A search run directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the Pareto set as JSON."),
@@ -82,6 +88,8 @@ def report(
 
     if (run_dir / "trials.sqlite").is_file():
         writable_dir(run_dir, "run folder (the report is written into it)", create=False)
+        for name in REPORT_FILES:  # the report's own files are redrawn; a link or a folder there is refused
+            output_file(run_dir / name, "report file", force=True, create_folder=False)
     files = write_report(run_dir, zoo=zoo)
     if as_json:
         typer.echo(pareto_json(run_dir))
@@ -93,34 +101,43 @@ def report(
 def best(
     run_dir: Path = typer.Argument(..., help="A search run directory."),
     max_latency: float | None = typer.Option(None, "--max-latency", help="Most accurate model within MS milliseconds."),
-    export: Path | None = typer.Option(None, "--export", help="Write model.onnx, arch.json and arch.timm.txt here."),
+    export: str | None = typer.Option(None, "--export", help="Write model.onnx, arch.json and arch.timm.txt here."),
+    force: bool = typer.Option(False, "--force", help="With --export: replace those files if the folder has them."),
 ) -> None:
     """Pick a model: the best reward, or the most accurate one under --max-latency."""
     from mnas.report import load_run, pick_best, trial_record  # lazy: torch (see mnas.cli)
 
     if max_latency is not None and max_latency <= 0:
         raise UserError(f"--max-latency must be > 0 ms (got {max_latency:g})")
+    if force and export is None:
+        raise UserError("--force replaces files written by --export; give --export DIR or drop --force")
+    export_dir = None
     if export is not None:
-        writable_dir(export, "export folder (--export)", create=False)
+        if export == "":
+            raise UserError("--export is empty; give the folder to write model.onnx, arch.json and arch.timm.txt into")
+        export_dir = writable_dir(export, "export folder (--export)", create=False)
+        for name in EXPORT_FILES:
+            output_file(export_dir / name, f"--export {export}: the file", force=force, create_folder=False)
     run = load_run(run_dir)
     trial = pick_best(run, max_latency)
     record = trial_record(trial)
-    if export is not None:
-        record["exported"] = [str(p) for p in export_trial(trial, run.config, export)]
+    if export_dir is not None:
+        record["exported"] = [str(p) for p in export_trial(trial, run.config, export_dir)]
     typer.echo(json.dumps(record, indent=2))
 
 
 def export_trial(trial: Trial, config: SearchConfig, out_dir: Path) -> list[Path]:
     """The picked network as ONNX plus its arch strings. With a supernet proxy it carries the
     weights it inherits (BN statistics of the supernet; fine-tune it with `mnas train ARCH
-    --init-from-supernet`); a proxy-trained candidate's weights are not kept, so it is untrained."""
+    --init-from-supernet`); a proxy-trained candidate's weights are not kept, so it is untrained.
+    Each file is written whole and renamed into place (`mnas.paths`); the caller checked them."""
     from mnas.export import to_onnx  # lazy: torch (see mnas.cli)
     from mnas.model import build_model
 
     lat = config.primary
     resolution = lat.resolution or 224
     arch = trial.arch.for_resolution(resolution)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writable_dir(out_dir, "export folder (--export)")
     model: nn.Module
     if config.proxy.kind == "supernet" and config.proxy.path:
         from mnas.supernet import extract, load_supernet
@@ -129,8 +146,8 @@ def export_trial(trial: Trial, config: SearchConfig, out_dir: Path) -> list[Path
     else:
         model = build_model(arch, num_classes=lat.num_classes or 1000).eval()
     onnx_path = to_onnx(model, out_dir / "model.onnx", resolution=resolution)
-    (out_dir / "arch.json").write_text(arch.to_json(indent=2) + "\n")
-    (out_dir / "arch.timm.txt").write_text(arch.to_timm_string() + "\n")
+    write_text(out_dir / "arch.json", arch.to_json(indent=2) + "\n")
+    write_text(out_dir / "arch.timm.txt", arch.to_timm_string() + "\n")
     return [onnx_path, out_dir / "arch.json", out_dir / "arch.timm.txt"]
 
 

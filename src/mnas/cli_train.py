@@ -10,7 +10,7 @@ import typer
 
 from mnas import zoo
 from mnas.errors import UserError
-from mnas.paths import writable_dir
+from mnas.paths import output_file, writable_dir
 from mnas.run_options import RunOptions
 
 if TYPE_CHECKING:  # torch-backed modules load inside the commands (see mnas.cli)
@@ -134,7 +134,8 @@ def eval_cmd(
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="checkpoint.pt written by `mnas train`, or its folder."),
     fmt: str = typer.Option("onnx", "--format", help="onnx, tflite or torchscript."),
-    out: Path | None = typer.Option(None, "--out", help="Output file (default: next to the checkpoint)."),
+    out: str | None = typer.Option(None, "--out", help="Output file (default: next to the checkpoint)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output file (never the run's own files)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write the trained model as ONNX, LiteRT (.tflite) or TorchScript at its training resolution."""
@@ -143,10 +144,14 @@ def export_cmd(
 
     if fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if out == "":
+        raise UserError("--out is empty; give the output file name, or leave --out out to write next to the checkpoint")
     path = checkpoint_path(checkpoint)
+    default = path.with_name(f"model{FORMATS[fmt]}" if fmt != "torchscript" else "model.torchscript.pt")
+    target = output_file(out if out is not None else default, "--out" if out is not None else "the export file",
+                         force=force, inputs=[path])
     arch, model, meta = load_checkpoint(path)
     resolution = int(meta["resolution"])
-    target = out or path.with_name(f"model{FORMATS[fmt]}" if fmt != "torchscript" else "model.torchscript.pt")
     writer = {"onnx": export.to_onnx, "tflite": export.to_tflite, "torchscript": export.to_torchscript}[fmt]
     written = writer(model, target, resolution)
     info = {"path": str(written), "format": fmt, "resolution": resolution, "arch_id": arch.id,

@@ -114,6 +114,9 @@ class ProxyConfig(_Strict):
         return self
 
 
+MAX_TARGET_NAME = 64  # a latency target's name labels plots, tables and the store
+
+
 class LatencyConfig(_Strict):
     """One latency target: measured for real (against a reference network, through the latency
     cache) or predicted by a LUT. A search may name several; the first is the reward's."""
@@ -132,6 +135,15 @@ class LatencyConfig(_Strict):
     lut: str | None = None  # a lookup table file: predict instead of measuring
     reference: str = "mobilenet_v2"  # the network every measurement is timed against (a zoo name)
     host: str | None = None  # Ray: the node the target device sits on (default: the driver's)
+
+    @field_validator("name")
+    @classmethod
+    def _short_name(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > MAX_TARGET_NAME:
+            raise ValueError(f"a target name of {len(value):,} characters is too long; use at most {MAX_TARGET_NAME}")
+        if value is not None and not value.isprintable():
+            raise ValueError("a target name must be one printable line (no newlines or control characters)")
+        return value
 
     @property
     def label(self) -> str:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mnas.errors import UserError
+from mnas.paths import write_bytes, write_via
 
 
 def _example(resolution: int, batch: int = 1) -> torch.Tensor:
@@ -62,17 +63,23 @@ def _prepare(path: str | os.PathLike) -> Path:
     return out
 
 
+# Each writer serialises in memory (or into a temp file beside the output) and renames the result
+# over the output only when complete (`mnas.paths`): a failed or interrupted export, or a full
+# disk, never leaves a broken file where a good one was, and a planted symbolic link is refused,
+# never written through. Checking an output before the work (exists, --force, a run's own files)
+# is the caller's: `mnas.paths.output_file`.
 def to_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, batch: int = 1, opset: int = 17) -> Path:
     """TorchScript-based ONNX export (dynamo=False): fast (~3 s) and gives stable node names."""
     out = _prepare(path)
     x = _example(resolution, batch)
     model = model.eval()
+    buffer = io.BytesIO()
     with quiet_converters(), torch.no_grad():
         torch.onnx.export(
-            model, (x,), str(out), opset_version=opset, dynamo=False,
+            model, (x,), buffer, opset_version=opset, dynamo=False,  # type: ignore[arg-type]  # a file object works
             input_names=["input"], output_names=["output"], do_constant_folding=True,
         )
-    return out
+    return write_bytes(out, buffer.getvalue())
 
 
 def to_tflite(model: nn.Module, path: str | os.PathLike, resolution: int, batch: int = 1) -> Path:
@@ -85,15 +92,15 @@ def to_tflite(model: nn.Module, path: str | os.PathLike, resolution: int, batch:
     x = _example(resolution, batch)
     with quiet_converters(), torch.no_grad():
         converted = litert_torch.convert(model.eval(), (x,))
-        converted.export(str(out))
-    return out
+        return write_via(out, lambda tmp: converted.export(str(tmp)))
 
 
 def to_torchscript(model: nn.Module, path: str | os.PathLike, resolution: int) -> Path:
     """Traced TorchScript: loadable from C++ / mobile without the Python class definitions."""
     out = _prepare(path)
     x = _example(resolution)
+    buffer = io.BytesIO()
     with quiet_converters(), torch.no_grad():
         traced = torch.jit.trace(model.eval(), x)
-        traced.save(str(out))
-    return out
+        torch.jit.save(traced, buffer)
+    return write_bytes(out, buffer.getvalue())

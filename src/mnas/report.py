@@ -12,6 +12,7 @@ trial) are counted, never drawn or ranked twice.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections import Counter
@@ -29,6 +30,7 @@ from matplotlib.ticker import MaxNLocator
 from mnas import zoo
 from mnas.config import LatencyConfig, SearchConfig, parse_config
 from mnas.errors import UserError
+from mnas.paths import write_bytes, write_text
 from mnas.reward import pareto_indices
 from mnas.store import DB_NAME, Store
 from mnas.trial import Trial
@@ -241,10 +243,12 @@ def plot_reward_curve(run: Run, path: Path) -> Path:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """Drawn in memory, then written whole and renamed into place (never through a link)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
-    return path
+    return write_bytes(path, buffer.getvalue())
 
 
 def target_label(t: LatencyConfig) -> str:
@@ -334,7 +338,7 @@ def write_report(run_dir: str | Path, *, zoo: bool = True) -> ReportFiles:
         plot_reward_curve(run, out / "reward_curve.png"),
         out / "report.md",
     )
-    files.markdown.write_text(render_markdown(run, refs))
+    write_text(files.markdown, render_markdown(run, refs))
     return files
 
 
