@@ -447,6 +447,8 @@ def row_to_trial(row: sqlite3.Row | dict[str, Any]) -> Trial:
 # -- salvaging a damaged store -------------------------------------------------------------------
 #: How far past the last id a salvage looks for trials when a scan of the table breaks off.
 PROBE_PAST_END = 1000
+#: Missing ids a salvage lists by number (the rest are only counted).
+MAX_LISTED_GAPS = 1000
 META_KEYS = ("schema_version", "config", "created_at", "mnas_version", "config_path", "elapsed_s")
 
 
@@ -459,7 +461,8 @@ class Salvage:
     meta: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)  # readable trials rows, by id
     unreadable: list[int] = field(default_factory=list)  # ids seen in a scan but not readable
-    gaps: list[int] = field(default_factory=list)  # ids missing between readable ones
+    gaps: list[int] = field(default_factory=list)  # ids missing between readable ones (the first MAX_LISTED_GAPS)
+    gap_count: int = 0  # how many ids are missing between readable ones (listed in `gaps` or not)
     checkpoint: dict[str, Any] | None = None
 
     @property
@@ -469,12 +472,13 @@ class Salvage:
     def summary(self) -> str:
         ids = [r["trial_id"] for r in self.rows]
         lost = sorted(set(self.unreadable) | set(self.gaps))
+        lost_count = len(self.unreadable) + max(self.gap_count, len(self.gaps))
         text = f"{len(ids)} trial(s) readable"
         if ids:
             text += f" (ids {min(ids)}..{max(ids)})"
-        if lost:
-            shown = ", ".join(map(str, lost[:10])) + (", ..." if len(lost) > 10 else "")
-            text += f", {len(lost)} lost ({shown})"
+        if lost_count:
+            shown = ", ".join(map(str, lost[:10])) + (", ..." if lost_count > 10 else "")
+            text += f", {lost_count:,} lost ({shown})"
         text += "; config " + ("readable" if isinstance(self.meta.get("config"), dict) else "LOST")
         text += "; strategy state " + ("readable" if self.checkpoint is not None else "lost")
         return text
@@ -510,7 +514,7 @@ def salvage(path: str | Path) -> Salvage:
             conn.execute("PRAGMA writable_schema = ON")
             conn.execute("PRAGMA cell_size_check = ON")
             out.meta = _salvage_meta(conn)
-            out.rows, out.unreadable, out.gaps = _salvage_trials(conn)
+            out.rows, out.unreadable, out.gaps, out.gap_count = _salvage_trials(conn)
             out.checkpoint = _try_row(conn, "SELECT step, phase, state, saved_at FROM checkpoint WHERE id = 1")
     return out
 
@@ -552,12 +556,14 @@ def _scan_ids(conn: sqlite3.Connection, order: str) -> list[int]:
     return ids
 
 
-def _salvage_trials(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[int], list[int]]:
-    """Readable rows, ids a scan saw but that do not read back, and ids missing in between.
+def _salvage_trials(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[int], list[int], int]:
+    """Readable rows, ids a scan saw but that do not read back, ids missing in between (the first
+    MAX_LISTED_GAPS of them) and how many are missing.
 
     Every id from the scans is looked up, and so is every id from 0 on until PROBE_PAST_END ids
     in a row past the last readable one are missing (a scan stops at the first bad page, so rows
-    behind it are found by lookup).
+    behind it are found by lookup). The work is bounded by the number of rows, never by an id's
+    value: a store holding trial id 10**12 costs no more than one holding id 12.
     """
     scanned = set(_scan_ids(conn, "ASC")) | set(_scan_ids(conn, "DESC"))
     rows: dict[int, dict[str, Any]] = {}
@@ -576,18 +582,33 @@ def _salvage_trials(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], lis
             return
         rows[trial_id] = row
 
+    # Ids are handed out 0, 1, 2, ...: probing twice as many ids as there are rows, plus a margin,
+    # covers every real store; far-apart ids (a crafted store) are looked up only as scanned.
     probe, last = 0, -1
-    while probe <= last + PROBE_PAST_END:
+    while probe <= last + PROBE_PAST_END and probe < 2 * (len(scanned) + len(rows)) + 10 * PROBE_PAST_END:
         read(probe)
         if probe in rows:
             last = probe
         probe += 1
-    for trial_id in sorted(scanned - set(range(probe))):
+    for trial_id in sorted(i for i in scanned if not 0 <= i < probe):
         read(trial_id)
     top = max(rows, default=-1)
     unreadable = sorted(i for i in (scanned | failed) - set(rows) if 0 <= i <= top + PROBE_PAST_END)
-    gaps = [i for i in range(top + 1) if i not in rows and i not in unreadable]
-    return [rows[i] for i in sorted(rows)], unreadable, gaps
+    gaps, gap_count = _missing_ids(top, set(rows) | set(unreadable))
+    return [rows[i] for i in sorted(rows)], unreadable, gaps, gap_count
+
+
+def _missing_ids(top: int, known: set[int]) -> tuple[list[int], int]:
+    """Ids in 0..top not in `known`: the first MAX_LISTED_GAPS of them, and how many there are,
+    in time and memory proportional to len(known), not to `top`."""
+    listed: list[int] = []
+    count, expect = 0, 0
+    for i in sorted(k for k in known if 0 <= k <= top) + [top + 1]:
+        if i > expect:
+            count += i - expect
+            listed.extend(range(expect, min(i, expect + MAX_LISTED_GAPS - len(listed))))
+        expect = i + 1
+    return listed, count
 
 
 @dataclass(frozen=True)
