@@ -11,7 +11,7 @@ import typer
 from mnas import zoo
 from mnas.errors import UserError
 from mnas.paths import writable_dir
-from mnas.run_options import RunOptions
+from mnas.run_options import MAX_EVAL_CANDIDATES, RunOptions, check_num_random, sample_count
 
 app = typer.Typer(help="Weight sharing: train one supernet, then score candidates in seconds.", no_args_is_help=True)
 
@@ -23,7 +23,7 @@ def train_cmd(
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (default 10; with --resume: the run's)."),
     out: Path | None = typer.Option(None, "--out", help="Folder for supernet.pt, checkpoint.pt, metrics.jsonl."),
     rule: str | None = typer.Option(None, "--rule", help="sandwich (default: largest, smallest, 2 random paths) or spos."),
-    num_random: int | None = typer.Option(None, "--num-random", min=0, help="Random paths per sandwich step (2)."),
+    num_random: int | None = typer.Option(None, "--num-random", min=0, help="Random paths per sandwich step (2; at most 16)."),
     recipe: str | None = typer.Option(None, "--recipe", help="cifar (default for <= 64 px data) or mnasnet."),
     train_subset: int | None = typer.Option(None, "--train-subset", min=1, help="Stratified subset of the training images."),
     val_size: float | None = typer.Option(None, "--val-size", help="Held-out validation: a fraction (<1) or a count (0.1)."),
@@ -43,6 +43,7 @@ def train_cmd(
     opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
                       seed, None, device)
     opts.check(tuple(RECIPES))
+    check_num_random(num_random)
     notes: list[str] = []
     if resume is not None:
         if space is not None or out is not None:
@@ -81,6 +82,11 @@ def train_cmd(
         _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step}, as_json,
               [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas supernet train --resume {run_dir}"])
         raise typer.Exit(130) from None
+    if summary.get("signalled"):  # the signal came while the last epoch was scored: training is complete
+        _emit({"status": "interrupted", **summary}, as_json,
+              [f"interrupted while scoring the last epoch; every epoch is trained and saved in {summary['supernet']} "
+               f"(its val top-1 was not measured: mnas supernet eval {run_dir} ARCH scores paths)"])
+        raise typer.Exit(130)
     _emit({"status": "ok", **summary}, as_json, [
         f"supernet of {sp.name} ({summary['rule']}) on {dataset.name}: largest path val top-1 "
         f"{summary.get('val_acc', float('nan')):.4f} after {summary['epochs']} epochs ({summary['seconds']:.0f} s, "
@@ -107,15 +113,18 @@ def eval_cmd(
     from mnas.supernet import load_supernet, score
     from mnas.train import resolve_device
 
+    total = 0
+    for text in archs:  # how many, before anything loads
+        total += sample_count(text, total) or 1
+        if total > MAX_EVAL_CANDIDATES:
+            raise UserError(f"{total:,} candidates given; score at most {MAX_EVAL_CANDIDATES:,} in one call")
     net, meta = load_supernet(supernet, device=resolve_device(device))
     candidates = []
     for text in archs:
-        if text.startswith("sample:"):
-            n = text.split(":", 1)[1]
-            if not n.isdigit() or int(n) < 1:
-                raise UserError(f"{text!r}: write sample:N with N >= 1")
+        n = sample_count(text)
+        if n is not None:
             rng = random.Random(seed)
-            candidates += [net.space.sample(rng) for _ in range(int(n))]
+            candidates += [net.space.sample(rng) for _ in range(n)]
         else:
             candidates.append(zoo.resolve(text)[0])
     for arch in candidates:

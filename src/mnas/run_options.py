@@ -16,6 +16,33 @@ from mnas.space import SKELETONS
 RESUME_MAY_CHANGE = {"epochs": "trains to the new epoch count", "device": "continues on the new device",
                      "data_root": "reads the same dataset from the new folder"}
 DEFAULT_EPOCHS = 10
+#: Random paths per sandwich step at most: each is one more forward and backward per step
+#: (BigNAS and Once-for-All use 2 to 4).
+MAX_NUM_RANDOM = 16
+#: Candidates `mnas supernet eval` scores in one call at most ('sample:N' included); each takes
+#: about a second, so more is a job for `mnas search`.
+MAX_EVAL_CANDIDATES = 10_000
+
+
+def check_num_random(value: int | None) -> None:
+    """--num-random: 0 to MAX_NUM_RANDOM."""
+    if value is not None and not 0 <= value <= MAX_NUM_RANDOM:
+        raise UserError(f"--num-random {value} is out of range; use 0 to {MAX_NUM_RANDOM} random paths per step "
+                        "(each one is another forward and backward pass)")
+
+
+def sample_count(text: str, already: int = 0) -> int | None:
+    """N of a 'sample:N' argument of `mnas supernet eval` (None: not a sample argument), checked
+    against MAX_EVAL_CANDIDATES together with the `already` candidates before it."""
+    if not text.startswith("sample:"):
+        return None
+    n = text.split(":", 1)[1]
+    if not (n.isascii() and n.isdigit()) or len(n) > 9 or int(n) < 1:
+        raise UserError(f"{text[:40]!r}: write sample:N with N from 1 to {MAX_EVAL_CANDIDATES:,}")
+    if already + int(n) > MAX_EVAL_CANDIDATES:
+        raise UserError(f"{text!r} asks for {already + int(n):,} candidates in all; score at most "
+                        f"{MAX_EVAL_CANDIDATES:,} in one call (use mnas search for more)")
+    return int(n)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ from typing import Any
 
 from mnas.data import DatasetSplits
 from mnas.errors import UserError
+from mnas.run_options import MAX_NUM_RANDOM
 from mnas.space import SearchSpace
+from mnas.supernet import stopping
 from mnas.supernet.io import load_supernet, save_supernet
 from mnas.supernet.network import Supernet
 from mnas.supernet.sampling import RULES
@@ -35,8 +37,8 @@ class SupernetSettings:
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise UserError(f"unknown sampling rule {self.rule!r}; choose one of {', '.join(RULES)}")
-        if self.num_random < 0 or self.eval_bn_batches < 1:
-            raise UserError("num_random must be >= 0 and eval_bn_batches >= 1")
+        if not 0 <= self.num_random <= MAX_NUM_RANDOM or self.eval_bn_batches < 1:
+            raise UserError(f"num_random must be 0 to {MAX_NUM_RANDOM} (got {self.num_random}) and eval_bn_batches >= 1")
 
 
 def _trainee(space: SearchSpace, data: DatasetSplits, config: FitConfig, settings: SupernetSettings) -> TraineeFactory:
@@ -52,11 +54,16 @@ def _trainee(space: SearchSpace, data: DatasetSplits, config: FitConfig, setting
         sd_cache: dict[str, Any] = {}
 
         def evaluate(engine: Engine) -> tuple[float, float]:
-            """Held-out top-1 of the largest path after BN re-estimation (the teacher's quality)."""
-            if "sd" not in sd_cache:
-                sd_cache["sd"] = scoring_data(data, bn_batches=settings.eval_bn_batches, images=len(data.val),
-                                              device=engine.device, seed=config.seed)
-            return score_one(net, net.largest(), sd_cache["sd"]), float("nan")
+            """Held-out top-1 of the largest path after BN re-estimation (the teacher's quality);
+            NaN when a signal stops the scoring (the epoch's training is saved all the same)."""
+            stopping.watch()
+            try:
+                if "sd" not in sd_cache:
+                    sd_cache["sd"] = scoring_data(data, bn_batches=settings.eval_bn_batches, images=len(data.val),
+                                                  device=engine.device, seed=config.seed)
+                return score_one(net, net.largest(), sd_cache["sd"]), float("nan")
+            except stopping.ScoringStopped:
+                return float("nan"), float("nan")
 
         def after_save(engine: Engine, out: Path) -> None:
             save_supernet(net, out, {"data": data.describe(), "step": engine.step, "config": asdict(config),
@@ -78,9 +85,14 @@ def fit_supernet(space: SearchSpace, data: DatasetSplits, config: FitConfig, out
     settings = settings or SupernetSettings(**{k: v for k, v in config.extra.items() if k in known})
     config.extra = {**config.extra, "rule": settings.rule, "num_random": settings.num_random,
                     "eval_bn_batches": settings.eval_bn_batches, "space": space.to_dict()}
-    summary = fit_trainee(_trainee(space, data, config, settings), data, config, out, resume=resume, progress=progress,
-                          stop_after_steps=stop_after_steps, checkpoint_every_s=checkpoint_every_s, speed=speed)
-    return {**summary, "space": space.name, "rule": settings.rule, "supernet": str(Path(out) / "supernet.pt")}
+    with stopping.interruptible() as signalled:
+        summary = fit_trainee(_trainee(space, data, config, settings), data, config, out, resume=resume,
+                              progress=progress, stop_after_steps=stop_after_steps,
+                              checkpoint_every_s=checkpoint_every_s, speed=speed)
+    # a signal that came while the last epoch was scored: every epoch is trained and saved, the
+    # last score is NaN; the caller says so (and exits as interrupted)
+    return {**summary, "space": space.name, "rule": settings.rule, "supernet": str(Path(out) / "supernet.pt"),
+            **({"signalled": True} if signalled[0] else {})}
 
 
 __all__ = ["SupernetSettings", "fit_supernet", "load_supernet"]

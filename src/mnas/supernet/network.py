@@ -11,6 +11,7 @@ from torch import nn
 from mnas.errors import UserError
 from mnas.model import TF_BN_EPS, init_tf_
 from mnas.space import Architecture, BlockSpec, OpChoice, SearchSpace
+from mnas.supernet import stopping
 from mnas.supernet.modules import SuperHead, SuperLayer, build_stem, layer_bounds
 
 SKIP_ORDER = ("pool", "identity", "none")  # most shortcut parameters first
@@ -101,8 +102,12 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor, arch: Architecture) -> torch.Tensor:
         path = self.resolve(arch)
         x = self.stem(x)
+        abortable = stopping.step_abortable() and x.requires_grad  # a signal stops a training step midway
         for i, spec in enumerate(path.blocks):
             for j in range(spec.layers):
+                if abortable:
+                    stopping.check_step()
+                    x.register_hook(stopping.in_step_hook)
                 x = self.layer(i, j)(x, spec, spec.stride if j == 0 else 1)
         return self.head(x)
 

@@ -32,6 +32,7 @@ from mnas.errors import UserError
 from mnas.export import quiet_converters
 from mnas.model import ConvBnAct
 from mnas.space import Architecture
+from mnas.supernet import stopping
 from mnas.supernet.extract import extract
 from mnas.supernet.network import Supernet
 
@@ -53,6 +54,7 @@ def reestimate_bn(model: nn.Module, batches: Iterable[torch.Tensor], *args: obje
             bn.momentum = None
             bn.train()
         for x in batches:
+            stopping.check()
             model(x, *args)
             seen += 1
     finally:
@@ -115,6 +117,7 @@ def scoring_data(data: DatasetSplits, *, bn_batches: int = 8, bn_batch_size: int
                         f"the training split has {len(data.train)}")
     bn = []
     for x, _ in bn_loader:
+        stopping.check()
         bn.append(x)
         if len(bn) == bn_batches:
             break
@@ -123,6 +126,7 @@ def scoring_data(data: DatasetSplits, *, bn_batches: int = 8, bn_batch_size: int
     for x, y in BatchLoader(data, data.val, batch_size, train=False, device=dev, channels_last=cl):
         if left <= 0:
             break
+        stopping.check()
         val.append((x[:left], y[:left]))
         left -= int(y.shape[0])
     return ScoringData(bn, val, dev, cl)
@@ -134,6 +138,7 @@ def accuracy(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tenso
     correct = torch.zeros((), dtype=torch.int64, device=batches[0][0].device)
     seen = 0
     for x, y in batches:
+        stopping.check()
         correct += (model(x).argmax(1) == y).sum()
         seen += int(y.shape[0])
     return int(correct) / seen
@@ -161,6 +166,7 @@ def onnx_session(model: nn.Module, resolution: int, threads: int | None = None) 
 def onnx_accuracy(session: Any, arrays: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
     correct = seen = 0
     for x, y in arrays:
+        stopping.check()
         (logits,) = session.run(None, {"input": x})
         correct += int((logits.argmax(1) == y).sum())
         seen += int(y.shape[0])
@@ -175,6 +181,10 @@ def score_one(supernet: Supernet, arch: Architecture, sd: ScoringData, *, fold_b
     model = extract(supernet, arch)
     if sd.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if stopping.active():  # a signal stops the scoring within a layer
+        for module in model.modules():
+            if next(module.children(), None) is None:
+                module.register_forward_pre_hook(lambda *_: stopping.check())
     reestimate_bn(model, sd.bn_batches)
     if fold_bn:
         fold_bn_(model)
@@ -205,6 +215,7 @@ def score(supernet: Supernet, archs: Sequence[Architecture], data: DatasetSplits
         device=device)
     out = []
     for i, arch in enumerate(archs):
+        stopping.check()
         t0 = time.perf_counter()
         acc = score_one(supernet, arch, sd, fold_bn=fold_bn, backend=backend)
         out.append(acc)

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mnas.space import Architecture
+from mnas.supernet import stopping
 from mnas.supernet.network import Supernet
 from mnas.supernet.sampling import RULES, step_paths
 
@@ -60,20 +61,33 @@ class SupernetStep:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         paths = self.paths(step)
+        ddp = isinstance(model, DistributedDataParallel)
+        stopping.watch()
         teacher_logits: torch.Tensor | None = None
         teacher_loss: torch.Tensor | None = None
         soft: torch.Tensor | None = None
-        for i, path in enumerate(paths):
-            last = i == len(paths) - 1
-            sync = model.no_sync() if (isinstance(model, DistributedDataParallel) and not last) else contextlib.nullcontext()
-            with sync:
-                logits = model(x, path).float()
-                if soft is None:
-                    loss = self.criterion(logits, y)
-                    teacher_logits, teacher_loss = logits.detach(), loss.detach()
-                    soft = torch.softmax(teacher_logits, dim=1)
-                else:
-                    loss = soft_cross_entropy(logits, soft)
-                (loss + self._anchor()).backward()
+        try:
+            with stopping.in_step(enabled=not ddp):
+                for i, path in enumerate(paths):
+                    last = i == len(paths) - 1
+                    sync = (model.no_sync() if isinstance(model, DistributedDataParallel) and not last
+                            else contextlib.nullcontext())
+                    with sync:
+                        logits = model(x, path).float()
+                        if soft is None:
+                            loss = self.criterion(logits, y)
+                            teacher_logits, teacher_loss = logits.detach(), loss.detach()
+                            soft = torch.softmax(teacher_logits, dim=1)
+                        else:
+                            loss = soft_cross_entropy(logits, soft)
+                        (loss + self._anchor()).backward()
+        except stopping.Stopped:
+            # a signal (see mnas.supernet.stopping): drop the step, so the optimiser's step after it
+            # changes nothing (parameters without a gradient are skipped) and the engine stops
+            for p in self.supernet.parameters():
+                p.grad = None
+            if teacher_loss is None or teacher_logits is None:  # cut in the teacher's pass: no numbers
+                n = int(y.shape[0])
+                return torch.zeros((), device=x.device), torch.zeros(n, self.supernet.num_classes, device=x.device)
         assert teacher_loss is not None and teacher_logits is not None
         return teacher_loss, teacher_logits
