@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from mnas.errors import UserError
 from mnas.latency import Target
 from mnas.latency.backends import get_backend
+from mnas.latency.backends.ort import OrtBackend
 from mnas.latency.exporter import all_cores, arch_file, exporter, placement
 from mnas.latency.units import space_units
 from mnas.space import SearchSpace
@@ -73,3 +75,55 @@ def test_a_script_without_main_guard_can_build_with_converters(tmp_path: Path) -
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines() == ["p.onnx"]  # once: the script ran once
+
+
+class StuckBackend(OrtBackend):
+    """ONNX Runtime, except that a file named stuck* never finishes converting (a hung converter)."""
+
+    name = "stuck"
+
+    def export(self, module, path: Path, target: Target) -> Path:  # type: ignore[no-untyped-def]
+        if "stuck" in path.name:
+            time.sleep(3600)
+        return super().export(module, path, target)
+
+
+BACKEND = StuckBackend()
+
+
+@pytest.mark.slow
+def test_a_stuck_converter_is_killed_after_the_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnas.latency.backends import register_backend, unregister_backend
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("MNAS_EXPORT_TIMEOUT", "5")
+    register_backend("stuck", __name__)
+    target = Target(backend="stuck", resolution=32, num_classes=10)
+    try:
+        with exporter(target, 1) as ex:
+            pid = ex.procs[0].pid
+            stuck = ex.arch(SearchSpace.cifar().sample(0), tmp_path / "stuck.onnx")
+            t0 = time.monotonic()
+            with pytest.raises(UserError) as exc:
+                stuck.result()
+            assert time.monotonic() - t0 < 60
+            ok = ex.arch(SearchSpace.cifar().sample(1), tmp_path / "m1.onnx")  # a fresh converter goes on
+            assert Path(ok.result()).stat().st_size > 1000 and ex.procs[0].pid != pid
+    finally:
+        unregister_backend("stuck")
+    message = str(exc.value)
+    assert "exporting stuck.onnx failed" in message and "within 5 s" in message and "MNAS_EXPORT_TIMEOUT" in message
+    assert "\n" not in message and not (tmp_path / "stuck.onnx").exists()
+
+
+def test_a_bad_export_timeout_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnas.latency.exporter import export_timeout
+
+    for bad in ("abc", "0", "-3", "inf", "nan"):
+        monkeypatch.setenv("MNAS_EXPORT_TIMEOUT", bad)
+        with pytest.raises(UserError, match="MNAS_EXPORT_TIMEOUT=.* is not a positive number of seconds"):
+            export_timeout()
+    monkeypatch.setenv("MNAS_EXPORT_TIMEOUT", "2.5")
+    assert export_timeout() == 2.5
+    monkeypatch.delenv("MNAS_EXPORT_TIMEOUT")
+    assert export_timeout() == 600

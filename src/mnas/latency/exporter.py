@@ -34,6 +34,25 @@ from mnas.latency.target import Target
 from mnas.latency.units import Unit, unit_from_dict, unit_to_dict
 from mnas.space import Architecture
 
+#: Seconds one export may take in a converter before the converter is stopped (MNAS_EXPORT_TIMEOUT).
+DEFAULT_EXPORT_TIMEOUT_S = 600.0
+
+
+def export_timeout() -> float:
+    """MNAS_EXPORT_TIMEOUT (seconds, default 600): how long a converter may work on one export
+    before it is killed and the export fails with one line."""
+    text = os.environ.get("MNAS_EXPORT_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_EXPORT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise UserError(f"MNAS_EXPORT_TIMEOUT={text[:40]!r} is not a positive number of seconds; set e.g. "
+                        f"MNAS_EXPORT_TIMEOUT=600, or unset it for the default of {DEFAULT_EXPORT_TIMEOUT_S:g} s")
+    return value
+
 
 def arch_file(arch: Architecture, target: Target, folder: Path, backend: Backend) -> Path:
     """Where the file of `arch` for `target` lives (reused once written)."""
@@ -96,6 +115,7 @@ class Job:
         self._done = threading.Event()
         self._value: tuple[str, float] | None = None
         self._error: str | None = None
+        self.served: Callable[[], bool] = lambda: True  # False once no converter is left to do it
 
     def finish(self, value: tuple[str, float] | None, error: str | None = None) -> None:
         self._value, self._error = value, error
@@ -104,7 +124,9 @@ class Job:
     def result(self) -> str:
         if self.inline and not self._done.is_set():
             self.finish(_run_job(self.spec))
-        self._done.wait()
+        while not self._done.wait(1.0):  # each export is bounded by the converters' timeout
+            if not self.served() and not self._done.is_set():
+                self.finish(None, "no converter is left to do it (the pool was closed)")
         if self._error is not None or self._value is None:
             raise UserError(f"exporting {Path(self.spec['path']).name} failed: {self._error}")
         return self._value[0]
@@ -123,40 +145,87 @@ class Exporter:
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.procs: list[subprocess.Popen[str]] = []
         self.threads: list[threading.Thread] = []
+        self.timeout = export_timeout()
+        self._closing = False
         backend = get_backend(target.backend)
-        for cpus, idle in placement(workers, measuring):
+        for i, (cpus, idle) in enumerate(placement(workers, measuring)):
             boot = json.dumps({"parent": os.getpid(), "backend": [backend.name, backend.module], "cpus": cpus,
                                "idle": idle})
-            proc = subprocess.Popen([sys.executable, "-m", "mnas.latency.exporter", boot], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
-            thread = threading.Thread(target=self._feed, args=(proc,), daemon=True)
+            self.procs.append(self._start(boot))
+            thread = threading.Thread(target=self._feed, args=(i, boot), daemon=True)
             thread.start()
-            self.procs.append(proc)
             self.threads.append(thread)
 
-    def _feed(self, proc: subprocess.Popen[str]) -> None:
-        """Hand this converter one job at a time until the queue says stop."""
-        stdin: IO[str] | None = proc.stdin
-        stdout: IO[str] | None = proc.stdout
+    @staticmethod
+    def _start(boot: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "mnas.latency.exporter", boot], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+    def _feed(self, index: int, boot: str) -> None:
+        """Hand converter `index` one job at a time until the queue says stop. A converter that
+        does not answer within `timeout` seconds is killed (its job fails with one line) and a
+        fresh one takes the next job."""
+        proc = self.procs[index]
         while True:
             job = self.jobs.get()
-            if job is None or stdin is None or stdout is None:
+            if job is None:
                 break
+            if proc.poll() is not None and not self._closing:  # killed or died on an earlier job
+                proc = self.procs[index] = self._start(boot)
             try:
-                stdin.write(json.dumps(job.spec) + "\n")
-                stdin.flush()
-                line = stdout.readline()
-                reply: dict[str, Any] = json.loads(line) if line else {"error": f"the converter stopped (exit {proc.poll()})"}
-            except (OSError, ValueError) as exc:
-                reply = {"error": f"the converter failed: {exc}"}
-            job.finish((str(reply["path"]), float(reply["cpu"])) if "path" in reply else None, reply.get("error"))
-        if stdin is not None:
+                reply = self._ask(proc, job)
+            except Exception as exc:  # never leave a job unanswered
+                reply = {"error": f"the converter failed: {type(exc).__name__}: {exc}"}
+            try:
+                value = (str(reply["path"]), float(reply["cpu"])) if "path" in reply else None
+            except (KeyError, TypeError, ValueError):
+                value, reply = None, {"error": f"the converter answered {str(reply)[:100]}"}
+            job.finish(value, None if value is not None else str(reply.get("error")))
+        if proc.stdin is not None:
             with contextlib.suppress(OSError):
-                stdin.close()
+                proc.stdin.close()
+
+    def _ask(self, proc: subprocess.Popen[str], job: Job) -> dict[str, Any]:
+        """Send one job and read its answer, killing the converter after `timeout` seconds."""
+        stdin: IO[str] | None = proc.stdin
+        stdout: IO[str] | None = proc.stdout
+        if stdin is None or stdout is None:
+            return {"error": "the converter has no pipes"}
+        timed_out = threading.Event()
+
+        def stop() -> None:
+            timed_out.set()
+            with contextlib.suppress(OSError):
+                proc.kill()
+
+        timer = threading.Timer(self.timeout, stop)
+        timer.daemon = True
+        timer.start()
+        try:
+            stdin.write(json.dumps(job.spec) + "\n")
+            stdin.flush()
+            line = stdout.readline()
+        except OSError as exc:
+            line, error = "", f"the converter failed: {exc}"
+        else:
+            error = f"the converter stopped (exit {proc.poll()})"
+        finally:
+            timer.cancel()
+        if timed_out.is_set():
+            return {"error": f"no answer from the converter within {self.timeout:g} s, so it was stopped; a stuck "
+                             "conversion? raise MNAS_EXPORT_TIMEOUT (seconds) if the model is just slow to convert"}
+        if not line:
+            return {"error": error}
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            return {"error": f"the converter answered {line.strip()[:100]!r}"}
+        return reply if isinstance(reply, dict) else {"error": f"the converter answered {line.strip()[:100]!r}"}
 
     def _submit(self, spec: dict[str, Any], path: Path) -> Job:
         job = Job(spec, inline=not self.procs or path.exists())
         if not job.inline:
+            job.served = lambda: any(t.is_alive() for t in self.threads)
             self.jobs.put(job)
         return job
 
@@ -170,6 +239,7 @@ class Exporter:
 
     def close(self, failed: bool = False) -> None:
         """Wait for the converters' work; on failure (or SIGTERM, Ctrl-C) stop them at once."""
+        self._closing = failed
         if failed:
             for proc in self.procs:
                 proc.kill()
@@ -242,4 +312,5 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
 
-__all__ = ["Exporter", "Job", "arch_file", "export_arch", "export_module", "export_pack", "exporter", "pool_size"]
+__all__ = ["DEFAULT_EXPORT_TIMEOUT_S", "Exporter", "Job", "arch_file", "export_arch", "export_module", "export_pack",
+           "export_timeout", "exporter", "pool_size"]
