@@ -54,7 +54,7 @@ def test_bad_value_names_file_and_path(tmp_path):
 
 def test_unknown_key_lists_allowed_keys(tmp_path):
     path = _write(tmp_path, {"reward": {"target_ms": 2}, "proxy": {"epoch": 3}})
-    with pytest.raises(UserError, match=r"proxy\.epoch: unknown key; allowed keys: epochs, batch_size"):
+    with pytest.raises(UserError, match=r"proxy\.epoch: unknown key; allowed keys: steps, keep, workers, epochs"):
         load_config(path)
     path = _write(tmp_path, {"reward": {"target_ms": 2}, "rewrad": {}})
     with pytest.raises(UserError, match=r"rewrad: unknown key; allowed keys: space, seed, data"):
@@ -71,6 +71,24 @@ def test_unknown_key_lists_allowed_keys(tmp_path):
     ({"reward": {"target_ms": 2}, "executor": "slurm"}, "executor.name: Input should be 'local' or 'ray'"),
     ({"reward": {"target_ms": 2}, "strategy": {"name": "anneal"}}, "strategy.name: unknown strategy 'anneal'"),
     ({"reward": {"target_ms": "fast"}}, "reward.target_ms: Input should be a valid number"),
+    # the proxy's rungs (successive halving) and the reference networks
+    ({"reward": {"target_ms": 2}, "proxy": {"steps": [90, 30]}}, "proxy.steps: rungs must increase: 30 comes after 90"),
+    ({"reward": {"target_ms": 2}, "proxy": {"steps": [30, 30]}}, "proxy.steps: rungs must increase"),
+    ({"reward": {"target_ms": 2}, "proxy": {"steps": [0, 30]}}, "proxy.steps: a rung of 0 steps trains nothing"),
+    ({"reward": {"target_ms": 2}, "proxy": {"steps": 0}}, "proxy.steps: a rung of 0 steps trains nothing"),
+    ({"reward": {"target_ms": 2}, "proxy": {"steps": []}}, "proxy.steps: give at least one rung"),
+    ({"reward": {"target_ms": 2}, "proxy": {"steps": [30, 2_000_000]}}, "above the limit of 1000000"),
+    ({"reward": {"target_ms": 2}, "proxy": {"steps": [30, 90], "max_steps": 60}},
+     "the top rung of 90 steps is above the budget max_steps 60"),
+    ({"reward": {"target_ms": 2}, "proxy": {"keep": 0}}, "proxy.keep: Input should be greater than 0"),
+    ({"reward": {"target_ms": 2}, "proxy": {"keep": 1}}, "proxy.keep: Input should be less than 1"),
+    ({"reward": {"target_ms": 2}, "proxy": {"keep": 1.5}}, "proxy.keep: Input should be less than 1"),
+    ({"reward": {"target_ms": 2}, "proxy": {"keep": 0.4}}, "proxy.keep: keep 0.4 is not 1/n"),
+    ({"reward": {"target_ms": 2}, "proxy": {"workers": 0}}, "proxy.workers: Input should be greater than 0"),
+    ({"reward": {"target_ms": 2}, "references": {"models": ["resnet50"]}}, "unknown zoo model 'resnet50'"),
+    ({"reward": {"target_ms": 2}, "references": {"models": ["mobilenet_v2", "mobilenet_v2"]}},
+     "a reference is named twice"),
+    ({"reward": {"target_ms": 2}, "references": {"seeds": 0}}, "references.seeds: Input should be greater than"),
 ])
 def test_bad_configs(tmp_path, data, where):
     path = _write(tmp_path, data)

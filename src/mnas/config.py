@@ -28,6 +28,7 @@ __all__ = [
     "ExecutorConfig",
     "LatencyConfig",
     "ProxyConfig",
+    "ReferencesConfig",
     "RewardConfig",
     "SearchConfig",
     "StrategyConfig",
@@ -37,6 +38,7 @@ __all__ = [
 
 
 _TARGET_DEFAULTS = Target()  # one default per setting: the latency target's own
+MAX_PROXY_STEPS = 1_000_000  # a proxy rung above this is a typo, not a budget
 
 
 class _Strict(BaseModel):
@@ -66,6 +68,13 @@ class ProxyConfig(_Strict):
 
     Every setting of the proxy lives here, once, with its default."""
 
+    # The budget of kind train, in training steps of `batch_size` images: one value, or the rungs of
+    # successive halving (e.g. [30, 90, 240]): every candidate trains to the first rung, and the
+    # best `keep` of each rung (by reward) continue from their checkpoint to the next one
+    # (Optuna's SuccessiveHalvingPruner decides). None: `epochs` of the training split, one rung.
+    steps: list[int] | None = None
+    keep: float = Field(default=1 / 3, gt=0, lt=1)  # the share of a rung promoted to the next
+    workers: int | None = Field(default=None, gt=0, le=256)  # training processes at once; None: cores / threads
     epochs: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=128, gt=0, le=65536)
     optimizer: Literal["sgd", "rmsprop", "adamw"] = "sgd"
@@ -105,13 +114,79 @@ class ProxyConfig(_Strict):
             raise ValueError(f"unknown device {value!r}; choose auto, cpu, cuda or cuda:N")
         return value
 
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("steps")
+    @classmethod
+    def _rungs(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one rung of training steps, e.g. [30, 90, 240]")
+        if value[0] < 1:
+            raise ValueError(f"a rung of {value[0]} steps trains nothing; give positive step counts, e.g. [30, 90, 240]")
+        for low, high in zip(value, value[1:], strict=False):
+            if high <= low:
+                raise ValueError(f"rungs must increase: {high} comes after {low} in {value}")
+        if value[-1] > MAX_PROXY_STEPS:
+            raise ValueError(f"a top rung of {value[-1]} steps is above the limit of {MAX_PROXY_STEPS}")
+        return value
+
+    @field_validator("keep")
+    @classmethod
+    def _keep(cls, value: float) -> float:
+        eta = 1 / value
+        if abs(eta - round(eta)) > 0.02 * eta:
+            raise ValueError(f"keep {value} is not 1/n: successive halving keeps the best half, third, quarter, "
+                             "... of a rung; use 0.5, 0.333 or 0.25")
+        return value
+
+    @property
+    def reduction_factor(self) -> int:
+        """1 / keep: a rung's candidates per promotion (Optuna's reduction_factor)."""
+        return round(1 / self.keep)
+
     @model_validator(mode="after")
     def _supernet_path(self) -> ProxyConfig:
         if self.kind == "supernet" and not self.path:
             raise ValueError("kind supernet needs path: the folder of a supernet (mnas supernet train --out DIR)")
         if self.kind == "train" and (self.path or self.train_if_missing):
             raise ValueError("path and train_if_missing apply to kind: supernet only")
+        if self.kind != "train" and self.steps is not None and len(self.steps) > 1:
+            raise ValueError(f"rungs of training steps apply to kind: train only (kind {self.kind} scores once)")
+        if self.steps is not None and self.max_steps is not None and self.steps[-1] > self.max_steps:
+            raise ValueError(f"the top rung of {self.steps[-1]} steps is above the budget max_steps {self.max_steps}; "
+                             "lower the rung or raise max_steps")
         return self
+
+
+class ReferencesConfig(_Strict):
+    """Hand-designed networks trained in every run with the same proxy, at its top rung, and drawn
+    beside the front: does the search beat them? Zoo names, scaled to the middle of the space's
+    width range. The first is trained with `seeds` seeds: their spread is the run's noise floor."""
+
+    models: list[str] = Field(default_factory=lambda: ["mobilenet_v2", "mnasnet_a1"], max_length=8)
+    seeds: int = Field(default=2, ge=1, le=8)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("models")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        for name in value:
+            try:
+                zoo.entry(name)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+        if len(set(value)) < len(value):
+            raise ValueError(f"a reference is named twice in {value}")
+        return value
 
 
 MAX_TARGET_NAME = 64  # a latency target's name labels plots, tables and the store
@@ -252,6 +327,7 @@ class SearchConfig(_Strict):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    references: ReferencesConfig = Field(default_factory=ReferencesConfig)
 
     @field_validator("latency", mode="before")
     @classmethod
