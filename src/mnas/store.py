@@ -46,9 +46,27 @@ from mnas.trial import STATUSES, Trial
 
 DB_NAME = "trials.sqlite"
 LOCK_NAME = ".writer.lock"
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
-TABLES = ("meta", "trials", "checkpoint")
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
+TABLES = ("meta", "trials", "checkpoint", "rungs")
+
+#: Every rung a candidate finished (successive halving): its accuracy, reward and cost, and the
+#: decision taken on it, in the order the decisions were taken (`seq`), so a resume replays them.
+RUNGS_TABLE = """
+CREATE TABLE IF NOT EXISTS rungs (
+    seq INTEGER PRIMARY KEY,
+    trial_id INTEGER NOT NULL REFERENCES trials (trial_id),
+    rung INTEGER NOT NULL,
+    budget INTEGER NOT NULL,
+    accuracy REAL NOT NULL,
+    reward REAL NOT NULL,
+    seconds REAL NOT NULL,
+    promoted INTEGER NOT NULL,
+    UNIQUE (trial_id, rung)
+);
+"""
+#: Columns schema 3 added to the trials table (a schema-2 store gets them when a search resumes it).
+V3_COLUMNS = (("rung", "INTEGER"), ("budget", "INTEGER"), ("reference", "TEXT"), ("seed", "INTEGER"))
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -73,9 +91,14 @@ CREATE TABLE IF NOT EXISTS trials (
     logp REAL,
     repeat_of INTEGER REFERENCES trials (trial_id),
     latencies TEXT,
-    relative REAL
+    relative REAL,
+    rung INTEGER,
+    budget INTEGER,
+    reference TEXT,
+    seed INTEGER
 );
 CREATE INDEX IF NOT EXISTS trials_status ON trials (status);
+{RUNGS_TABLE}
 CREATE TABLE IF NOT EXISTS checkpoint (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     step INTEGER NOT NULL,
@@ -86,7 +109,20 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 """
 
 RESULT_FIELDS = ("status", "accuracy", "latency_ms", "reward", "seconds", "error", "worker",
-                 "started_at", "finished_at", "latencies", "relative")
+                 "started_at", "finished_at", "latencies", "relative", "rung", "budget")
+
+
+@dataclass(frozen=True)
+class RungRecord:
+    """One finished rung of one candidate, and whether it was promoted to the next."""
+
+    trial_id: int
+    rung: int
+    budget: int
+    accuracy: float
+    reward: float
+    seconds: float
+    promoted: bool
 
 
 class DamagedStoreError(UserError):
@@ -213,6 +249,9 @@ class Store:
             store.close()
             raise UserError(f"{path} has store schema {version}; this mnas reads schemas "
                             f"{', '.join(map(str, READABLE_SCHEMAS))}")
+        if writer and version == 2:
+            store._upgrade_to_3()
+            version = SCHEMA_VERSION
         if writer and version != SCHEMA_VERSION:
             store.close()
             raise UserError(f"{path} has store schema {version}, from an older mnas that did not store "
@@ -220,6 +259,16 @@ class Store:
                             "but it cannot be resumed: start a new search")
         store.schema_version = int(version)
         return store
+
+    def _upgrade_to_3(self) -> None:
+        """Schema 2 -> 3: the rung columns and table (a schema-2 trial reached its one rung)."""
+        with self._tx():
+            have = {row[1] for row in self._conn.execute("PRAGMA table_info(trials)")}
+            for name, kind in V3_COLUMNS:
+                if name not in have:
+                    self._conn.execute(f"ALTER TABLE trials ADD COLUMN {name} {kind}")
+            self._conn.execute(RUNGS_TABLE)
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (json.dumps(3),))
 
     @classmethod
     def _connect(cls, run_dir: Path, *, writer: bool) -> Store:
@@ -309,14 +358,60 @@ class Store:
                 try:
                     self._conn.execute(
                         "INSERT INTO trials (trial_id, step, strategy, arch_id, arch, tokens, status, logp, "
-                        "repeat_of) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                        "repeat_of, reference, seed) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
                         (trial.trial_id, step, trial.strategy, trial.arch.id, trial.arch.to_json(),
-                         json.dumps([int(t) for t in trial.tokens]), trial.logp, trial.repeat_of),
+                         json.dumps([int(t) for t in trial.tokens]), trial.logp, trial.repeat_of,
+                         trial.reference, trial.seed),
                     )
                 except sqlite3.IntegrityError:
                     raise ValueError(f"trial {trial.trial_id} is already in {self.path}") from None
             self._save_checkpoint(step, "ask", state)
         return list(trials)
+
+    def add_references(self, trials: Sequence[Trial]) -> list[Trial]:
+        """Insert the run's reference networks as pending trials with ids -1, -2, ...: never asked
+        by the strategy, never told to it, not counted by the trial budget."""
+        with self._tx():
+            row = self._conn.execute("SELECT COALESCE(MIN(trial_id), 0) FROM trials").fetchone()
+            next_id = min(-1, row[0] - 1)
+            for trial in trials:
+                trial.trial_id, trial.step, trial.status = next_id, -1, "pending"
+                next_id -= 1
+                self._conn.execute(
+                    "INSERT INTO trials (trial_id, step, strategy, arch_id, arch, tokens, status, told, reference, "
+                    "seed) VALUES (?, -1, 'reference', ?, ?, '[]', 'pending', 1, ?, ?)",
+                    (trial.trial_id, trial.arch.id, trial.arch.to_json(), trial.reference, trial.seed),
+                )
+        return list(trials)
+
+    def references(self) -> list[Trial]:
+        """The reference trials (see `add_references`), in the order they were added."""
+        if self.schema_version < 3:
+            return []
+        rows = self._rows("SELECT * FROM trials WHERE reference IS NOT NULL ORDER BY trial_id DESC")
+        return [self._row_to_trial(row) for row in rows]
+
+    def unfinished_references(self) -> list[Trial]:
+        return [t for t in self.references() if t.status in ("pending", "running")]
+
+    # -- rungs (successive halving) ----------------------------------------------------------
+    def add_rung(self, record: RungRecord) -> None:
+        """A finished rung and its promotion decision, together (a resume replays them in order)."""
+        with self._tx():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO rungs (trial_id, rung, budget, accuracy, reward, seconds, promoted) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record.trial_id, record.rung, record.budget, record.accuracy, record.reward, record.seconds,
+                 int(record.promoted)))
+
+    def rungs(self, trial_id: int | None = None) -> list[RungRecord]:
+        """Finished rungs in decision order (of one trial, or of the whole run)."""
+        if self.schema_version < 3:
+            return []
+        where, params = ("WHERE trial_id = ?", (trial_id,)) if trial_id is not None else ("", ())
+        rows = self._rows(f"SELECT * FROM rungs {where} ORDER BY seq", params)
+        return [RungRecord(r["trial_id"], r["rung"], r["budget"], r["accuracy"], r["reward"], r["seconds"],
+                           bool(r["promoted"])) for r in rows]
 
     def mark_running(self, trial_id: int, worker: str | None = None) -> None:
         """A trial was handed to a worker; counts the attempt."""
@@ -362,13 +457,15 @@ class Store:
         return Checkpoint(row["step"], row["phase"], bytes(row["state"]), row["saved_at"])
 
     def trials(self, status: str | Sequence[str] | None = None) -> list[Trial]:
-        """All trials in id order, optionally only those with the given status(es)."""
-        query = "SELECT * FROM trials"
+        """The search's trials in id order (not the references), optionally only those with the
+        given status(es)."""
+        conditions = ["reference IS NULL"] if self.schema_version >= 3 else []
         params: tuple[Any, ...] = ()
         if status is not None:
             wanted = (status,) if isinstance(status, str) else tuple(status)
-            query += f" WHERE status IN ({', '.join('?' * len(wanted))})"
+            conditions.append(f"status IN ({', '.join('?' * len(wanted))})")
             params = wanted
+        query = "SELECT * FROM trials" + (" WHERE " + " AND ".join(conditions) if conditions else "")
         return [self._row_to_trial(row) for row in self._rows(query + " ORDER BY trial_id", params)]
 
     def trial(self, trial_id: int) -> Trial:
@@ -387,7 +484,8 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
-        for row in self._rows("SELECT status, COUNT(*) FROM trials GROUP BY status"):
+        where = " WHERE reference IS NULL" if self.schema_version >= 3 else ""
+        for row in self._rows(f"SELECT status, COUNT(*) FROM trials{where} GROUP BY status"):
             counts[row[0]] = row[1]
         return counts
 
@@ -395,11 +493,14 @@ class Store:
         """Trials that were (or will be) evaluated: all but repeats. The trial budget counts these."""
         if self.schema_version < 2:
             return len(self)
-        return int(self._rows("SELECT COUNT(*) FROM trials WHERE repeat_of IS NULL")[0][0])
+        where = "repeat_of IS NULL" + (" AND reference IS NULL" if self.schema_version >= 3 else "")
+        return int(self._rows(f"SELECT COUNT(*) FROM trials WHERE {where}")[0][0])
 
     def first_of(self) -> dict[str, int]:
         """Architecture id -> the trial that evaluated it (the one a repeat takes its result from)."""
         where = "" if self.schema_version < 2 else " WHERE repeat_of IS NULL"
+        if self.schema_version >= 3:
+            where += " AND reference IS NULL"
         rows = self._rows(f"SELECT arch_id, MIN(trial_id) FROM trials{where} GROUP BY arch_id")
         return {row[0]: int(row[1]) for row in rows}
 
@@ -441,6 +542,10 @@ def row_to_trial(row: sqlite3.Row | dict[str, Any]) -> Trial:
         repeat_of=row["repeat_of"] if "repeat_of" in keys else None,
         latencies=json.loads(row["latencies"]) if "latencies" in keys and row["latencies"] else None,
         relative=row["relative"] if "relative" in keys else None,
+        rung=row["rung"] if "rung" in keys else None,
+        budget=row["budget"] if "budget" in keys else None,
+        reference=row["reference"] if "reference" in keys else None,
+        seed=row["seed"] if "seed" in keys else None,
     )
 
 

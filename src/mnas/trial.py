@@ -36,6 +36,10 @@ class Trial:
     repeat_of: int | None = None
     latencies: dict[str, float] | None = None  # ms on every latency target, by name (latency_ms: the first)
     relative: float | None = None  # latency_ms / the reference network's, on the first target
+    rung: int | None = None  # the highest rung of the accuracy model it finished (0-based); None: not scored
+    budget: int | None = None  # what that rung cost, in the accuracy model's unit (proxy: training steps)
+    reference: str | None = None  # a hand-designed reference network's name (not proposed by the strategy)
+    seed: int | None = None  # the training seed when not the run's (a reference's second seed)
 
     @property
     def ok(self) -> bool:
@@ -44,3 +48,7 @@ class Trial:
     @property
     def is_repeat(self) -> bool:
         return self.repeat_of is not None
+
+    @property
+    def is_reference(self) -> bool:
+        return self.reference is not None
