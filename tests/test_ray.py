@@ -20,8 +20,8 @@ from ray import cloudpickle
 
 from mnas.config import load_config
 from mnas.errors import UserError
-from mnas.search import accuracy_parts, latency_parts, start_search
-from mnas.search.ray_executor import RayExecutor, device_resource, merge_latency
+from mnas.search import latency_parts, start_search
+from mnas.search.ray_executor import RayExecutor, default_train, device_resource, merge_latency
 from mnas.store import Store, load_state
 from test_search import write_config
 
@@ -61,13 +61,13 @@ def placed_latency(marks: str, trial_id, arch, config):
     return latency_parts([arch], config)[0]
 
 
-def crashing_train(marks: str, crash_always: int, crash_once: int, trial_id, arch, config):
+def crashing_train(marks: str, crash_always: int, crash_once: int, trial_id, arch, config, rung, seed, state):
     """Kill the worker process: always for one trial, on its first attempt for another."""
     attempt = len(list(Path(marks).glob(f"attempt-{trial_id}-*")))
     (Path(marks) / f"attempt-{trial_id}-{attempt}").write_text(str(os.getpid()))
     if trial_id == crash_always or (trial_id == crash_once and attempt == 0):
         os._exit(1)
-    return _record(marks, "train", trial_id, lambda: accuracy_parts([arch], config)[0])
+    return _record(marks, "train", trial_id, lambda: default_train(trial_id, arch, config, rung, seed, state))
 
 
 def test_trials_run_as_ray_tasks_and_survive_dead_workers(tmp_path, ray_cluster):

@@ -10,6 +10,7 @@ log-probabilities), repeats included.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,12 @@ def _config(folder: Path, space: dict[str, Any], strategy: str, trials: int, bat
     config = {
         "space": "space.yaml", "seed": 0,
         "data": {"dataset": "cifar10_subset", "train_subset": 200, "val_size": 100},
-        "proxy": {"epochs": 1, "batch_size": 50, "max_steps": 2, "threads": 1},
+        "proxy": {"epochs": 1, "batch_size": 50, "max_steps": 2, "threads": 1, "workers": 1},
         "latency": {"backend": "onnxruntime", "threads": 1, "processes": 1},
         "reward": {"target_ms": 0.12},
         "strategy": {"name": strategy, "knobs": KNOBS.get(strategy, {})},
         "budget": {"trials": trials, "batch_size": batch},
+        "references": {"models": []},
     }
     (folder / "search.yaml").write_text(yaml.safe_dump(config))
     return load_config(folder / "search.yaml")
@@ -61,6 +63,7 @@ class StopAfter(LocalExecutor):
     """The local executor, interrupted (as by Ctrl-C) right after its `n`-th result is stored."""
 
     def __init__(self, n: int) -> None:
+        super().__init__()
         self.left = n
 
     def run(self, trials: Sequence[Trial], config: SearchConfig, hooks: Hooks) -> None:
@@ -70,7 +73,7 @@ class StopAfter(LocalExecutor):
             if self.left == 0:
                 raise KeyboardInterrupt
 
-        super().run(trials, config, Hooks(hooks.on_start, hooks.on_phase, on_result))
+        super().run(trials, config, dataclasses.replace(hooks, on_result=on_result))
 
 
 def _replay(name: str, space: SearchSpace, trials: list[Trial]) -> None:

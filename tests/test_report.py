@@ -61,7 +61,7 @@ def test_plots_and_leaderboard(run_dir):
         data = png.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5_000
     text = files.markdown.read_text()
-    assert "## Leaderboard (by reward)" in text and "7 done, 1 failed" in text
+    assert "## Leaderboard (by rung reached, then reward)" in text and "7 done, 1 failed" in text
     rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert rows[0].startswith("| 1 | 4 |")  # hard constraint: 0.38 at T beats 0.40 at 8 ms (0.25)
     assert "training: diverged" in text  # failed trials are listed with their error

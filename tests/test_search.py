@@ -63,11 +63,12 @@ def write_config(folder: Path, **changes: Any) -> Path:
         "space": "tiny_space.yaml",
         "seed": 0,
         "data": {"dataset": "cifar10_subset", "train_subset": 200, "val_size": 100},
-        "proxy": {"epochs": 1, "batch_size": 50, "max_steps": 3, "threads": 1},
+        "proxy": {"epochs": 1, "batch_size": 50, "max_steps": 3, "threads": 1, "workers": 1},
         "latency": {"backend": "onnxruntime", "threads": 1, "processes": 1},
         "reward": {"target_ms": 0.12},
         "strategy": {"name": "random"},
         "budget": {"trials": 4, "batch_size": 2},
+        "references": {"models": []},
     }
     path = folder / "search.yaml"
     path.write_text(yaml.safe_dump(_merge(config, changes)))

@@ -139,12 +139,10 @@ def export_trial(trial: Trial, config: SearchConfig, out_dir: Path) -> list[Path
     arch = trial.arch.for_resolution(resolution)
     writable_dir(out_dir, "export folder (--export)")
     model: nn.Module
-    if config.proxy.kind == "supernet" and config.proxy.path:
-        from mnas.supernet import extract, load_supernet
+    from mnas.search.accuracy import make_accuracy_model
 
-        model = extract(load_supernet(config.proxy.path)[0], trial.arch).eval()
-    else:
-        model = build_model(arch, num_classes=lat.num_classes or 1000).eval()
+    trained = make_accuracy_model(config).trained_model(trial.arch, lat.num_classes or 1000)
+    model = trained if trained is not None else build_model(arch, num_classes=lat.num_classes or 1000).eval()
     onnx_path = to_onnx(model, out_dir / "model.onnx", resolution=resolution)
     write_text(out_dir / "arch.json", arch.to_json(indent=2) + "\n")
     write_text(out_dir / "arch.timm.txt", arch.to_timm_string() + "\n")

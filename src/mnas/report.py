@@ -3,11 +3,14 @@ reward curve, a leaderboard.
 
 Everything is read from the run's store, so a report can be drawn while the search still runs (the
 store is in WAL mode) and redrawn later with another reward: trials keep raw accuracy and latency,
-on every target. Zoo reference models are placed on each target through the same `LatencyModel`
-the search used (measured through the latency cache, so only the first report pays for it, or
-predicted by the target's table). Their proxy accuracy is unknown (they were not trained in the
-run), so they are drawn as labelled latency markers. Repeats (proposals answered from an earlier
-trial) are counted, never drawn or ranked twice.
+on every target. The run's reference networks (MobileNetV2 and MnasNet-A1 by default, trained
+with the same proxy at its top rung) are drawn as labelled points beside the front, and the report
+says in words whether the front beats them at their latency; other zoo models are placed on each
+target through the same `LatencyModel` the search used, as latency markers (they were not
+trained). With successive halving only the top rung's candidates form the front and the
+leaderboard's head (a lower rung's accuracy is not comparable); the report says how far the
+ranking can be trusted (`mnas.search.trust`). Repeats (proposals answered from an earlier trial)
+are counted, never drawn or ranked twice.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import io
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +34,11 @@ from mnas import zoo
 from mnas.config import LatencyConfig, SearchConfig, parse_config
 from mnas.errors import UserError
 from mnas.paths import write_bytes, write_text
+from mnas.profile import profile
 from mnas.reward import pareto_indices
-from mnas.store import DB_NAME, Store
+from mnas.search.accuracy import make_accuracy_model
+from mnas.search.trust import noise_floor, rung_agreement, size_agreement
+from mnas.store import DB_NAME, RungRecord, Store
 from mnas.trial import Trial
 
 REFERENCE_MODELS = ("mnasnet_a1", "mnasnet_b1", "mnasnet_small", "mobilenet_v2")
@@ -53,11 +59,22 @@ class Run:
     run_dir: Path
     config: SearchConfig
     trials: list[Trial]
+    references: list[Trial] = field(default_factory=list)  # trained in the run (see module doc)
+    rungs: list[RungRecord] = field(default_factory=list)
+    top: int = 0  # the accuracy model's top rung
+
+    def at_top(self, t: Trial) -> bool:
+        return t.rung is None or t.rung >= self.top
 
     @property
     def done(self) -> list[Trial]:
-        """Finished trials with a reward, each architecture once (repeats left out)."""
-        return [t for t in self.trials if t.ok and not t.is_repeat]
+        """Finished trials with a reward at the top rung, each architecture once (repeats left out)."""
+        return [t for t in self.trials if t.ok and not t.is_repeat and self.at_top(t)]
+
+    @property
+    def stopped(self) -> list[Trial]:
+        """Finished trials that successive halving stopped below the top rung."""
+        return [t for t in self.trials if t.ok and not t.is_repeat and not self.at_top(t)]
 
     @property
     def repeats(self) -> int:
@@ -70,7 +87,9 @@ def load_run(run_dir: str | Path) -> Run:
     with Store.open(run_dir) as store:
         config = parse_config(store.config, source=f"{run_dir / DB_NAME} (stored config)")
         trials = store.trials()
-    return Run(run_dir, config, trials)
+        refs = store.references()
+        rungs = store.rungs()
+    return Run(run_dir, config, trials, refs, rungs, make_accuracy_model(config).top)
 
 
 def accuracy(t: Trial) -> float:
@@ -105,6 +124,7 @@ def trial_record(trial: Trial) -> dict[str, Any]:
         "relative_latency": trial.relative, "reward": trial.reward, "seconds": trial.seconds,
         "arch_id": trial.arch.id, "timm": trial.arch.to_timm_string(), "arch": trial.arch.to_dict(),
         "error": trial.error, "repeat_of": trial.repeat_of, "logp": trial.logp,
+        "rung": trial.rung, "budget": trial.budget, "reference": trial.reference,
     }
 
 
@@ -121,6 +141,81 @@ def pick_best(run: Run, max_latency_ms: float | None = None) -> Trial:
         raise UserError(f"no finished trial runs within {max_latency_ms:g} ms (the fastest takes "
                         f"{fastest:.3f} ms); raise --max-latency")
     return max(fits, key=lambda t: (accuracy(t), -float(t.latency_ms or 0.0)))
+
+
+# -- references trained in the run -------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainedReference:
+    """A reference network trained in the run: its accuracy (mean over its seeds) and latency."""
+
+    name: str
+    accuracy: float
+    latency_ms: float
+    seeds: int
+
+
+def trained_references(run: Run, target: LatencyConfig | None = None) -> list[TrainedReference]:
+    by_name: dict[str, list[Trial]] = {}
+    for t in run.references:
+        if t.status == "done" and t.accuracy is not None and latency(t, target, run.config) is not None:
+            by_name.setdefault(str(t.reference), []).append(t)
+    return [TrainedReference(name, sum(float(t.accuracy or 0.0) for t in ts) / len(ts),
+                             float(latency(ts[0], target, run.config) or 0.0), len(ts)) for name, ts in by_name.items()]
+
+
+def verdict(run: Run, ref: TrainedReference, target: LatencyConfig | None = None) -> str:
+    """Whether the front beats `ref` at its latency, in words."""
+    floor = noise_floor(run.references)
+    front = pareto(run, target)
+    faster = [t for t in front if float(latency(t, target, run.config) or math.inf) <= ref.latency_ms]
+    if not faster:
+        return (f"does **not** beat {ref.name} ({ref.accuracy:.3f} at {ref.latency_ms:.3f} ms): no searched network "
+                f"at the top rung runs at or below its latency")
+    best = max(faster, key=accuracy)
+    gap = accuracy(best) - ref.accuracy
+    ratio = float(latency(best, target, run.config) or 0.0) / ref.latency_ms
+    margin = f"; the noise floor is {floor.spread:.3f}" if floor is not None else ""
+    if gap > 0:
+        return (f"**beats** {ref.name} ({ref.accuracy:.3f} at {ref.latency_ms:.3f} ms): trial {best.trial_id} is "
+                f"{gap:+.3f} more accurate at {ratio:.2f}x its latency{margin}")
+    return (f"does **not** beat {ref.name} ({ref.accuracy:.3f} at {ref.latency_ms:.3f} ms): the most accurate searched "
+            f"network at or below its latency (trial {best.trial_id}, {ratio:.2f}x) is {gap:+.3f}{margin}")
+
+
+def trust_lines(run: Run) -> list[str]:
+    """The report's "How far to trust the ranking" section."""
+    lines = ["", "## How far to trust the ranking", ""]
+    for a in rung_agreement(run.rungs):
+        lines.append(f"- rung {a.low} vs rung {a.high}: Kendall tau {_fmt(a.tau, '.2f')} over the {a.pairs} candidates "
+                     "promoted past rung {0} (1: the early rung ranks them as the later one does)".format(a.low))
+    floor = noise_floor(run.references)
+    if floor is not None:
+        seeds = ", ".join(f"{a:.3f}" for a in floor.accuracies)
+        lines.append(f"- noise floor: {floor.name} trained with {len(floor.accuracies)} seeds scores {seeds} "
+                     f"(spread {floor.spread:.3f}); accuracy differences below it are not differences")
+    else:
+        lines.append("- noise floor: not measured (set `references.seeds` to 2 or more)")
+    resolution = run.config.primary.resolution or 32
+    classes = run.config.primary.num_classes or 10
+    macs: dict[str, float] = {}
+
+    def macs_of(t: Trial) -> float:
+        if t.arch.id not in macs:
+            macs[t.arch.id] = float(profile(t.arch.for_resolution(resolution), resolution, classes).macs)
+        return macs[t.arch.id]
+
+    first = [t for t in run.trials if t.status == "done" and not t.is_repeat and t.accuracy is not None]
+    by_rung0 = {r.trial_id: r.accuracy for r in run.rungs if r.rung == 0}
+    if by_rung0:  # every candidate's first-rung accuracy, whatever rung it reached
+        first = [Trial(t.trial_id, t.arch, accuracy=by_rung0[t.trial_id]) for t in first if t.trial_id in by_rung0]
+    n, tau = size_agreement(first, macs_of)
+    lines.append(f"- size baseline: Kendall tau of first-rung accuracy against MACs over {n} candidates is "
+                 f"{_fmt(tau, '.2f')} (near 1: the proxy knows little more than network size)")
+    top = run.done
+    if len(top) >= 3:
+        n, tau = size_agreement(top, macs_of)
+        lines.append(f"- at the top rung: accuracy against MACs tau {_fmt(tau, '.2f')} over {n} candidates")
+    return lines
 
 
 # -- zoo references ----------------------------------------------------------------------------
@@ -165,6 +260,17 @@ def _front_axes(ax: Axes, run: Run, target: LatencyConfig, refs: list[Reference]
         ys = [accuracy(t) for t in front]
         ax.step(xs, ys, where="post", color="tab:red", lw=1.5, label="Pareto front")
         ax.scatter(xs, ys, facecolors="none", edgecolors="tab:red", s=50)
+    stopped = [t for t in run.stopped if latency(t, target, run.config) is not None]
+    if stopped:
+        ax.scatter([float(latency(t, target, run.config) or 0.0) for t in stopped], [accuracy(t) for t in stopped],
+                   marker="x", color="lightgray", s=12, label="stopped at a lower rung (not comparable)")
+    for trained in trained_references(run, target):
+        ax.scatter([trained.latency_ms], [trained.accuracy], marker="*", s=140, color="tab:orange",
+                   edgecolors="black", linewidths=0.5, zorder=5)
+        ax.annotate(trained.name, (trained.latency_ms, trained.accuracy), textcoords="offset points", xytext=(5, -10),
+                    fontsize=7)
+    if trained_references(run, target):
+        ax.scatter([], [], marker="*", s=140, color="tab:orange", edgecolors="black", label="references (same proxy)")
     if with_target:
         t_ms = run.config.reward.target_ms or 0.0
         ax.axvline(t_ms, color="black", ls=":", lw=1, label=f"target T = {t_ms:.3g} ms")
@@ -176,7 +282,8 @@ def _front_axes(ax: Axes, run: Run, target: LatencyConfig, refs: list[Reference]
         ax.annotate(ref.name, (ref.latency_ms, 0.98), xycoords=("data", "axes fraction"), rotation=90, va="top",
                     ha="right", fontsize=7, color="dimgray")
         placed = True
-    xs_all = [float(latency(t, target, run.config) or 0.0) for t in done] + [r.latency_ms for r in refs if r.latency_ms]
+    xs_all = ([float(latency(t, target, run.config) or 0.0) for t in done] + [r.latency_ms for r in refs if r.latency_ms]
+              + [r.latency_ms for r in trained_references(run, target)])
     if xs_all and max(xs_all) > 20 * min(xs_all):
         ax.set_xscale("log")  # zoo models can be far slower than a small-target search
     ax.set_xlabel(f"latency (ms) on {target_label(target)}")
@@ -193,7 +300,8 @@ def plot_pareto(run: Run, refs: dict[str, list[Reference]], path: Path) -> Path:
     for i, (ax, target) in enumerate(zip(axes[0], targets, strict=True)):
         _front_axes(ax, run, target, refs.get(target.label, []), with_target=i == 0)
     failed = sum(t.status == "failed" for t in run.trials)
-    fig.suptitle(f"{len(run.done)} models, {failed} failed, {run.repeats} repeats")
+    stopped = f", {len(run.stopped)} stopped early" if run.stopped else ""
+    fig.suptitle(f"{len(run.done)} models at the top rung{stopped}, {failed} failed, {run.repeats} repeats")
     return _save(fig, path)
 
 
@@ -263,7 +371,10 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def leaderboard(run: Run, size: int = LEADERBOARD_SIZE) -> list[Trial]:
-    return sorted(run.done, key=lambda t: (-reward(t), float(t.latency_ms or 0.0)))[:size]
+    """Ranked by the rung reached, then by reward (results of different rungs never as equals)."""
+    ranked = run.done + run.stopped
+    return sorted(ranked, key=lambda t: (-(t.rung if t.rung is not None else run.top), -reward(t),
+                                         float(t.latency_ms or 0.0)))[:size]
 
 
 def render_markdown(run: Run, refs: dict[str, list[Reference]]) -> str:
@@ -272,10 +383,10 @@ def render_markdown(run: Run, refs: dict[str, list[Reference]]) -> str:
     r = c.reward.to_reward()
     rule = f"preset {c.reward.preset}" if c.reward.preset else f"alpha {r.alpha:g}, beta {r.beta:g}"
     t_text = f"{c.reward.target} = {r.target_ms:.3f} ms" if c.reward.target else f"{r.target_ms:g} ms"
-    proxy = (f"supernet `{c.proxy.path}` (inherited weights, BN re-estimated on {c.proxy.bn_batches} batches, "
-             f"{c.proxy.score_images} held-out images)" if c.proxy.kind == "supernet" else
-             f"{c.proxy.epochs:g} epoch(s) of training, batch {c.proxy.batch_size}"
-             + (f", at most {c.proxy.max_steps} steps" if c.proxy.max_steps else ""))
+    proxy = make_accuracy_model(c).describe()
+    reached = Counter(t.rung for t in run.trials if t.ok and not t.is_repeat and t.rung is not None)
+    climbed = ", ".join(f"{sum(n for r, n in reached.items() if r >= k)} reached rung {k}"
+                        for k in range(run.top + 1)) if reached else ""
     lines = [
         f"# Search report: {run.run_dir.name}",
         "",
@@ -283,7 +394,7 @@ def render_markdown(run: Run, refs: dict[str, list[Reference]]) -> str:
         f"- reward: T = {t_text} on {target_label(c.primary)}, {rule}",
         "- latency targets: " + "; ".join(f"{target_label(t)}, relative to {reference_line(t)}" for t in c.latency),
         f"- accuracy: {c.data.dataset} (train subset {c.data.train_subset or 'all'}, held-out val {c.data.val_size}), "
-        + proxy,
+        + proxy + (f"; {climbed}" if climbed else ""),
         f"- trials: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} unfinished, "
         f"{run.repeats} repeat(s) answered from earlier trials; budget {c.budget.trials} evaluations",
         "",
@@ -291,17 +402,28 @@ def render_markdown(run: Run, refs: dict[str, list[Reference]]) -> str:
         "",
         "![latency histogram](latency_hist.png) ![reward curve](reward_curve.png)",
         "",
-        "## Leaderboard (by reward)",
+    ]
+    ours = trained_references(run)
+    if ours:
+        lines += ["## References trained in this run (same proxy, top rung)", ""]
+        lines += [f"- the front {verdict(run, ref)}" for ref in ours]
+        lines += ["", "| reference | seeds | accuracy | latency (ms) |", "|---|---:|---:|---:|"]
+        lines += [f"| {r.name} | {r.seeds} | {r.accuracy:.4f} | {r.latency_ms:.3f} |" for r in ours]
+        lines.append("")
+    lines += trust_lines(run)[1:] + [
         "",
-        "| rank | trial | step | reward | accuracy | latency (ms) | proposed again | arch id | timm arch |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "## Leaderboard (by rung reached, then reward)",
+        "",
+        "| rank | trial | step | rung | reward | accuracy | latency (ms) | proposed again | arch id | timm arch |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     again = Counter(t.repeat_of for t in run.trials if t.is_repeat)
     for rank, t in enumerate(leaderboard(run), start=1):
-        lines.append(f"| {rank} | {t.trial_id} | {t.step} | {reward(t):.4f} | {accuracy(t):.4f} | "
+        rung = "-" if t.rung is None else str(t.rung)
+        lines.append(f"| {rank} | {t.trial_id} | {t.step} | {rung} | {reward(t):.4f} | {accuracy(t):.4f} | "
                      f"{_fmt(t.latency_ms, '.3f')} | {again[t.trial_id]} | `{t.arch.id}` | `{t.arch.to_timm_string()}` |")
-    if not run.done:
-        lines.append("| - | no finished trial yet | | | | | | | |")
+    if not run.done and not run.stopped:
+        lines.append("| - | no finished trial yet | | | | | | | | |")
     for target in c.latency:
         lines += ["", f"## Pareto front on {target_label(target)} (accuracy up, latency down)", "",
                   "| trial | accuracy | latency (ms) | reward |", "|---:|---:|---:|---:|"]

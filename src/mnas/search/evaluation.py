@@ -1,12 +1,12 @@
-"""Evaluate candidates: their latency on every target and their accuracy (proxy training or a
-supernet's inherited weights).
+"""Evaluate candidates: their latency on every target, then their accuracy rung by rung through
+the accuracy seam (`mnas.search.accuracy`).
 
-The two halves are separate functions returning plain dicts, so an executor can run each where it
-belongs (the Ray executor measures on the target's machine and trains anywhere). They take a whole
-batch: latency is one measuring session for the batch (each candidate timed against the same
-reference network in the same processes), a supernet scores the batch on data loaded once. A bad
-candidate never raises here: its part comes back with an error and the trial fails, so the search
-goes on.
+The two halves are separate, so an executor can run each where it belongs (the Ray executor
+measures on the target's machine and trains anywhere). Latency is one measuring session for the
+batch (each candidate timed against the same reference network in the same processes); accuracy
+goes up the rungs (`mnas.search.rungs.climb`), each rung a `rung_part` call that a worker process
+can run from text alone. A bad candidate never raises here: its part comes back with an error and
+the trial fails, so the search goes on.
 """
 
 from __future__ import annotations
@@ -17,22 +17,25 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from mnas.config import DataConfig, LatencyConfig, ProxyConfig, SearchConfig
-from mnas.data import DatasetSplits, load_dataset
+from mnas.config import LatencyConfig, SearchConfig
+from mnas.data import DatasetSplits
 from mnas.latency.model import LatencyModel
+from mnas.search import accuracy
+from mnas.search.accuracy import RungResult, short_error
+from mnas.search.hooks import Hooks
+from mnas.search.rungs import climb, done_future
 from mnas.space import Architecture
-from mnas.train import train_proxy
-from mnas.train.engine import resolve_device
 from mnas.trial import Trial
 
 PhaseCallback = Callable[[str], None]
 Part = dict[str, Any]
-ERROR_CHARS = 500
 
 
 def worker_name() -> str:
@@ -40,23 +43,10 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def short_error(exc: BaseException) -> str:
-    """One line of at most ERROR_CHARS characters, for the store and the progress display."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "..."
-
-
 # -- per-process resources, built once ---------------------------------------------------------
-@lru_cache(maxsize=4)
-def _dataset(data_json: str) -> DatasetSplits:
-    data = DataConfig.model_validate_json(data_json)
-    return load_dataset(data.dataset, data_root=data.data_root, val_size=data.val_size,
-                        train_subset=data.train_subset, seed=0)
-
-
 def dataset(config: SearchConfig) -> DatasetSplits:
-    """The proxy dataset, loaded once per process."""
-    return _dataset(config.data.model_dump_json())
+    """The search's dataset, loaded once per process."""
+    return accuracy.dataset(config.data)
 
 
 @lru_cache(maxsize=8)
@@ -69,28 +59,15 @@ def latency_models(config: SearchConfig) -> list[LatencyModel]:
     return [_latency_model(t.model_dump_json()) for t in config.latency]
 
 
-@lru_cache(maxsize=2)
-def _scorer(proxy_json: str, data_json: str) -> tuple[Any, Any]:
-    """The supernet and its scoring data (BN batches, held-out images), loaded once per process."""
-    from mnas.supernet import load_supernet, scoring_data  # lazy: only the supernet proxy needs it
-
-    proxy = ProxyConfig.model_validate_json(proxy_json)
-    data = _dataset(data_json)
-    assert proxy.path is not None
-    device = resolve_device(proxy.device)
-    net, _ = load_supernet(proxy.path, resolution=data.resolution, num_classes=data.num_classes, device=device)
-    sd = scoring_data(data, bn_batches=proxy.bn_batches, images=proxy.score_images, device=device)
-    return net, sd
-
-
 # -- the two halves ----------------------------------------------------------------------------
-def latency_parts(archs: Sequence[Architecture], config: SearchConfig) -> list[Part]:
+def latency_parts(archs: Sequence[Architecture], config: SearchConfig,
+                  models: Sequence[LatencyModel] | None = None) -> list[Part]:
     """Latency of every candidate on every target: {latency_ms (first target), latencies (by
     name), relative, error, seconds, worker}. A batch that fails is retried one by one, so only
     the candidates that really fail get an error."""
     start = time.time()
     parts: list[Part] = [{"latency_ms": None, "latencies": {}, "relative": None, "error": None} for _ in archs]
-    for t, model in zip(config.latency, latency_models(config), strict=True):
+    for t, model in zip(config.latency, models if models is not None else latency_models(config), strict=True):
         try:
             estimates: list[Any] = list(model.estimate_many(archs))
         except Exception:  # find which candidate it was
@@ -119,86 +96,129 @@ def latency_parts(archs: Sequence[Architecture], config: SearchConfig) -> list[P
     return parts
 
 
+def rung_part(config_json: str, arch_json: str, rung: int, seed: int, state: str | None,
+              threads: int | None = None) -> RungResult:
+    """One rung of one candidate's accuracy, where a worker runs it (everything arrives as text)."""
+    arch, config = from_wire(arch_json, config_json)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = accuracy.accuracy_model(config)
+    try:
+        result = model.evaluate(arch, rung, seed=seed, state=Path(state) if state else None)
+    except Exception as exc:  # a model must not raise; if one does, the trial fails, the search goes on
+        result = RungResult(None, "accuracy: " + short_error(exc), 0.0, 0)
+    result.rung, result.worker = rung, worker_name()
+    return result
+
+
 def accuracy_parts(archs: Sequence[Architecture], config: SearchConfig,
                    on_each: Callable[[int], None] | None = None) -> list[Part]:
-    """Held-out accuracy of every candidate: proxy training, or a supernet's inherited weights.
-    Non-ok proxy statuses (diverged, oom, ...) fail the trial."""
-    p = config.proxy
-    if p.threads is not None:
-        torch.set_num_threads(p.threads)
+    """Held-out accuracy of every candidate at the accuracy model's top rung, reached straight
+    through (no early stopping), in this process: {accuracy, error, seconds, worker}."""
+    model = accuracy.accuracy_model(config)
+    if config.proxy.threads is not None:
+        torch.set_num_threads(config.proxy.threads)
     parts = []
     for i, arch in enumerate(archs):
         if on_each is not None:
             on_each(i)
-        start = time.time()
         try:
-            accuracy, status = _accuracy(arch, config)
-            if status == "ok" and (accuracy is None or not math.isfinite(accuracy)):
-                status = f"error: accuracy came back as {accuracy}"
-            error = None if status == "ok" else "accuracy: " + status[:ERROR_CHARS]
-        except Exception as exc:
-            accuracy, error = None, "accuracy: " + short_error(exc)
-        parts.append({"accuracy": float(accuracy) if error is None and accuracy is not None else None,
-                      "error": error, "seconds": time.time() - start, "worker": worker_name()})
+            result = model.evaluate_top(arch, seed=config.seed)
+        except Exception as exc:  # a model must not raise; if one does, the trial fails
+            result = RungResult(None, "accuracy: " + short_error(exc), 0.0, 0)
+        parts.append({"accuracy": result.accuracy, "error": result.error, "seconds": result.seconds,
+                      "worker": worker_name()})
     return parts
 
 
-def _accuracy(arch: Architecture, config: SearchConfig) -> tuple[float | None, str]:
-    if config.proxy.kind == "supernet":
-        from mnas.supernet import score_one  # lazy: only the supernet proxy needs it
-
-        net, sd = _scorer(config.proxy.model_dump_json(), config.data.model_dump_json())
-        return score_one(net, arch, sd), "ok"
-    result = train_proxy(arch, dataset(config), config.proxy, seed=config.seed)
-    return result.val_acc, str(result.status)
-
-
-def combine(trial: Trial, latency: Part, accuracy: Part | None) -> Trial:
-    """Fill `trial` from the two halves: done when both worked, else failed with the first error.
-
-    `accuracy` is None when it was skipped because the latency already failed.
-    """
-    errors = [p["error"] for p in (latency, accuracy) if p is not None and p["error"]]
+def combine(trial: Trial, latency: Part, result: RungResult | None) -> Trial:
+    """Fill `trial` from its latency and its last accuracy rung: done when both worked, else
+    failed with the first error. `result` is None when accuracy was skipped (latency failed)."""
+    errors = [e for e in (latency["error"], result.error if result is not None else None) if e]
     trial.latency_ms = latency["latency_ms"]
     trial.latencies = latency.get("latencies")
     trial.relative = latency.get("relative")
-    trial.accuracy = accuracy["accuracy"] if accuracy is not None else None
-    trial.seconds = latency["seconds"] + (accuracy["seconds"] if accuracy is not None else 0.0)
-    trial.worker = (accuracy or latency)["worker"]
+    trial.accuracy = result.accuracy if result is not None else None
+    trial.rung = result.rung if result is not None and result.ok else None
+    trial.budget = result.budget if result is not None and result.ok else None
+    trial.seconds = latency["seconds"] + (trial.seconds or 0.0)
+    trial.worker = (result.worker if result is not None and result.worker else None) or latency["worker"]
     trial.status = "failed" if errors else "done"
     trial.error = "; ".join(errors) if errors else None
     trial.finished_at = time.time()
     return trial
 
 
-def evaluate_batch(trials: Sequence[Trial], config: SearchConfig, *,
-                   on_phase: Callable[[Trial, str], None] | None = None,
-                   on_result: Callable[[Trial], None] | None = None) -> list[Trial]:
-    """Latency (one session for the batch), then accuracy, of `trials`, in this process."""
+SubmitFn = Callable[[Trial, int], "Future[RungResult]"]
+
+
+def evaluate_batch(trials: Sequence[Trial], config: SearchConfig, hooks: Hooks, *,
+                   submit: SubmitFn | None = None, workers: int = 1,
+                   latency: Sequence[Part] | None = None) -> list[Trial]:
+    """Latency of `trials` (one session for the batch, unless `latency` brings it), then their
+    accuracy rung by rung through `submit` (default: in this process), `workers` rungs at a time.
+    Each trial goes to `hooks.on_result` as soon as it is finished."""
+    model = hooks.accuracy or accuracy.accuracy_model(config)
     for trial in trials:
         trial.started_at = trial.started_at or time.time()
-    if on_phase and trials:
-        on_phase(trials[0], f"latency of {len(trials)} candidate(s)")
-    lat = latency_parts([t.arch for t in trials], config)
-    todo = [i for i, part in enumerate(lat) if part["error"] is None]
-    phase = "scoring" if config.proxy.kind == "supernet" else "training"
-    acc = accuracy_parts([trials[i].arch for i in todo], config,
-                         on_each=(lambda k: on_phase(trials[todo[k]], phase)) if on_phase else None)
-    by_index = dict(zip(todo, acc, strict=True))
-    out = []
-    for i, trial in enumerate(trials):
-        combine(trial, lat[i], by_index.get(i))
-        if on_result:
-            on_result(trial)
-        out.append(trial)
-    return out
+        trial.seconds = 0.0
+    if latency is None:
+        if trials:
+            hooks.on_phase(trials[0], f"latency of {len(trials)} candidate(s)")
+        latency = latency_parts([t.arch for t in trials], config, hooks.latency)
+    lat = {t.trial_id: part for t, part in zip(trials, latency, strict=True)}
+    for trial in trials:
+        trial.latency_ms = lat[trial.trial_id]["latency_ms"]
+
+    def in_process(trial: Trial, rung: int) -> Future[RungResult]:
+        hooks.on_phase(trial, f"{model.phase} to rung {rung} ({model.rungs[rung]} {model.unit})")
+        state = hooks.state_path(trial)
+        if config.proxy.threads is not None:
+            torch.set_num_threads(config.proxy.threads)
+        try:
+            result = model.evaluate(trial.arch, rung, seed=seed_of(trial, config), state=state)
+        except Exception as exc:  # a model must not raise; if one does, the trial fails
+            result = RungResult(None, "accuracy: " + short_error(exc), 0.0, 0)
+        result.rung, result.worker = rung, worker_name()
+        return done_future(result)
+
+    def decide(trial: Trial, rung: int, result: RungResult) -> bool:
+        trial.seconds = (trial.seconds or 0.0) + result.seconds
+        return hooks.decide(trial, rung, result) and rung < len(model.rungs) - 1
+
+    def finish(trial: Trial, result: RungResult | None) -> None:
+        if result is not None and not result.ok:  # a failed rung is not in `decide`'s sum
+            trial.seconds = (trial.seconds or 0.0) + result.seconds
+        hooks.on_result(combine(trial, lat[trial.trial_id], result))
+
+    starts = []
+    for trial in trials:
+        if lat[trial.trial_id]["error"] is not None:
+            hooks.on_result(combine(trial, lat[trial.trial_id], None))
+            continue
+        start, stored = hooks.start_rung(trial)
+        if stored is not None:  # resumed: its last stored rung was not promoted
+            finish(trial, stored)
+        else:
+            starts.append((trial, start))
+    climb(starts, submit=submit or in_process, decide=decide, finish=finish, workers=workers)
+    return list(trials)
+
+
+def seed_of(trial: Trial, config: SearchConfig) -> int:
+    return trial.seed if trial.seed is not None else config.seed
 
 
 def evaluate(arch: Architecture, config: SearchConfig, *, trial: Trial | None = None,
              on_phase: PhaseCallback | None = None) -> Trial:
-    """Latency and accuracy of one architecture, as a finished `Trial` (the reward is the caller's)."""
+    """Latency and accuracy (straight to the top rung) of one architecture, as a finished `Trial`
+    (the reward is the caller's)."""
     trial = trial if trial is not None else Trial(trial_id=-1, arch=arch)
-    return evaluate_batch([trial], config, on_phase=(lambda t, phase: on_phase(phase)) if on_phase else None)[0]
+    out: list[Trial] = []
+    hooks = Hooks(lambda t: None, (lambda t, phase: on_phase(phase)) if on_phase else (lambda t, phase: None),
+                  out.append)
+    evaluate_batch([trial], config, hooks)
+    return out[0]
 
 
 def to_wire(arch: Architecture, config: SearchConfig) -> tuple[str, str]:

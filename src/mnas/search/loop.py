@@ -17,34 +17,40 @@ asks in a row has exhausted what it can find, and the search stops ("repeats").
 
 from __future__ import annotations
 
-import math
-import os
+import copy
+import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnas import __version__
+from mnas import __version__, zoo
 from mnas.config import LatencyConfig, SearchConfig, parse_config
 from mnas.data import DatasetSplits
 from mnas.errors import UserError
 from mnas.latency.lut import LatencyTable
-from mnas.latency.model import target_ms
+from mnas.latency.model import LatencyModel, target_ms
 from mnas.reward import Reward, pareto_front
 from mnas.search import evaluation as ev
-from mnas.search.local import Executor, Hooks, LocalExecutor
+from mnas.search.accuracy import AccuracyModel, RungResult, accuracy_model
+from mnas.search.hooks import Hooks
+from mnas.search.local import Executor, LocalExecutor
 from mnas.search.progress import SearchProgress
-from mnas.space import SearchSpace
-from mnas.store import DB_NAME, Store, dump_state, load_state
+from mnas.search.rungs import RungScheduler
+from mnas.space import Architecture, SearchSpace
+from mnas.store import DB_NAME, RungRecord, Store, dump_state, load_state
 from mnas.strategies import make_strategy
-from mnas.supernet import load_supernet, supernet_path
-from mnas.supernet.fit import SupernetSettings, fit_supernet
-from mnas.train import FitConfig
-from mnas.train.engine import resolve_device
 from mnas.trial import Trial
 
 #: Asks in a row without a new architecture after which a search stops (see the module doc).
 REPEAT_PATIENCE = 20
+#: What a strategy's told reward loses per rung a candidate stopped short of the top: results of
+#: different rungs are never ranked as equals (a reward is at most ~1.1), as Optuna's TPE ranks a
+#: pruned trial below every complete one.
+RUNG_GAP = 10.0
+#: Where candidates' states between rungs live, inside the run folder.
+STATES_DIR = "rung_states"
 
 
 @dataclass
@@ -67,20 +73,22 @@ def make_search_strategy(config: SearchConfig, space: Any) -> Any:
     return make_strategy(config.strategy.name, space, config.seed, config.strategy.knobs)
 
 
-def prepare(config: SearchConfig) -> SearchConfig:
+def prepare(config: SearchConfig, *, latency: Sequence[LatencyModel] | None = None,
+            accuracy: AccuracyModel | None = None) -> SearchConfig:
     """Check everything a trial needs before the first one runs, and pin what was left implicit.
 
     Loads the space, the dataset, the lookup tables or the supernet, builds the strategy, the
     latency models and the reward, so a wrong name or a missing file stops the run with one line
     instead of failing every trial. Returns the config with every latency target's resolution and
     class count resolved (from the dataset, or from its table) and the reward's T in ms (resolved
-    once from "F x reference"), which is what the store records and a resume reuses.
+    once from "F x reference"), which is what the store records and a resume reuses. `latency`
+    and `accuracy` replace the models the config names (a test's or a benchmark's stand-ins).
     """
     space = SearchSpace.load(config.space)
     make_search_strategy(config, space)
     data = ev.dataset(config)
     config = config.model_copy(update={"latency": [_resolve_target(t, data) for t in config.latency]})
-    models = ev.latency_models(config)  # validates backends, threads, devices and tables
+    models = list(latency) if latency is not None else ev.latency_models(config)  # validates backends, tables
     for t, model in zip(config.latency, models, strict=True):
         table = getattr(model, "table", None)
         if table is not None:
@@ -94,7 +102,7 @@ def prepare(config: SearchConfig) -> SearchConfig:
         t_ms = target_ms(config.reward.target, models[0])
         config = config.model_copy(update={"reward": config.reward.model_copy(update={"target_ms": t_ms})})
     make_reward(config)
-    _check_proxy(config, data)
+    (accuracy or accuracy_model(config)).check(data, space)
     return config
 
 
@@ -116,38 +124,21 @@ def _resolve_target(t: LatencyConfig, data: DatasetSplits) -> LatencyConfig:
     return t.model_copy(update=updates)
 
 
-def _check_proxy(config: SearchConfig, data: DatasetSplits) -> None:
-    """What the accuracy source needs: a supernet of this space and data (trained now if asked),
-    or enough training images for a proxy batch; a device and threads this machine has."""
-    p = config.proxy
-    if config.executor.name == "local":
-        resolve_device(p.device)
-        if p.threads is not None and p.threads > (os.cpu_count() or 1):
-            raise UserError(f"proxy.threads {p.threads} is more than the {os.cpu_count()} cores here")
-    if p.kind == "supernet":
-        assert p.path is not None
-        if not supernet_path(p.path).is_file() and p.train_if_missing:
-            train_supernet_for(config, data)
-        load_supernet(p.path, space=SearchSpace.load(config.space), resolution=data.resolution,
-                      num_classes=data.num_classes)
-    elif len(data.train) < p.batch_size:
-        raise UserError(f"the training split has {len(data.train)} images, fewer than one proxy batch of "
-                        f"{p.batch_size}; lower proxy.batch_size or raise data.train_subset")
-
-
-def train_supernet_for(config: SearchConfig, data: DatasetSplits) -> None:
-    """`proxy.train_if_missing`: the search's supernet, trained with the proxy's epochs and batch
-    size on the search's data (the recipe that fits the resolution), before the first trial."""
-    p = config.proxy
-    assert p.path is not None
-    fit_config = FitConfig(arch_name=f"supernet:{config.space}", data=config.data.dataset,
-                           data_root=config.data.data_root, epochs=max(1, math.ceil(p.epochs)),
-                           recipe="cifar" if data.resolution <= 64 else "mnasnet", batch_size=p.batch_size,
-                           train_subset=config.data.train_subset, val_size=config.data.val_size, seed=config.seed,
-                           device=p.device, extra={"rule": p.rule})
-    settings = SupernetSettings(rule=p.rule, eval_bn_batches=p.bn_batches)  # scored as the search will score
-    fit_supernet(SearchSpace.load(config.space), data, fit_config, p.path, settings=settings, progress=True,
-                 resume=(Path(p.path) / "checkpoint.pt").is_file())
+def reference_trials(config: SearchConfig, space: SearchSpace, model: AccuracyModel) -> list[Trial]:
+    """The run's reference networks (`references`), at the middle of the space's width range; the
+    first once per seed (their spread is the noise floor). None where the accuracy model scores
+    only the space's own architectures (a supernet)."""
+    if not model.scores_any_architecture:
+        return []
+    width = statistics.median(space.filter_multipliers)
+    out = []
+    for i, name in enumerate(config.references.models):
+        arch: Architecture = zoo.get(name, width_mult=width)
+        label = f"{name} x{width:g}"
+        for k in range(config.references.seeds if i == 0 else 1):
+            out.append(Trial(trial_id=-1, arch=arch, strategy="reference", reference=label,
+                             seed=config.seed + k))
+    return out
 
 
 def make_executor(config: SearchConfig) -> Executor:
@@ -159,19 +150,21 @@ def make_executor(config: SearchConfig) -> Executor:
 
 
 def start_search(config: SearchConfig, run_dir: str | Path, *, executor: Executor | None = None,
-                 show_progress: bool = True, config_path: str | None = None) -> SearchOutcome:
-    """A new run in `run_dir` (which must not hold one)."""
+                 show_progress: bool = True, config_path: str | None = None,
+                 latency: Sequence[LatencyModel] | None = None, accuracy: AccuracyModel | None = None) -> SearchOutcome:
+    """A new run in `run_dir` (which must not hold one). `latency` / `accuracy`: stand-in models
+    instead of the config's (they run in this process)."""
     if (Path(run_dir) / DB_NAME).exists():  # before any slow preparation
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
-    config = prepare(config)
+    config = prepare(config, latency=latency, accuracy=accuracy)
     own_executor = executor is None
     executor = executor or make_executor(config)  # before the store: a bad cluster leaves no run
     try:
         store = Store.create(run_dir, config.model_dump(mode="json"), mnas_version=__version__,
                              config_path=config_path, elapsed_s=0.0)
         try:
-            return _run(store, config, executor, show_progress)
+            return SearchRun(store, config, executor, show_progress, latency=latency, accuracy=accuracy).run()
         finally:
             store.close()
     finally:
@@ -181,17 +174,18 @@ def start_search(config: SearchConfig, run_dir: str | Path, *, executor: Executo
 
 def resume_search(run_dir: str | Path, *, executor: Executor | None = None,
                   executor_name: str | None = None, ray_address: str | None = None,
-                  show_progress: bool = True) -> SearchOutcome:
+                  show_progress: bool = True, latency: Sequence[LatencyModel] | None = None,
+                  accuracy: AccuracyModel | None = None) -> SearchOutcome:
     """Continue the run in `run_dir` from its store, with its stored config."""
     store = Store.open(run_dir, writer=True)
     try:
         config = parse_config(store.config, source=f"{Path(run_dir) / DB_NAME} (stored config)")
         config = override_executor(config, executor_name, ray_address)
-        prepare(config)
+        prepare(config, latency=latency, accuracy=accuracy)
         own_executor = executor is None
         executor = executor or make_executor(config)
         try:
-            return _run(store, config, executor, show_progress)
+            return SearchRun(store, config, executor, show_progress, latency=latency, accuracy=accuracy).run()
         finally:
             if own_executor:
                 executor.close()
@@ -212,113 +206,211 @@ def override_executor(config: SearchConfig, name: str | None, address: str | Non
     return config.model_copy(update={"executor": config.executor.model_copy(update=updates)})
 
 
-def _run(store: Store, config: SearchConfig, executor: Executor,
-         show_progress: bool) -> SearchOutcome:
-    space = SearchSpace.load(config.space)
-    strategy = make_search_strategy(config, space)
-    checkpoint = store.checkpoint()
-    if checkpoint is not None:
-        strategy.load_state_dict(load_state(checkpoint.state))
-    elif len(store):
-        raise UserError(f"{store.path} has trials but no strategy state (a store salvaged by "
-                        "`mnas store recover`?); `mnas report` and `mnas best` read it, but it cannot be "
-                        "resumed: start a new search")
-    reward = make_reward(config)
+class SearchRun:
+    """One session of a search over its store: the parts built once, the loop in named steps."""
 
-    session_start = time.time()
-    elapsed_before = float(store.get_meta("elapsed_s", 0.0))
-    finished = [t for t in store.trials(("done", "failed")) if not t.is_repeat]
-    done = [t for t in finished if t.ok]  # kept in memory: the front is recomputed per result
-    best = max((t.reward for t in done if t.reward is not None), default=None)
-    pareto_size = len(pareto_front(done))
-    everything = store.trials()
-    last_step = max((t.step for t in everything), default=-1)
-    first_of = store.first_of()  # arch id -> the trial that evaluated it
-    idle = _idle_steps(everything)
+    def __init__(self, store: Store, config: SearchConfig, executor: Executor, show_progress: bool, *,
+                 latency: Sequence[LatencyModel] | None = None, accuracy: AccuracyModel | None = None) -> None:
+        self.store, self.config, self.executor = store, config, executor
+        self.space = SearchSpace.load(config.space)
+        self.strategy = make_search_strategy(config, self.space)
+        checkpoint = store.checkpoint()
+        if checkpoint is not None:
+            self.strategy.load_state_dict(load_state(checkpoint.state))
+        elif len(store):
+            raise UserError(f"{store.path} has trials but no strategy state (a store salvaged by "
+                            "`mnas store recover`?); `mnas report` and `mnas best` read it, but it cannot be "
+                            "resumed: start a new search")
+        self.reward = make_reward(config)
+        self.model = accuracy or accuracy_model(config)
+        self.top = len(self.model.rungs) - 1
+        self.scheduler = RungScheduler(self.model.rungs, config.proxy.keep)
+        references = {t.trial_id for t in store.references()}
+        self.scheduler.replay([r for r in store.rungs() if r.trial_id not in references])
+        if not store.get_meta("references_added", False):
+            store.add_references(reference_trials(config, self.space, self.model))
+            store.set_meta("references_added", True)
 
-    def elapsed() -> float:
-        return elapsed_before + time.time() - session_start
+        self.session_start = time.time()
+        self.elapsed_before = float(store.get_meta("elapsed_s", 0.0))
+        finished = [t for t in store.trials(("done", "failed")) if not t.is_repeat]
+        self.done = [t for t in finished if t.ok and self.at_top(t)]  # the front is recomputed per result
+        self.best = max((t.reward for t in self.done if t.reward is not None), default=None)
+        self.pareto_size = len(pareto_front(self.done))
+        everything = store.trials()
+        self.last_step = max((t.step for t in everything), default=-1)
+        self.first_of = store.first_of()  # arch id -> the trial that evaluated it
+        self.idle = _idle_steps(everything)
+        self.progress = SearchProgress(config.budget.trials, len(finished), enabled=show_progress)
+        self.hooks = Hooks(self.on_start, self.on_phase, self.on_result, decide=self.decide,
+                           start_rung=self.start_rung, state_path=self.state_path, accuracy=accuracy,
+                           latency=list(latency) if latency is not None else None)
 
-    progress = SearchProgress(config.budget.trials, len(finished), enabled=show_progress)
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> SearchOutcome:
+        stopped: str | None = "budget"
+        try:
+            with self.progress:
+                while True:
+                    batch = self.store.untold()
+                    if not batch:
+                        stopped = self.stop_reason()
+                        if stopped:
+                            break
+                        batch = self.ask()
+                    self.evaluate(batch)
+                    self.tell(batch)
+                self.evaluate([])  # references still unfinished (a search of zero new asks)
+        finally:
+            self.store.set_meta("elapsed_s", self.elapsed())
+        best_trial = max((t for t in self.store.trials("done") if t.reward is not None and not t.is_repeat
+                          and self.at_top(t)), key=lambda t: float(t.reward or 0.0), default=None)
+        repeats = sum(t.is_repeat for t in self.store.trials())
+        return SearchOutcome(self.store.run_dir, self.store.counts(), best_trial, stopped or "budget",
+                             self.elapsed(), repeats)
 
-    def on_start(trial: Trial) -> None:
+    def stop_reason(self) -> str | None:
+        """Why no further batch is asked: "budget", "time" or "repeats"; None: ask one."""
+        if self.config.budget.trials - self.store.evaluations() <= 0:
+            return "budget"
+        limit = self.config.budget.max_seconds
+        if limit is not None and self.elapsed() >= limit:
+            return "time"
+        if self.idle >= REPEAT_PATIENCE:
+            return "repeats"
+        return None
+
+    def ask(self) -> list[Trial]:
+        """The strategy's next batch, stored with its post-ask state (repeats marked)."""
+        remaining = self.config.budget.trials - self.store.evaluations()
+        self.last_step += 1
+        batch = []
+        for p in self.strategy.ask(min(self.config.budget.batch_size, remaining)):
+            trial = Trial(trial_id=p.trial_id, arch=p.arch, strategy=self.strategy.name,
+                          tokens=list(p.tokens), logp=p.logp, repeat_of=self.first_of.get(p.arch.id))
+            self.first_of.setdefault(p.arch.id, p.trial_id)
+            batch.append(trial)
+        self.idle = 0 if any(not t.is_repeat for t in batch) else self.idle + 1
+        self.store.add_trials(batch, dump_state(self.strategy.state_dict()), self.last_step)
+        return batch
+
+    def evaluate(self, batch: list[Trial]) -> None:
+        """Run the batch's unfinished trials (and any unfinished reference) and fill in its repeats."""
+        todo = self.store.unfinished_references() + [
+            t for t in batch if t.status in ("pending", "running") and not t.is_repeat]
+        if todo:
+            self.executor.run(todo, self.config, self.hooks)
+        for t in batch:
+            if t.repeat_of is not None and t.status in ("pending", "running"):
+                self.store.save_result(reuse_result(t, self.store.trial(t.repeat_of)))
+                self.progress.note(f"trial {t.trial_id:>4} step {t.step:>3} repeats trial {t.repeat_of}: "
+                                   "its result is reused")
+
+    def tell(self, batch: list[Trial]) -> None:
+        """Tell the whole batch at once, in trial-id order, ranked by fidelity; commit the state."""
+        if not batch:
+            return
+        told = [self.store.trial(t.trial_id) for t in batch]
+        unfinished = [t.trial_id for t in told if t.status not in ("done", "failed")]
+        if unfinished:
+            raise RuntimeError(f"executor returned without finishing trials {unfinished}")
+        self.strategy.tell([self.ranked(t) for t in told])
+        self.store.commit_tell([t.trial_id for t in told], dump_state(self.strategy.state_dict()), told[0].step)
+
+    # -- fidelity ------------------------------------------------------------------------------
+    def at_top(self, trial: Trial) -> bool:
+        """Reached the accuracy model's top rung (a trial of an older store: its one rung)."""
+        return trial.rung is None or trial.rung >= self.top
+
+    def ranked(self, trial: Trial) -> Trial:
+        """What the strategy is told: a trial stopped below the top rung ranks below every trial
+        of a higher rung (reward and accuracy lowered by RUNG_GAP / 1 per missing rung)."""
+        if not trial.ok or self.at_top(trial):
+            return trial
+        gap = self.top - int(trial.rung or 0)
+        out = copy.copy(trial)
+        out.reward = float(trial.reward or 0.0) - RUNG_GAP * gap
+        out.accuracy = float(trial.accuracy or 0.0) - gap
+        return out
+
+    # -- the executor's hooks ------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.session_start
+
+    def on_start(self, trial: Trial) -> None:
         trial.status = "running"
         trial.started_at = time.time()
-        store.mark_running(trial.trial_id, trial.worker)
+        self.store.mark_running(trial.trial_id, trial.worker)
 
-    def on_phase(trial: Trial, phase: str) -> None:
-        progress.phase(trial, phase)
+    def on_phase(self, trial: Trial, phase: str) -> None:
+        self.progress.phase(trial, phase)
 
-    def on_result(trial: Trial) -> None:
-        nonlocal best, pareto_size
+    def decide(self, trial: Trial, rung: int, result: RungResult) -> bool:
+        """Store a finished rung with its promotion decision (references always go on to the top)."""
+        assert result.accuracy is not None
+        value = float(self.reward(result.accuracy, trial.latency_ms))
+        if trial.is_reference:
+            promoted = rung < self.top
+        else:
+            promoted = self.scheduler.decide(trial.trial_id, rung, value)
+        self.store.add_rung(RungRecord(trial.trial_id, rung, result.budget, float(result.accuracy), value,
+                                       result.seconds, promoted))
+        if rung < self.top:
+            verdict = "promoted" if promoted else "stopped"
+            self.progress.note(f"{_who(trial)} rung {rung} ({result.budget} {self.model.unit}): accuracy "
+                               f"{result.accuracy:.3f}, {verdict}")
+        return promoted
+
+    def start_rung(self, trial: Trial) -> tuple[int, RungResult | None]:
+        """Where a (resumed) trial starts: after its last promoted rung, whose state must exist;
+        or, when its last stored rung was final, that rung's result."""
+        records = self.store.rungs(trial.trial_id)
+        if not records:
+            return 0, None
+        last = records[-1]
+        if not last.promoted:
+            return last.rung, RungResult(last.accuracy, None, 0.0, last.budget, rung=last.rung)
+        state = self.state_path(trial)
+        if self.model.can_continue() and (state is None or not state.is_file()):
+            return 0, None  # its state is gone: train it again from scratch
+        return last.rung + 1, None
+
+    def state_path(self, trial: Trial) -> Path | None:
+        if not self.model.can_continue() or self.top == 0:
+            return None
+        return self.store.run_dir / STATES_DIR / f"trial{trial.trial_id}.pt"
+
+    def on_result(self, trial: Trial) -> None:
         if trial.status == "done":
             try:
-                trial.reward = float(reward(trial.accuracy, trial.latency_ms))
+                trial.reward = float(self.reward(trial.accuracy, trial.latency_ms))
             except Exception as exc:  # e.g. a non-finite number slipped through
                 trial.status, trial.error, trial.reward = "failed", f"reward: {exc}", None
-        store.save_result(trial)
-        store.set_meta("elapsed_s", elapsed())
-        if trial.ok and trial.reward is not None:
-            done.append(trial)
-            best = trial.reward if best is None else max(best, trial.reward)
-            pareto_size = len(pareto_front(done))
-        progress.finished(trial, best, pareto_size)
+        self.store.save_result(trial)
+        self.store.set_meta("elapsed_s", self.elapsed())
+        state = self.state_path(trial)
+        if state is not None:
+            state.unlink(missing_ok=True)
+        if trial.ok and trial.reward is not None and self.at_top(trial) and not trial.is_reference:
+            self.done.append(trial)
+            self.best = trial.reward if self.best is None else max(self.best, trial.reward)
+            self.pareto_size = len(pareto_front(self.done))
+        if trial.is_reference:
+            acc = f"accuracy {trial.accuracy:.3f}" if trial.accuracy is not None else trial.error
+            self.progress.note(f"reference {trial.reference} (seed {trial.seed}): {acc}")
+        else:
+            self.progress.finished(trial, self.best, self.pareto_size)
 
-    hooks = Hooks(on_start, on_phase, on_result)
-    stopped = "budget"
-    try:
-        with progress:
-            while True:
-                batch = store.untold()
-                if not batch:
-                    remaining = config.budget.trials - store.evaluations()
-                    if remaining <= 0:
-                        break
-                    limit = config.budget.max_seconds
-                    if limit is not None and elapsed() >= limit:
-                        stopped = "time"
-                        break
-                    if idle >= REPEAT_PATIENCE:
-                        stopped = "repeats"
-                        break
-                    last_step += 1
-                    step = last_step
-                    batch = []
-                    for p in strategy.ask(min(config.budget.batch_size, remaining)):
-                        trial = Trial(trial_id=p.trial_id, arch=p.arch, strategy=strategy.name,
-                                      tokens=list(p.tokens), logp=p.logp, repeat_of=first_of.get(p.arch.id))
-                        first_of.setdefault(p.arch.id, p.trial_id)
-                        batch.append(trial)
-                    idle = 0 if any(not t.is_repeat for t in batch) else idle + 1
-                    store.add_trials(batch, dump_state(strategy.state_dict()), step)
-                todo = [t for t in batch if t.status in ("pending", "running") and not t.is_repeat]
-                if todo:
-                    executor.run(todo, config, hooks)
-                for t in batch:
-                    if t.repeat_of is not None and t.status in ("pending", "running"):
-                        store.save_result(reuse_result(t, store.trial(t.repeat_of)))
-                        progress.note(f"trial {t.trial_id:>4} step {t.step:>3} repeats trial {t.repeat_of}: "
-                                      "its result is reused")
-                told = [store.trial(t.trial_id) for t in batch]
-                unfinished = [t.trial_id for t in told if t.status not in ("done", "failed")]
-                if unfinished:
-                    raise RuntimeError(f"executor returned without finishing trials {unfinished}")
-                strategy.tell(told)
-                store.commit_tell([t.trial_id for t in told], dump_state(strategy.state_dict()),
-                                  told[0].step)
-    finally:
-        store.set_meta("elapsed_s", elapsed())
-    best_trial = max((t for t in store.trials("done") if t.reward is not None and not t.is_repeat),
-                     key=lambda t: float(t.reward or 0.0), default=None)
-    repeats = sum(t.is_repeat for t in store.trials())
-    return SearchOutcome(store.run_dir, store.counts(), best_trial, stopped, elapsed(), repeats)
+
+def _who(trial: Trial) -> str:
+    return f"reference {trial.reference}" if trial.is_reference else f"trial {trial.trial_id:>4}"
 
 
 def reuse_result(repeat: Trial, source: Trial) -> Trial:
     """`repeat` finished with `source`'s stored result, at no cost (nothing is trained or timed)."""
     if source.status not in ("done", "failed"):
         raise RuntimeError(f"trial {repeat.trial_id} repeats trial {source.trial_id}, which has not finished")
-    for name in ("status", "accuracy", "latency_ms", "reward", "error", "latencies", "relative"):
+    for name in ("status", "accuracy", "latency_ms", "reward", "error", "latencies", "relative", "rung", "budget"):
         setattr(repeat, name, getattr(source, name))
     now = time.time()
     repeat.seconds, repeat.worker, repeat.started_at, repeat.finished_at = 0.0, None, now, now

@@ -21,12 +21,22 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from mnas.config import SearchConfig
 from mnas.errors import UserError
-from mnas.search.evaluation import accuracy_parts, combine, from_wire, latency_parts, short_error, to_wire
-from mnas.search.local import Hooks
+from mnas.search.accuracy import RungResult, accuracy_model
+from mnas.search.evaluation import (
+    evaluate_batch,
+    from_wire,
+    latency_parts,
+    rung_part,
+    seed_of,
+    short_error,
+    to_wire,
+)
+from mnas.search.hooks import Hooks
 from mnas.space import Architecture
 from mnas.trial import Trial
 
@@ -35,6 +45,9 @@ RESOURCE_PREFIX = "latency_device:"
 #: A part function runs in a Ray worker: (trial_id, arch, config) -> the dict of latency_part /
 #: train_part. Swappable so a test can crash a real worker process on purpose.
 PartFn = Callable[[int, Architecture, SearchConfig], dict[str, Any]]
+#: A rung function runs one accuracy rung in a Ray worker: (trial_id, arch, config, rung, seed,
+#: state path) -> RungResult. Swappable like PartFn.
+RungFn = Callable[[int, Architecture, SearchConfig, int, int, "str | None"], RungResult]
 
 
 def device_resource(host: str | None = None) -> dict[str, float]:
@@ -58,13 +71,20 @@ def default_latency(trial_id: int, arch: Architecture, config: SearchConfig) -> 
     return latency_parts([arch], config)[0]
 
 
-def default_train(trial_id: int, arch: Architecture, config: SearchConfig) -> dict[str, Any]:
-    return accuracy_parts([arch], config)[0]
+def default_train(trial_id: int, arch: Architecture, config: SearchConfig, rung: int, seed: int,
+                  state: str | None) -> RungResult:
+    return rung_part(config.model_dump_json(), arch.to_json(), rung, seed, state, config.proxy.threads)
 
 
 def _run_part(fn: PartFn, trial_id: int, arch_json: str, config_json: str) -> dict[str, Any]:
     arch, config = from_wire(arch_json, config_json)
     return fn(trial_id, arch, config)
+
+
+def _run_rung(fn: RungFn, trial_id: int, arch_json: str, config_json: str, rung: int, seed: int,
+              state: str | None) -> RungResult:
+    arch, config = from_wire(arch_json, config_json)
+    return fn(trial_id, arch, config, rung, seed, state)
 
 
 class RayExecutor:
@@ -73,7 +93,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, config: SearchConfig, *, latency_fn: PartFn = default_latency,
-                 train_fn: PartFn = default_train) -> None:
+                 train_fn: RungFn = default_train) -> None:
         try:
             import ray
         except ImportError:
@@ -117,6 +137,7 @@ class RayExecutor:
             f"target's node with --resources '{{\"{resource}\": 1}}' or use a latency LUT")
 
     def run(self, trials: Sequence[Trial], config: SearchConfig, hooks: Hooks) -> None:
+        """Every trial's latency tasks (on their hosts), then its accuracy rung by rung as tasks."""
         ray = self._ray
         remote = ray.remote(_run_part)
         retries = config.executor.max_retries
@@ -125,11 +146,10 @@ class RayExecutor:
         tables = [t for t in config.latency if not t.measured]
         by_host = {host: _with_targets(config, [t for t in config.latency if t.label in labels]).model_dump_json()
                    for host, labels in self.hosts.items()}  # what each host's latency task receives
-        expected = {"train"} | {f"latency@{host}" for host in by_host} | ({"latency@tables"} if tables else set())
         for trial in trials:
             trial.worker = f"ray:{self.host}"
             hooks.on_start(trial)
-            arch_json, config_json = to_wire(trial.arch, config)
+            arch_json, _ = to_wire(trial.arch, config)
             parts[trial.trial_id] = {}
             if tables:  # table lookups: no need for any device
                 parts[trial.trial_id]["latency@tables"] = latency_parts([trial.arch], _with_targets(config, tables))[0]
@@ -138,25 +158,39 @@ class RayExecutor:
                                      max_retries=retries, name=f"latency-{trial.trial_id}@{host}"
                                      ).remote(self.latency_fn, trial.trial_id, arch_json, host_config_json)
                 inflight[ref] = (trial, f"latency@{host}")
-            ref = remote.options(num_cpus=config.executor.cpus_per_trial, num_gpus=self.gpus,
-                                 max_retries=retries, name=f"train-{trial.trial_id}"
-                                 ).remote(self.train_fn, trial.trial_id, arch_json, config_json)
-            inflight[ref] = (trial, "train")
-            hooks.on_phase(trial, "submitted to ray")
+            hooks.on_phase(trial, "latency submitted to ray")
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
                 trial, kind = inflight.pop(ref)
                 parts[trial.trial_id][kind] = self._get(ref, kind, retries)
-                got = parts[trial.trial_id]
-                if set(got) == expected:
-                    latency = merge_latency([got[k] for k in sorted(got) if k != "train"],
-                                            [t.label for t in config.latency])
-                    hooks.on_result(combine(trial, latency, got["train"]))
-                else:
-                    hooks.on_phase(trial, f"{kind} finished")
+        latency = [merge_latency([parts[t.trial_id][k] for k in sorted(parts[t.trial_id])],
+                                 [t.label for t in config.latency]) for t in trials]
+        model = accuracy_model(config)
+        rung_remote = ray.remote(_run_rung)
+        config_json = config.model_dump_json()
 
-    def _get(self, ref: Any, kind: str, retries: int) -> dict[str, Any]:
+        def submit(trial: Trial, rung: int) -> Future[RungResult]:
+            hooks.on_phase(trial, f"{model.phase} to rung {rung} as a ray task")
+            state = hooks.state_path(trial)
+            ref = rung_remote.options(num_cpus=config.executor.cpus_per_trial, num_gpus=self.gpus,
+                                      max_retries=retries, name=f"train-{trial.trial_id}-rung{rung}"
+                                      ).remote(self.train_fn, trial.trial_id, trial.arch.to_json(), config_json,
+                                               rung, seed_of(trial, config), str(state) if state else None)
+            out: Future[RungResult] = Future()
+            ref.future().add_done_callback(lambda _: out.set_result(self._rung_result(ref, retries, rung)))
+            return out
+
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1) // config.executor.cpus_per_trial))
+        evaluate_batch(trials, config, hooks, submit=submit, workers=workers, latency=latency)
+
+    def _rung_result(self, ref: Any, retries: int, rung: int) -> RungResult:
+        value = self._get(ref, "train", retries)
+        if isinstance(value, RungResult):
+            return value
+        return RungResult(None, value["error"], 0.0, 0, worker=value["worker"], rung=rung)
+
+    def _get(self, ref: Any, kind: str, retries: int) -> Any:
         """The part's result, or a failed part saying why the task could not finish."""
         ray = self._ray
         try:

@@ -1,5 +1,14 @@
 """The proxy: the short training that scores one sampled network on a held-out split.
 
+Its budget is counted in training steps of `batch_size` images, split into rungs (successive
+halving): `ProxyTrainer.train_to(k)` continues from wherever the network is to rung k's step count
+and scores the held-out split there. The learning rate follows one schedule over the top rung
+(warm-up, then cosine to zero at the top rung), as Hyperband and ASHA train: a candidate promoted
+to the next rung goes on from its checkpoint exactly as if it had never stopped, so every
+candidate that reaches the top rung has had the same training as a one-rung run of that many
+steps, references included. (Cosine warm restarts at every rung were tried first: a restart to
+the peak rate cost a candidate 4 points at the top rung, docs/benchmarks/proxy_step.md.)
+
 It never raises for a bad candidate (divergence, out-of-memory, a blown time budget, a network that
 cannot be built): `TrainResult.status` says why, so a search goes on. Its settings are the search
 config's `proxy` section (`mnas.config.ProxyConfig`), one default per setting.
@@ -7,15 +16,19 @@ config's `proxy` section (`mnas.config.ProxyConfig`), one default per setting.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from mnas.config import ProxyConfig
 from mnas.data import DatasetSplits
 from mnas.errors import UserError
+from mnas.safe_load import load_tensors
 from mnas.space import Architecture
 from mnas.train.engine import Engine, SpeedOptions, build_engine, fork_rng, is_oom, resolve_device, train_steps_per_epoch
 from mnas.train.recipes import DEFAULT_LR_PER_256, lr_schedule, proxy_warmup_steps
@@ -40,8 +53,146 @@ class TrainResult:
         return self.status == "ok"
 
 
+def proxy_rungs(proxy: ProxyConfig, data: DatasetSplits) -> list[int]:
+    """The step counts of the proxy's rungs: `steps`, else `epochs` of the training split (capped
+    by `max_steps`) as one rung."""
+    if proxy.steps is not None:
+        return list(proxy.steps)
+    total = max(1, math.ceil(proxy.epochs * train_steps_per_epoch(data, proxy.batch_size)))
+    return [min(total, proxy.max_steps) if proxy.max_steps is not None else total]
+
+
+class ProxyTrainer:
+    """One candidate's proxy training, continued rung by rung; saves and loads its own state."""
+
+    def __init__(self, arch: Architecture, data: DatasetSplits, proxy: ProxyConfig, seed: int = 0) -> None:
+        self.proxy = p = proxy
+        self.data = data
+        self.rungs = proxy_rungs(p, data)
+        self.device = resolve_device(p.device)
+        self.peak = p.lr if p.lr is not None else DEFAULT_LR_PER_256[p.optimizer] * p.batch_size / 256.0
+        self.steps_per_epoch = train_steps_per_epoch(data, p.batch_size)
+        lr_fn = lr_schedule(p.schedule, peak=self.peak, total_steps=self.rungs[-1],
+                            steps_per_epoch=self.steps_per_epoch, batch_size=p.batch_size,
+                            warmup_steps=proxy_warmup_steps(p.schedule, p.warmup, self.rungs[-1]))
+        with fork_rng(self.device):
+            self.engine: Engine = build_engine(
+                arch.for_resolution(data.resolution, p.skeleton), data, lr_fn=lr_fn, optimizer=p.optimizer,
+                batch_size=p.batch_size,
+                weight_decay=p.weight_decay, decay_biases=True, label_smoothing=p.label_smoothing,
+                ema_decay=p.ema_decay, dropout=p.dropout, bn_momentum=p.bn_momentum, bn_eps=p.bn_eps,
+                stable_init=p.stable_init, device=self.device,
+                speed=SpeedOptions(p.amp, p.channels_last, p.fused, p.compile), seed=seed,
+            )
+
+    @property
+    def step(self) -> int:
+        return self.engine.step
+
+    def save(self, path: str | Path) -> None:
+        """The state a promotion continues from, replaced only when completely written."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        state = {"step": self.engine.step, "model": self.engine.model.state_dict(),
+                 "optimizer": self.engine.optimizer.state_dict()}
+        if self.engine.ema is not None:
+            state["ema"] = self.engine.ema.state_dict()
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def load(self, path: str | Path) -> None:
+        state = load_tensors(Path(path), f"proxy checkpoint {path}")
+        if not isinstance(state, dict) or not {"step", "model", "optimizer"} <= set(state):
+            raise UserError(f"proxy checkpoint {path} is not one mnas wrote")
+        self.engine.model.load_state_dict(state["model"])
+        self.engine.optimizer.load_state_dict(state["optimizer"])
+        if self.engine.ema is not None and "ema" in state:
+            self.engine.ema.load_state_dict(state["ema"])
+        self.engine.step = int(state["step"])
+
+    def train_to(self, rung: int, deadline: float | None = None) -> TrainResult:
+        """Train on from the current step to rung `rung`'s steps, then score the held-out split."""
+        t_start = time.perf_counter()
+        nan = float("nan")
+        engine, p = self.engine, self.proxy
+        total = self.rungs[rung]
+        loss_sum = seen = train_seconds = 0.0
+        status = "ok"
+        with fork_rng(self.device):
+            while engine.step < total:
+                epoch, start_batch = divmod(engine.step, self.steps_per_epoch)
+                stats, _, reason = engine.train_epoch(epoch, start_batch=start_batch, max_steps=total,
+                                                      deadline=deadline)
+                loss_sum += stats.loss_sum
+                seen += stats.seen
+                train_seconds += stats.seconds
+                if reason in ("diverged", "timeout"):
+                    status = reason
+                    break
+            train_loss = loss_sum / seen if seen else nan
+            done_epochs = engine.step / self.steps_per_epoch
+            ips = seen / train_seconds if train_seconds > 0 else 0.0
+            if status != "ok":
+                return TrainResult(nan, nan, train_loss, done_epochs, ips, time.perf_counter() - t_start, status,
+                                   engine.step)
+            val_acc, val_loss = engine.evaluate(self.data.val, use_ema=p.ema_decay is not None,
+                                                batch_size=p.eval_batch_size)
+        if not math.isfinite(val_loss):
+            status = "diverged"
+        return TrainResult(val_acc, val_loss, train_loss, done_epochs, ips, time.perf_counter() - t_start, status,
+                           engine.step)
+
+
+def failed_result(status: str, seconds: float, steps: int = 0) -> TrainResult:
+    nan = float("nan")
+    return TrainResult(nan, nan, nan, 0.0, 0.0, seconds, status, steps)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A status for an exception out of training: "oom" or "error: <first line>"."""
+    if is_oom(exc):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return "oom"
+    if isinstance(exc, UserError):
+        return f"error: {exc}"
+    return "error: " + f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def train_rung(arch: Architecture, data: DatasetSplits, proxy: ProxyConfig, *, rung: int, seed: int = 0,
+               state: str | Path | None = None) -> TrainResult:
+    """Rung `rung` of `arch`'s proxy: from `state` (the checkpoint of rung `rung - 1`) or from
+    scratch at rung 0; saves the new state to `state` unless this is the top rung. Never raises for
+    a bad candidate."""
+    t_start = time.perf_counter()
+    trainer: ProxyTrainer | None = None
+    try:
+        trainer = ProxyTrainer(arch, data, proxy, seed)
+        if rung > 0:
+            if state is None or not Path(state).is_file():
+                return failed_result(f"error: rung {rung} needs the checkpoint of rung {rung - 1} ({state})",
+                                     time.perf_counter() - t_start)
+            trainer.load(state)
+            if trainer.step != trainer.rungs[rung - 1]:
+                return failed_result(f"error: checkpoint {state} is at step {trainer.step}, not at rung {rung - 1} "
+                                     f"({trainer.rungs[rung - 1]} steps)", time.perf_counter() - t_start)
+        deadline = time.monotonic() + proxy.time_budget_s if proxy.time_budget_s is not None else None
+        result = trainer.train_to(rung, deadline)
+        if result.ok and state is not None and rung < len(trainer.rungs) - 1:
+            trainer.save(state)
+        return result
+    except Exception as exc:  # never raise into the search loop
+        steps = trainer.step if trainer is not None else 0
+        return failed_result(describe_failure(exc), time.perf_counter() - t_start, steps)
+
+
 def train_proxy(arch: Architecture, data: DatasetSplits, proxy: ProxyConfig | None = None, seed: int = 0) -> TrainResult:
-    """Train `arch` briefly on `data.train` as `proxy` says and score it on the held-out `data.val`.
+    """Train `arch` through every rung of `proxy` (no early stopping) and score it on `data.val`.
 
     The peak learning rate defaults to 0.2 x batch/256 for SGD (0.016 for RMSProp-TF, 0.002 for
     AdamW). Never raises for a bad candidate: the status says "diverged", "oom", "timeout" or
@@ -49,62 +200,13 @@ def train_proxy(arch: Architecture, data: DatasetSplits, proxy: ProxyConfig | No
     """
     p = proxy or ProxyConfig()
     t_start = time.perf_counter()
-    nan = float("nan")
-
-    def failed(status: str, steps: int = 0, train_loss: float = nan) -> TrainResult:
-        return TrainResult(nan, nan, train_loss, 0.0, 0.0, time.perf_counter() - t_start, status, steps)
-
+    trainer: ProxyTrainer | None = None
     try:
-        dev = resolve_device(p.device)
-    except UserError as exc:
-        return failed(f"error: {exc}")
-    engine: Engine | None = None
-    try:
-        with fork_rng(dev):
-            peak = p.lr if p.lr is not None else DEFAULT_LR_PER_256[p.optimizer] * p.batch_size / 256.0
-            steps_per_epoch = train_steps_per_epoch(data, p.batch_size)
-            total = max(1, math.ceil(p.epochs * steps_per_epoch))
-            if p.max_steps is not None:
-                total = min(total, p.max_steps)
-            lr_fn = lr_schedule(p.schedule, peak=peak, total_steps=total, steps_per_epoch=steps_per_epoch,
-                                batch_size=p.batch_size, warmup_steps=proxy_warmup_steps(p.schedule, p.warmup, total))
-            engine = build_engine(
-                arch.for_resolution(data.resolution, p.skeleton), data, lr_fn=lr_fn, optimizer=p.optimizer,
-                batch_size=p.batch_size,
-                weight_decay=p.weight_decay, decay_biases=True, label_smoothing=p.label_smoothing,
-                ema_decay=p.ema_decay, dropout=p.dropout, bn_momentum=p.bn_momentum, bn_eps=p.bn_eps,
-                stable_init=p.stable_init, device=dev,
-                speed=SpeedOptions(p.amp, p.channels_last, p.fused, p.compile), seed=seed,
-            )
-            deadline = time.monotonic() + p.time_budget_s if p.time_budget_s is not None else None
-            loss_sum = seen = train_seconds = 0.0
-            status = "ok"
-            epoch = 0
-            while engine.step < total:
-                stats, _, reason = engine.train_epoch(epoch, max_steps=total, deadline=deadline)
-                loss_sum += stats.loss_sum
-                seen += stats.seen
-                train_seconds += stats.seconds
-                epoch += 1
-                if reason in ("diverged", "timeout"):
-                    status = reason
-                    break
-            train_loss = loss_sum / seen if seen else nan
-            done_epochs = engine.step / steps_per_epoch
-            ips = seen / train_seconds if train_seconds > 0 else 0.0
-            if status != "ok":
-                return TrainResult(nan, nan, train_loss, done_epochs, ips, time.perf_counter() - t_start, status, engine.step)
-            val_acc, val_loss = engine.evaluate(data.val, use_ema=p.ema_decay is not None, batch_size=p.eval_batch_size)
-            if not math.isfinite(val_loss):
-                status = "diverged"
-            seconds = time.perf_counter() - t_start
-            return TrainResult(val_acc, val_loss, train_loss, done_epochs, ips, seconds, status, engine.step)
+        trainer = ProxyTrainer(arch, data, p, seed)
+        deadline = time.monotonic() + p.time_budget_s if p.time_budget_s is not None else None
+        result = trainer.train_to(len(trainer.rungs) - 1, deadline)
+        result.seconds = time.perf_counter() - t_start
+        return result
     except Exception as exc:  # never raise into the search loop
-        steps = engine.step if engine is not None else 0
-        engine = None
-        if is_oom(exc):
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return failed("oom", steps)
-        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        return failed(f"error: {text}", steps)
+        steps = trainer.step if trainer is not None else 0
+        return failed_result(describe_failure(exc), time.perf_counter() - t_start, steps)

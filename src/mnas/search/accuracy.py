@@ -1,0 +1,295 @@
+"""The accuracy seam: how accurate an architecture is, at what cost, and at which fidelity.
+
+Beside `mnas.latency.model.LatencyModel` stands `AccuracyModel`: the search loop, the executors and
+the report meet accuracy only through it, and `make_accuracy_model` is the one place that turns the
+config's `proxy.kind` into a model:
+
+- `TrainedAccuracy` (kind `train`, the paper's proxy): each candidate trained on the training
+  split and scored on a held-out split, rung by rung (`rungs` are training steps); a promoted
+  candidate continues from the checkpoint its previous rung left at the `state` path.
+- `SupernetAccuracy` (kind `supernet`): the weights a candidate inherits from a trained supernet,
+  BatchNorm re-estimated; one rung, no state.
+
+A model never raises for a bad candidate: `RungResult.error` says what went wrong, so the search
+goes on. `parallel` says whether candidates may be scored in separate worker processes (training,
+one thread each) or belong in the driver (a supernet, loaded once).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mnas.config import DataConfig, ProxyConfig, SearchConfig
+from mnas.data import DatasetSplits, load_dataset
+from mnas.errors import UserError
+from mnas.space import Architecture, SearchSpace
+from mnas.train.engine import resolve_device
+from mnas.train.proxy import TrainResult, proxy_rungs, train_proxy, train_rung
+
+ERROR_CHARS = 500
+
+
+@dataclass
+class RungResult:
+    """One rung of one candidate: held-out accuracy (None when it failed, with `error` saying why)
+    and its cost (`budget`: the rung's size in the model's unit; `seconds`: wall time)."""
+
+    accuracy: float | None
+    error: str | None
+    seconds: float
+    budget: int
+    worker: str = ""
+    rung: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.accuracy is not None and math.isfinite(self.accuracy)
+
+
+class AccuracyModel(ABC):
+    """How accurate an architecture is, at what cost, at rung `rung` of the model's fidelities."""
+
+    kind: ClassVar[str]
+    phase: ClassVar[str]  # what the progress display says while a candidate is scored
+    parallel: ClassVar[bool] = False  # may run in worker processes (one thread each)
+    scores_any_architecture: ClassVar[bool] = True  # False: only the space's own (a supernet)
+
+    def __init__(self, config: SearchConfig) -> None:
+        self.config = config
+
+    @property
+    @abstractmethod
+    def rungs(self) -> list[int]:
+        """The fidelities, lowest first, in the model's own unit (training steps for the proxy)."""
+
+    @property
+    def unit(self) -> str:
+        return "steps"
+
+    @property
+    def top(self) -> int:
+        """The index of the top rung."""
+        return len(self.rungs) - 1
+
+    def trained_model(self, arch: Architecture, num_classes: int) -> Any:
+        """`arch` with the weights this model scored it with, where it keeps any (a supernet's);
+        None: the architecture is exported untrained."""
+        return None
+
+    def check(self, data: DatasetSplits, space: SearchSpace) -> None:  # noqa: B027 - optional
+        """Everything the model needs before the first trial (one `UserError` line otherwise)."""
+
+    @abstractmethod
+    def evaluate(self, arch: Architecture, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
+        """Score `arch` at `rung` (continuing from `state`, the previous rung's checkpoint, where the
+        model keeps one)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for the report: what the accuracies are."""
+
+    def can_continue(self) -> bool:
+        """True when a higher rung continues from the lower one's state (it writes `state`)."""
+        return False
+
+    def evaluate_top(self, arch: Architecture, *, seed: int) -> RungResult:
+        """`arch` at the top rung, reached straight through (no early stopping)."""
+        result = self.evaluate(arch, len(self.rungs) - 1, seed=seed)
+        result.rung = len(self.rungs) - 1
+        return result
+
+
+class TrainedAccuracy(AccuracyModel):
+    """The paper's proxy: stand-alone training on the training split, scored on the held-out split."""
+
+    kind = "train"
+    phase = "training"
+    parallel = True
+
+    @property
+    def proxy(self) -> ProxyConfig:
+        return self.config.proxy
+
+    @property
+    def rungs(self) -> list[int]:
+        return proxy_rungs(self.proxy, dataset(self.config.data))
+
+    @property
+    def top(self) -> int:
+        return len(self.proxy.steps) - 1 if self.proxy.steps is not None else 0  # without loading the data
+
+    def check(self, data: DatasetSplits, space: SearchSpace) -> None:
+        p = self.proxy
+        if self.config.executor.name == "local":
+            resolve_device(p.device)
+            if p.threads is not None and p.threads > (os.cpu_count() or 1):
+                raise UserError(f"proxy.threads {p.threads} is more than the {os.cpu_count()} cores here")
+        if len(data.train) < p.batch_size:
+            raise UserError(f"the training split has {len(data.train)} images, fewer than one proxy batch of "
+                            f"{p.batch_size}; lower proxy.batch_size or raise data.train_subset")
+
+    def can_continue(self) -> bool:
+        return True
+
+    def evaluate_top(self, arch: Architecture, *, seed: int) -> RungResult:
+        start = time.time()
+        result = train_proxy(arch, dataset(self.config.data), self.proxy, seed=seed)
+        return self._result(result, start, len(self.rungs) - 1)
+
+    def _result(self, result: TrainResult, start: float, rung: int) -> RungResult:
+        accuracy = result.val_acc if result.ok and math.isfinite(result.val_acc) else None
+        error = None if accuracy is not None else "accuracy: " + (
+            result.status if not result.ok else f"error: came back as {result.val_acc}")[:ERROR_CHARS]
+        return RungResult(accuracy, error, time.time() - start, self.rungs[rung], rung=rung)
+
+    def evaluate(self, arch: Architecture, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
+        start = time.time()
+        result = train_rung(arch, dataset(self.config.data), self.proxy, rung=rung, seed=seed, state=state)
+        return self._result(result, start, rung)
+
+    def describe(self) -> str:
+        p = self.proxy
+        rungs = self.rungs
+        halving = (f", successive halving keeps the best {_fraction(p.keep)} of each rung (by reward)"
+                   if len(rungs) > 1 else "")
+        return (f"proxy training: {' -> '.join(map(str, rungs))} steps of {p.batch_size} images{halving}, "
+                f"{p.optimizer} lr {p.lr if p.lr is not None else 'default'} (one cosine to zero at the top rung), "
+                f"scored on {self.config.data.val_size} held-out training images")
+
+
+class SupernetAccuracy(AccuracyModel):
+    """The weights a candidate inherits from a supernet trained once for the whole space."""
+
+    kind = "supernet"
+    phase = "scoring"
+    scores_any_architecture = False
+
+    @property
+    def rungs(self) -> list[int]:
+        return [self.config.proxy.score_images]
+
+    @property
+    def unit(self) -> str:
+        return "images"
+
+    def check(self, data: DatasetSplits, space: SearchSpace) -> None:
+        from mnas.supernet import load_supernet, supernet_path
+
+        p = self.config.proxy
+        if self.config.executor.name == "local":
+            resolve_device(p.device)
+        assert p.path is not None
+        if not supernet_path(p.path).is_file() and p.train_if_missing:
+            train_supernet_for(self.config, data)
+        load_supernet(p.path, space=space, resolution=data.resolution, num_classes=data.num_classes)
+
+    def evaluate(self, arch: Architecture, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
+        from mnas.supernet import score_one
+
+        start = time.time()
+        try:
+            net, sd = _scorer(self.config.proxy.model_dump_json(), self.config.data.model_dump_json())
+            accuracy: float | None = float(score_one(net, arch, sd))
+            error = None if accuracy is not None and math.isfinite(accuracy) else f"accuracy: came back as {accuracy}"
+        except Exception as exc:
+            accuracy, error = None, "accuracy: " + short_error(exc)
+        return RungResult(accuracy if error is None else None, error, time.time() - start, self.rungs[rung], rung=rung)
+
+    def trained_model(self, arch: Architecture, num_classes: int) -> Any:
+        from mnas.supernet import extract, load_supernet
+
+        assert self.config.proxy.path is not None
+        return extract(load_supernet(self.config.proxy.path)[0], arch).eval()
+
+    def describe(self) -> str:
+        p = self.config.proxy
+        return (f"supernet {p.path} (weights inherited, BN re-estimated on {p.bn_batches} batches, "
+                f"{p.score_images} held-out images)")
+
+
+MODELS: dict[str, Callable[[SearchConfig], AccuracyModel]] = {
+    TrainedAccuracy.kind: TrainedAccuracy,
+    SupernetAccuracy.kind: SupernetAccuracy,
+}
+
+
+def make_accuracy_model(config: SearchConfig) -> AccuracyModel:
+    """The accuracy model the config's `proxy.kind` names: the one place that reads the kind."""
+    try:
+        return MODELS[config.proxy.kind](config)
+    except KeyError:
+        raise UserError(f"proxy.kind {config.proxy.kind!r} is unknown; choose one of: {', '.join(MODELS)}") from None
+
+
+def short_error(exc: BaseException) -> str:
+    """One line of at most ERROR_CHARS characters, for the store and the progress display."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "..."
+
+
+def _fraction(keep: float) -> str:
+    n = round(1 / keep)
+    return {2: "half", 3: "third", 4: "quarter"}.get(n, f"1/{n}")
+
+
+# -- per-process resources, built once ---------------------------------------------------------
+@lru_cache(maxsize=4)
+def _dataset(data_json: str) -> DatasetSplits:
+    data = DataConfig.model_validate_json(data_json)
+    return load_dataset(data.dataset, data_root=data.data_root, val_size=data.val_size,
+                        train_subset=data.train_subset, seed=0)
+
+
+def dataset(data: DataConfig) -> DatasetSplits:
+    """The search's dataset and its one fixed held-out split, loaded once per process."""
+    return _dataset(data.model_dump_json())
+
+
+@lru_cache(maxsize=2)
+def _scorer(proxy_json: str, data_json: str) -> tuple[Any, Any]:
+    """The supernet and its scoring data (BN batches, held-out images), loaded once per process."""
+    from mnas.supernet import load_supernet, scoring_data
+
+    proxy = ProxyConfig.model_validate_json(proxy_json)
+    data = _dataset(data_json)
+    assert proxy.path is not None
+    device = resolve_device(proxy.device)
+    net, _ = load_supernet(proxy.path, resolution=data.resolution, num_classes=data.num_classes, device=device)
+    sd = scoring_data(data, bn_batches=proxy.bn_batches, images=proxy.score_images, device=device)
+    return net, sd
+
+
+def train_supernet_for(config: SearchConfig, data: DatasetSplits) -> None:
+    """`proxy.train_if_missing`: the search's supernet, trained with the proxy's epochs and batch
+    size on the search's data (the recipe that fits the resolution), before the first trial."""
+    from mnas.supernet.fit import SupernetSettings, fit_supernet
+    from mnas.train import FitConfig
+
+    p = config.proxy
+    assert p.path is not None
+    fit_config = FitConfig(arch_name=f"supernet:{config.space}", data=config.data.dataset,
+                           data_root=config.data.data_root, epochs=max(1, math.ceil(p.epochs)),
+                           recipe="cifar" if data.resolution <= 64 else "mnasnet", batch_size=p.batch_size,
+                           train_subset=config.data.train_subset, val_size=config.data.val_size, seed=config.seed,
+                           device=p.device, extra={"rule": p.rule})
+    settings = SupernetSettings(rule=p.rule, eval_bn_batches=p.bn_batches)  # scored as the search will score
+    fit_supernet(SearchSpace.load(config.space), data, fit_config, p.path, settings=settings, progress=True,
+                 resume=(Path(p.path) / "checkpoint.pt").is_file())
+
+
+@lru_cache(maxsize=4)
+def _model(config_json: str) -> AccuracyModel:
+    return make_accuracy_model(SearchConfig.model_validate_json(config_json))
+
+
+def accuracy_model(config: SearchConfig) -> AccuracyModel:
+    """The config's accuracy model, built once per process (workers rebuild it from the config)."""
+    return _model(config.model_dump_json())
