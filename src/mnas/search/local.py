@@ -8,8 +8,12 @@ machine trains two candidates at a time; a supernet scores in this process, wher
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Protocol
@@ -47,8 +51,18 @@ def proxy_workers(proxy: ProxyConfig) -> tuple[int, int | None]:
 
 
 def _init_worker(threads: int | None) -> None:
+    _die_with_parent()
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive a search killed with SIGKILL (Linux: PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
 class LocalExecutor:
