@@ -165,7 +165,7 @@ def write_doc(results: dict[str, Any]) -> None:
         "# Proxy fidelity: the search's proxy against longer training",
         "",
         f"Written by `benchmarks/fidelity.py` ({time.strftime('%Y-%m-%d')}); config `{Path(results['config']).name}` "
-        f"(proxy rungs {rungs} steps, the top rung reached straight through with its warm restarts); long training: "
+        f"(proxy rungs {rungs} steps, one warm-up + cosine over the top rung, trained straight through); long training: "
         f"{results['long']} steps of one cosine, same recipe otherwise; held-out split of the training set; "
         f"latency: the config's first target. {len(runs)} of {3 * len(nets)} trainings done.",
         "",
