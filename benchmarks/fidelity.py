@@ -27,11 +27,12 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from mnas.config import SearchConfig, load_config
+from mnas.architecture import Architecture
 from mnas.profile import profile
+from mnas.search.config import SearchConfig, load_config
 from mnas.search.loop import reference_trials
 from mnas.search.trust import kendall_tau
-from mnas.space import Architecture, SearchSpace
+from mnas.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs/benchmarks/fidelity.md"

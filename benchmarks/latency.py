@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from mnas import zoo
-from mnas.latency import LatencyCache, Target, measure_many, reference_latency
 from mnas.latency.backends.base import cpu_name
-from mnas.latency.protocol import cores, measure_cpus
+from mnas.latency.measure.cache import LatencyCache
+from mnas.latency.measure.measuring import cores, measure_cpus, measure_many, reference_latency
+from mnas.latency.target import Target
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "latency.md"
 LUT_HEADING = "\n## Lookup-table accuracy and build time"

@@ -16,7 +16,7 @@ Smoke run (a few units, seconds to minutes):
 Reduced run (only the units the calibration and validation architectures use):
     python benchmarks/lut.py --reduced --samples 20 --calibration 12
 Refit the calibration of built tables and re-score their validations from the cached ground truth
-(after a change to `mnas.latency.calibration`, or with more calibration networks: only those not
+(after a change to `mnas.latency.tables.calibration`, or with more calibration networks: only those not
 cached are measured):
     python benchmarks/lut.py --backends onnxruntime --space mnasnet --recalibrate
 Refine a built table first (`mnas latency refine-lut`: every layer timed in at least N processes,
@@ -37,22 +37,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mnas.latency import LatencyCache, Target, measure_many
+from mnas.architecture import Architecture
 from mnas.latency.backends.base import cpu_name
-from mnas.latency.lut import (
-    LatencyTable,
-    Validation,
-    build_lut,
-    calibrate,
-    calibration_archs,
-    evaluate,
-    refine_lut,
-    scatter,
-    validate_lut,
-    validation_archs,
-)
-from mnas.latency.units import arch_units, space_units
-from mnas.space import Architecture, SearchSpace
+from mnas.latency.measure.cache import LatencyCache
+from mnas.latency.measure.measuring import measure_many
+from mnas.latency.tables.build import build_lut, calibrate, calibration_archs, refine_lut
+from mnas.latency.tables.plot import scatter
+from mnas.latency.tables.predict import LatencyTable
+from mnas.latency.tables.units import arch_units, space_units
+from mnas.latency.tables.validate import Validation, evaluate, validate_lut, validation_archs
+from mnas.latency.target import Target
+from mnas.space import SearchSpace
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "latency.md"
 HEADING = "## Lookup-table accuracy and build time"

@@ -36,15 +36,15 @@ import torch
 from torch import nn
 
 from doc_notes import hand_written
-from mnas.latency.backends import get_backend
-from mnas.latency.backends.base import ModelFile
-from mnas.latency.calibration import has_se, has_shortcut, unit_family
-from mnas.latency.exporter import export_arch
-from mnas.latency.lut import evaluate, validation_archs
-from mnas.latency.protocol import DEFAULT_PROTOCOL, measure_rounds, reference_arch
-from mnas.latency.sample import ProcessSample
+from mnas.latency.backends.base import ModelFile, get_backend
+from mnas.latency.measure.exporter import export_arch
+from mnas.latency.measure.measuring import measure_rounds, reference_arch
+from mnas.latency.measure.protocol import DEFAULT_PROTOCOL
+from mnas.latency.measure.sample import ProcessSample
+from mnas.latency.tables.calibration import has_se, has_shortcut, unit_family
+from mnas.latency.tables.units import HeadConfig, StemConfig, Unit, arch_units, build_unit
+from mnas.latency.tables.validate import evaluate, validation_archs
 from mnas.latency.target import Target
-from mnas.latency.units import HeadConfig, StemConfig, Unit, arch_units, build_unit
 from mnas.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +151,7 @@ def main() -> None:
 
 def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least squares of y on the columns of x with rows weighted by 1/y (relative errors count
-    alike, as in mnas.latency.calibration)."""
+    alike, as in mnas.latency.tables.calibration)."""
     w = 1.0 / y
     coef, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
     return coef

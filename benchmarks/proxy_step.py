@@ -23,10 +23,11 @@ import torch
 
 from doc_notes import hand_written
 from mnas import zoo
-from mnas.config import ProxyConfig
+from mnas.architecture import Architecture
 from mnas.data import load_dataset
-from mnas.space import Architecture, SearchSpace
+from mnas.space import SearchSpace
 from mnas.train.proxy import ProxyTrainer
+from mnas.train.settings import ProxyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTES = "## Notes"

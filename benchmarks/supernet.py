@@ -35,9 +35,10 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 
 from doc_notes import hand_written
+from mnas.architecture import Architecture
 from mnas.data import DatasetSplits, load_dataset
 from mnas.profile import count_macs
-from mnas.space import Architecture, SearchSpace
+from mnas.space import SearchSpace
 from mnas.supernet import (
     Supernet,
     accuracy,

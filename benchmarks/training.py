@@ -27,11 +27,12 @@ import torch
 from torch import nn
 
 from mnas import zoo
-from mnas.config import ProxyConfig
 from mnas.data import ArraySplit, DatasetSplits, load_dataset
 from mnas.model import build_model
 from mnas.space import SearchSpace
-from mnas.train import Engine, SpeedOptions, train_proxy
+from mnas.train.engine import Engine, SpeedOptions
+from mnas.train.proxy import train_proxy
+from mnas.train.settings import ProxyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MANUAL = "## Manual checks"

@@ -1,5 +1,5 @@
 """Bad input, command by command: exit code 2, one line naming what is wrong, no traceback, and
-nothing that existed is changed. Real CLI (`mnas.cli.main`), real files, real CIFAR-10."""
+nothing that existed is changed. Real CLI (`mnas.cli.app.main`), real files, real CIFAR-10."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from mnas import zoo
-from mnas.cli import main
+from mnas.arch_strings import to_timm_string
+from mnas.cli.app import main
 from mnas.space import SearchSpace
 
 
@@ -49,7 +50,7 @@ def _cifar_like(folder: Path, y_train: np.ndarray, *, x: np.ndarray | None = Non
     return folder
 
 
-A1 = zoo.get("mnasnet_a1").to_timm_string().split(",")
+A1 = to_timm_string(zoo.get("mnasnet_a1")).split(",")
 
 
 # ---- architectures and spaces ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from mnas import zoo
+from mnas.arch_strings import to_tf_string, to_timm_string
 
 
 def mnas(*args: str) -> subprocess.CompletedProcess:
@@ -34,7 +35,7 @@ def test_arch_show_table_with_width_and_resolution():
 @pytest.mark.slow
 def test_arch_show_reads_strings_and_files(tmp_path):
     a1 = zoo.get("mnasnet_a1")
-    for text in (a1.to_timm_string(), a1.to_tf_string()):
+    for text in (to_timm_string(a1), to_tf_string(a1)):
         info = json.loads(mnas("arch", "show", text, "--json").stdout)
         assert info["id"] == a1.id
     f = tmp_path / "a1.json"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnas.cli import main
-from mnas.space import Architecture, BlockSpec
+from mnas.architecture import Architecture, BlockSpec
+from mnas.cli.app import main
 
 pytestmark = pytest.mark.slow  # every test here trains, measures or searches
 
@@ -66,7 +66,7 @@ def test_eval_reports_test_top1(trained, capsys, data_root):
 def test_export_onnx_and_torchscript_match_the_checkpoint(trained, tmp_path, capsys):
     import onnxruntime as ort
 
-    from mnas.train import load_checkpoint
+    from mnas.train.checkpoint import load_checkpoint
 
     _, model, meta = load_checkpoint(trained)
     x = torch.randn(1, 3, 32, 32)

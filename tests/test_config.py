@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnas.cli import main
-from mnas.config import StrategyConfig, load_config, parse_config
+from mnas.cli.app import main
 from mnas.errors import UserError
+from mnas.search.config import StrategyConfig, load_config, parse_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from mnas.errors import UserError
-from mnas.latency.backends import ModelFile
 from mnas.latency.backends.android import BACKEND, Adb
-from mnas.latency.protocol import Protocol, measure_rounds
-from mnas.latency.result import ReferenceLatency, summarise
+from mnas.latency.backends.base import ModelFile
+from mnas.latency.measure.measuring import measure_rounds
+from mnas.latency.measure.protocol import Protocol
+from mnas.latency.measure.result import ReferenceLatency, summarise
 from mnas.latency.target import Target
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adb"

@@ -10,9 +10,12 @@ import torch
 from torch import nn
 
 from mnas.errors import UserError
-from mnas.latency import LatencyCache, Target, measure
-from mnas.latency.backends import ModelFile, backend_names, get_backend
-from mnas.latency.protocol import Protocol
+from mnas.latency.backends.base import ModelFile, get_backend
+from mnas.latency.backends.registry import backend_names
+from mnas.latency.measure.cache import LatencyCache
+from mnas.latency.measure.measuring import measure
+from mnas.latency.measure.protocol import Protocol
+from mnas.latency.target import Target
 from mnas.space import SearchSpace
 
 

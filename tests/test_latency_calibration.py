@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from mnas.latency.calibration import Terms, apply, fit_calibration, unit_family
-from mnas.latency.units import arch_units
+from mnas.latency.tables.calibration import Terms, apply, fit_calibration, unit_family
+from mnas.latency.tables.units import arch_units
 from mnas.space import SearchSpace
 
 FAMILIES = ("conv", "ds", "mbconv6", "other")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mnas.latency.lut import LatencyTable
-from mnas.latency.result import ReferenceLatency
+from mnas.latency.measure.result import ReferenceLatency
+from mnas.latency.tables.predict import LatencyTable
+from mnas.latency.tables.units import space_units, unit_to_dict
 from mnas.latency.target import Target
-from mnas.latency.units import space_units, unit_to_dict
 from mnas.space import SearchSpace
 
 CORES = len(os.sched_getaffinity(0))
@@ -28,7 +28,7 @@ def mnas(*args: str, env: dict[str, str] | None = None, timeout: float = 120) ->
 
 def mnas_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI in this process (fast): exit code and output as if run."""
-    from mnas.cli import main
+    from mnas.cli.app import main
 
     code = 0
     try:
@@ -111,7 +111,7 @@ def test_an_existing_table_is_never_overwritten(table_file: Path, capsys, extra)
 
 
 def test_force_threads_passes_the_core_check() -> None:
-    from mnas.latency.cli import _target
+    from mnas.cli.latency import _target
 
     assert _target("onnxruntime", CORES + 1, 32, force_threads=True).threads == CORES + 1
 
@@ -166,7 +166,7 @@ def test_a_killed_measurement_leaves_no_worker_and_no_temp_folder(tmp_path: Path
     worker = None
     deadline = time.monotonic() + 120
     while worker is None and time.monotonic() < deadline and proc.poll() is None:
-        worker = next((c for c in _children(proc.pid) if "mnas.latency.worker" in _cmdline(c)), None)
+        worker = next((c for c in _children(proc.pid) if "mnas.latency.measure.worker" in _cmdline(c)), None)
         time.sleep(0.05)
     assert worker is not None, "no measuring worker started"
     proc.send_signal(sig)

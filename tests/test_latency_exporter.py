@@ -1,4 +1,4 @@
-"""Background converters: real exports in `python -m mnas.latency.exporter` processes (idle
+"""Background converters: real exports in `python -m mnas.latency.measure.exporter` processes (idle
 priority, dying with their parent), the same files as inline exports, one clear line on failure;
 and a script without a main guard can use them (no re-import of the caller's main module)."""
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from mnas.errors import UserError
-from mnas.latency import Target
-from mnas.latency.backends import get_backend
+from mnas.latency.backends.base import get_backend
 from mnas.latency.backends.ort import OrtBackend
-from mnas.latency.exporter import all_cores, arch_file, exporter, placement
-from mnas.latency.units import space_units
+from mnas.latency.measure.exporter import all_cores, arch_file, exporter, placement
+from mnas.latency.tables.units import space_units
+from mnas.latency.target import Target
 from mnas.space import SearchSpace
 
 ORT32 = Target(backend="onnxruntime", resolution=32, num_classes=10)
@@ -64,9 +64,9 @@ def test_a_script_without_main_guard_can_build_with_converters(tmp_path: Path) -
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(f"""
         from pathlib import Path
-        from mnas.latency import Target
-        from mnas.latency.exporter import exporter
-        from mnas.latency.units import space_units
+        from mnas.latency.target import Target
+        from mnas.latency.measure.exporter import exporter
+        from mnas.latency.tables.units import space_units
         from mnas.space import SearchSpace
         units = space_units(SearchSpace.cifar(), 32, 10)
         with exporter(Target(backend="onnxruntime", resolution=32, num_classes=10), 2) as ex:
@@ -93,7 +93,7 @@ BACKEND = StuckBackend()
 
 @pytest.mark.slow
 def test_a_stuck_converter_is_killed_after_the_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mnas.latency.backends import register_backend, unregister_backend
+    from mnas.latency.backends.registry import register_backend, unregister_backend
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("MNAS_EXPORT_TIMEOUT", "5")
@@ -117,7 +117,7 @@ def test_a_stuck_converter_is_killed_after_the_timeout(tmp_path: Path, monkeypat
 
 
 def test_a_bad_export_timeout_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mnas.latency.exporter import export_timeout
+    from mnas.latency.measure.exporter import export_timeout
 
     for bad in ("abc", "0", "-3", "inf", "nan"):
         monkeypatch.setenv("MNAS_EXPORT_TIMEOUT", bad)

@@ -14,13 +14,17 @@ import pytest
 import torch
 
 from mnas.errors import UserError
-from mnas.latency import LatencyCache, Target
-from mnas.latency.backends import get_backend
-from mnas.latency.lut import LatencyTable, build_lut, check_output, evaluate, pooled, refine_lut, validate_lut
-from mnas.latency.packs import pack_module
-from mnas.latency.protocol import Protocol
-from mnas.latency.session import time_session
-from mnas.latency.units import arch_units, space_units, unit_input_shape
+from mnas.latency.backends.base import get_backend
+from mnas.latency.measure.cache import LatencyCache
+from mnas.latency.measure.protocol import Protocol
+from mnas.latency.measure.session import time_session
+from mnas.latency.tables.build import build_lut, check_output, refine_lut
+from mnas.latency.tables.packs import pack_module
+from mnas.latency.tables.plot import scatter
+from mnas.latency.tables.predict import LatencyTable, pooled
+from mnas.latency.tables.units import arch_units, space_units, unit_input_shape
+from mnas.latency.tables.validate import evaluate, validate_lut
+from mnas.latency.target import Target
 from mnas.space import SearchSpace
 
 TINY = {
@@ -206,8 +210,8 @@ def test_a_table_for_another_target_is_refused(built) -> None:
 @pytest.mark.slow
 def test_validation_measures_like_the_build(built, cache, tmp_path) -> None:
     space, table, out, *_ = built
-    v = validate_lut(LatencyTable.load(out), samples=4, processes=1, cache=cache, plot=tmp_path / "s.png",
-                     protocol=QUICK)
+    v = validate_lut(LatencyTable.load(out), samples=4, processes=1, cache=cache, protocol=QUICK)
+    assert scatter(v, tmp_path / "s.png").is_file()
     assert v.n == 4 and len(v.measured_ms) == 4 and all(m > 0 for m in v.measured_ms)
     assert v.reference_ms == table.reference.ms
     assert v.measured_ms == pytest.approx([r * table.reference.ms for r in v.measured_relative])

@@ -11,12 +11,13 @@ import pytest
 
 from mnas import zoo
 from mnas.errors import UserError
-from mnas.latency import LatencyCache, Target
-from mnas.latency.lut import LatencyTable
+from mnas.latency.measure.cache import LatencyCache
+from mnas.latency.measure.protocol import Protocol
+from mnas.latency.measure.result import ReferenceLatency
 from mnas.latency.model import Estimate, LatencyModel, MeasuredLatency, TableLatency, latency_model, parse_multiple, target_ms
-from mnas.latency.protocol import Protocol
-from mnas.latency.result import ReferenceLatency
-from mnas.latency.units import space_units, unit_macs, unit_to_dict
+from mnas.latency.tables.predict import LatencyTable
+from mnas.latency.tables.units import space_units, unit_macs, unit_to_dict
+from mnas.latency.target import Target
 from mnas.space import SearchSpace
 
 ORT32 = Target(backend="onnxruntime", resolution=32, num_classes=10)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mnas.errors import UserError
-from mnas.latency.android_parse import parse_benchmark_output
+from mnas.latency.backends.android_output import parse_benchmark_output
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adb"
 

@@ -13,12 +13,14 @@ from torch import nn
 
 from mnas import zoo
 from mnas.errors import UserError
-from mnas.latency import LatencyCache, Target, measure, measure_many, reference_latency
 from mnas.latency.backends.base import Runner
-from mnas.latency.protocol import Protocol, measure_cpus
-from mnas.latency.result import ReferenceLatency, closest, consensus, summarise
-from mnas.latency.sample import ProcessSample
-from mnas.latency.session import time_session
+from mnas.latency.measure.cache import LatencyCache
+from mnas.latency.measure.measuring import measure, measure_cpus, measure_many, reference_latency
+from mnas.latency.measure.protocol import Protocol
+from mnas.latency.measure.result import ReferenceLatency, closest, consensus, summarise
+from mnas.latency.measure.sample import ProcessSample
+from mnas.latency.measure.session import time_session
+from mnas.latency.target import Target
 from mnas.space import SearchSpace
 
 

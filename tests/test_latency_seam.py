@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from mnas.errors import UserError
-from mnas.latency import LatencyCache, Target, measure_many
-from mnas.latency.backends import Backend, Runner, backend_names, register_backend, unregister_backend
-from mnas.latency.backends.base import dist_version
+from mnas.latency.backends.base import Backend, Runner, dist_version
+from mnas.latency.backends.registry import backend_names, register_backend, unregister_backend
+from mnas.latency.measure.cache import LatencyCache
+from mnas.latency.measure.measuring import measure_many
+from mnas.latency.measure.protocol import Protocol
 from mnas.latency.model import MeasuredLatency
-from mnas.latency.protocol import Protocol
+from mnas.latency.target import Target
 from mnas.space import SearchSpace
 
 RAMP = (0, 300)  # calls of a process over which the clock slows from 1x to 1.6x
@@ -80,7 +82,7 @@ def drift(monkeypatch: pytest.MonkeyPatch):
 def test_the_registry_names_the_backends(drift: Target) -> None:
     assert "drift" in backend_names() and drift.runtime_version.startswith("drift 1.0")
     with pytest.raises(UserError, match="latency tables cannot be built for the drift backend"):
-        from mnas.latency.lut import build_lut
+        from mnas.latency.tables.build import build_lut
 
         build_lut(SearchSpace.cifar(), drift, Path("/nonexistent/x.json"), progress=False)
 

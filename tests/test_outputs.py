@@ -19,12 +19,12 @@ import pytest
 import torch
 
 from mnas import zoo
-from mnas.config import parse_config
 from mnas.errors import UserError
 from mnas.model import build_model
 from mnas.paths import output_file, write_text
-from mnas.store import Store, dump_state
-from mnas.trial import Trial
+from mnas.search.config import parse_config
+from mnas.search.store import Store, dump_state
+from mnas.search.trial import Trial
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,11 +18,12 @@ import pytest
 import ray
 from ray import cloudpickle
 
-from mnas.config import load_config
 from mnas.errors import UserError
-from mnas.search import latency_parts, start_search
+from mnas.search.config import load_config
+from mnas.search.evaluation import latency_parts
+from mnas.search.loop import start_search
 from mnas.search.ray_executor import RayExecutor, default_train, device_resource, merge_latency
-from mnas.store import Store, load_state
+from mnas.search.store import Store, load_state
 from test_search import write_config
 
 pytestmark = pytest.mark.slow  # every test here trains, measures or searches

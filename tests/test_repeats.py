@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
-from mnas.config import SearchConfig, load_config
-from mnas.search import Hooks, LocalExecutor, resume_search, start_search
-from mnas.search.loop import REPEAT_PATIENCE
+from mnas.search.config import SearchConfig, load_config
+from mnas.search.local import Hooks, LocalExecutor
+from mnas.search.loop import REPEAT_PATIENCE, resume_search, start_search
+from mnas.search.store import Store, load_state
+from mnas.search.trial import Trial
 from mnas.space import SearchSpace
-from mnas.store import Store, load_state
 from mnas.strategies import STRATEGIES, make_strategy
-from mnas.trial import Trial
 
 FOUR_ARCHS = {  # every decision has one choice except the two layer deltas: 4 architectures
     "name": "four", "base_filters": [8, 16], "base_layers": [1, 1], "strides": [1, 2],

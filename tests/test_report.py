@@ -11,13 +11,13 @@ import re
 import onnx
 import pytest
 
-from mnas.cli import main
-from mnas.config import parse_config
-from mnas.report import load_run, pick_best, references, reward_by_step, write_report
+from mnas.cli.app import main
+from mnas.search.config import parse_config
 from mnas.search.loop import make_reward
+from mnas.search.report import load_run, pick_best, references, reward_by_step, write_report
+from mnas.search.store import Store, dump_state
+from mnas.search.trial import Trial
 from mnas.space import SearchSpace
-from mnas.store import Store, dump_state
-from mnas.trial import Trial
 
 pytestmark = pytest.mark.slow  # every test here trains, measures or searches
 

@@ -9,7 +9,7 @@ import pytest
 
 from mnas.errors import UserError
 from mnas.reward import PRESETS, Reward, hypervolume, hypervolume_points, pareto_front
-from mnas.trial import Trial
+from mnas.search.trial import Trial
 
 
 def _trial(i: int, acc: float | None, lat: float | None, status: str = "done") -> Trial:

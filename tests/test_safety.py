@@ -15,7 +15,7 @@ import torch
 from mnas import zoo
 from mnas.errors import UserError
 from mnas.model import build_model
-from mnas.store import Store
+from mnas.search.store import Store
 
 
 def mnas(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -66,7 +66,7 @@ def test_crafted_strategy_state_in_a_store_is_refused(tmp_path):
     blob = _blob(_Payload(marker))
     with sqlite3.connect(run / "trials.sqlite") as db:
         db.execute("INSERT INTO checkpoint (id, step, phase, state, saved_at) VALUES (1, 0, 'ask', ?, 0)", (blob,))
-    from mnas.store import load_state
+    from mnas.search.store import load_state
 
     with Store.open(run) as store, pytest.raises(UserError, match="refusing to load"):
         load_state(store.checkpoint().state)

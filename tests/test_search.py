@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
-from mnas.config import load_config
-from mnas.latency.cache import LatencyCache
-from mnas.search import latency_parts, prepare, resume_search, start_search
+from mnas.latency.measure.cache import LatencyCache
+from mnas.search.config import load_config
+from mnas.search.evaluation import latency_parts
 from mnas.search.local import LocalExecutor
-from mnas.search.loop import make_reward
+from mnas.search.loop import make_reward, prepare, resume_search, start_search
+from mnas.search.store import Store, load_state
 from mnas.space import SearchSpace
-from mnas.store import Store, load_state
 from mnas.strategies import make_strategy
 
 pytestmark = pytest.mark.slow  # every test here trains, measures or searches

@@ -12,11 +12,10 @@ import time
 
 import pytest
 
-from mnas.config import load_config
-from mnas.search import start_search
-from mnas.search.loop import STATES_DIR
+from mnas.search.config import load_config
+from mnas.search.loop import STATES_DIR, start_search
 from mnas.search.rungs import RungScheduler
-from mnas.store import Store
+from mnas.search.store import Store
 from test_search import write_config
 
 pytestmark = pytest.mark.slow  # every test here trains

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnas.cli import main
-from mnas.config import load_config
-from mnas.search import resume_search, start_search
-from mnas.store import Store
+from mnas.cli.app import main
+from mnas.search.config import load_config
+from mnas.search.loop import resume_search, start_search
+from mnas.search.store import Store
 from test_search import TINY_SPACE, write_config
 
 pytestmark = pytest.mark.slow  # trains a supernet and measures latency

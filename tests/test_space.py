@@ -4,8 +4,10 @@ from dataclasses import replace
 import pytest
 
 from mnas import zoo
+from mnas.arch_strings import parse_arch, parse_arch_string, to_tf_string, to_timm_string
+from mnas.architecture import Architecture, BlockSpec, round_filters
 from mnas.errors import UserError
-from mnas.space import Architecture, BlockSpec, SearchSpace, parse_arch, parse_arch_string, round_filters
+from mnas.space import SearchSpace
 
 SPACES = [SearchSpace.default(), SearchSpace.cifar()]
 
@@ -57,8 +59,8 @@ ROUND_TRIP_ARCHS = [zoo.get(n) for n in zoo.list()] + [SearchSpace.default().sam
 def test_lossless_round_trips(arch):
     assert Architecture.from_json(arch.to_json()) == arch
     assert parse_arch(arch.to_json()) == arch
-    assert parse_arch_string(arch.to_timm_string()) == arch
-    assert parse_arch_string(arch.to_tf_string()) == arch
+    assert parse_arch_string(to_timm_string(arch)) == arch
+    assert parse_arch_string(to_tf_string(arch)) == arch
     assert hash(arch) == hash(Architecture.from_json(arch.to_json()))
     assert len(arch.id) == 12 and arch.id == Architecture.from_json(arch.to_json()).id
 
@@ -72,12 +74,12 @@ def test_id_ignores_name_and_is_stable():
 
 def test_timm_and_tf_strings_of_a1():
     a1 = zoo.get("mnasnet_a1")
-    assert a1.to_timm_string().split(",")[1:-1] == [
+    assert to_timm_string(a1).split(",")[1:-1] == [
         "ds_r1_k3_s1_e1_c16_noskip", "ir_r2_k3_s2_e6_c24", "ir_r3_k5_s2_e3_c40_se0.25", "ir_r4_k3_s2_e6_c80",
         "ir_r2_k3_s1_e6_c112_se0.25", "ir_r3_k5_s2_e6_c160_se0.25", "ir_r1_k3_s1_e6_c320"]
-    assert a1.to_tf_string().split(",")[2] == "r2_k3_s22_e6_i16_o24"
+    assert to_tf_string(a1).split(",")[2] == "r2_k3_s22_e6_i16_o24"
     # plain timm arch_def strings without mnas stem/head items parse with defaults
-    bare = parse_arch_string(" ".join(a1.to_timm_string().split(",")[1:-1]))
+    bare = parse_arch_string(" ".join(to_timm_string(a1).split(",")[1:-1]))
     assert bare == a1
 
 
@@ -130,7 +132,7 @@ def test_malformed_strings_are_user_errors(text):
         parse_arch(text)
 
 
-A1_ITEMS = zoo.get("mnasnet_a1").to_timm_string().split(",")
+A1_ITEMS = to_timm_string(zoo.get("mnasnet_a1")).split(",")
 
 
 @pytest.mark.parametrize("item,match", [
@@ -210,7 +212,7 @@ def test_blockspec_validation():
 
 def test_a_skip_that_adds_no_shortcut_is_keyed_as_none() -> None:
     """Identity across a change of shape costs nothing: one latency-table entry, not two."""
-    from mnas.space import LayerConfig
+    from mnas.architecture import LayerConfig
 
     args = dict(op="mbconv", expand=6, kernel=3, se_ratio=0.0, input_size=56, act="relu")
     across = LayerConfig(skip="identity", in_filters=24, out_filters=40, stride=2, **args)

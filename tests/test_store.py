@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from mnas.errors import UserError
+from mnas.search.store import DB_NAME, SCHEMA, Store, dump_state, load_state
+from mnas.search.trial import Trial
 from mnas.space import SearchSpace
-from mnas.store import DB_NAME, SCHEMA, Store, dump_state, load_state
 from mnas.strategies import STRATEGIES, make_strategy
-from mnas.trial import Trial
 
 
 def _batch(space: SearchSpace, n: int, seed: int = 0) -> list[Trial]:
@@ -104,7 +104,7 @@ def test_store_is_wal_and_single_writer(tmp_path):
         with pytest.raises(UserError, match="in use"):
             Store.open(tmp_path, writer=True)
         # Another process cannot take the lock either; a reader can open.
-        code = ("from mnas.store import Store\n"
+        code = ("from mnas.search.store import Store\n"
                 f"Store.open({str(tmp_path)!r}, writer=True)")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert proc.returncode != 0 and "in use" in proc.stderr

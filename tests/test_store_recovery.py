@@ -18,13 +18,15 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from mnas import cli, cli_store
-from mnas.config import parse_config
+from mnas.cli import app as cli
+from mnas.cli import store as cli_store
 from mnas.errors import UserError
+from mnas.search.config import parse_config
 from mnas.search.loop import make_reward
+from mnas.search.salvage import recover_store, salvage
+from mnas.search.store import DB_NAME, DamagedStoreError, Store, dump_state
+from mnas.search.trial import Trial
 from mnas.space import SearchSpace
-from mnas.store import DB_NAME, DamagedStoreError, Store, dump_state, recover_store, salvage
-from mnas.trial import Trial
 
 CONFIG = {"space": "mnasnet_cifar", "reward": {"target_ms": 5.0, "preset": "hard"},
           "data": {"dataset": "cifar10_subset"},

@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from mnas.errors import UserError
+from mnas.search.store import dump_state, load_state
+from mnas.search.trial import Trial
 from mnas.space import SearchSpace
-from mnas.store import dump_state, load_state
 from mnas.strategies import (
     STRATEGIES,
     EvolutionStrategy,
@@ -35,7 +36,6 @@ from mnas.strategies import (
     make_strategy,
 )
 from mnas.strategies.base import arch_key
-from mnas.trial import Trial
 
 NAMES = sorted(STRATEGIES)
 SPACE = SearchSpace.default()

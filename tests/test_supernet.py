@@ -12,11 +12,12 @@ import pytest
 import torch
 from torch import nn
 
+from mnas.architecture import Architecture
 from mnas.data import DatasetSplits, load_dataset
 from mnas.errors import UserError
 from mnas.model import Layer, build_model
 from mnas.profile import count_macs
-from mnas.space import DECISIONS, Architecture, OpChoice, SearchSpace
+from mnas.space import DECISIONS, OpChoice, SearchSpace
 from mnas.supernet import (
     Supernet,
     SupernetStep,

@@ -12,12 +12,14 @@ from pydantic import ValidationError
 from torch import nn
 
 from mnas import zoo
-from mnas.config import ProxyConfig
+from mnas.architecture import Architecture, BlockSpec
 from mnas.data import load_dataset
 from mnas.errors import UserError
 from mnas.optim import ModelEma, RMSpropTF, cosine_lr, mnasnet_lr, param_groups
-from mnas.space import Architecture, BlockSpec
-from mnas.train import FitConfig, TrainingInterrupted, fit, load_checkpoint, train_proxy
+from mnas.train.checkpoint import load_checkpoint
+from mnas.train.fit import FitConfig, TrainingInterrupted, fit
+from mnas.train.proxy import train_proxy
+from mnas.train.settings import ProxyConfig
 
 # A tiny network in the CIFAR skeleton (stride-1 stem): trains at a few hundred images/s on 1 core.
 TINY = Architecture(

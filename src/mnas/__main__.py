@@ -1,3 +1,3 @@
-from mnas.cli import main
+from mnas.cli.app import main
 
 main()

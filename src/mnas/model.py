@@ -14,8 +14,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from mnas.architecture import Architecture, BlockSpec, adds_shortcut
 from mnas.errors import UserError
-from mnas.space import Architecture, BlockSpec, adds_shortcut
 
 # TF's BatchNorm defaults in MnasNet (momentum 0.99 in TF terms = 0.01 in PyTorch's, eps 1e-3).
 TF_BN_MOMENTUM = 0.01

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from mnas.architecture import Architecture
 from mnas.errors import UserError
 from mnas.model import build_model
-from mnas.space import Architecture
 
 
 @dataclass(frozen=True)

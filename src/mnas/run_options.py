@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from mnas.architecture import SKELETONS
 from mnas.errors import UserError
-from mnas.space import SKELETONS
 
 #: Settings that may differ on --resume, and what changing them means.
 RESUME_MAY_CHANGE = {"epochs": "trains to the new epoch count", "device": "continues on the new device",

@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mnas.arch_strings import parse_arch, parse_arch_string, to_tf_string
+from mnas.architecture import Architecture
 from mnas.errors import UserError
-from mnas.space import Architecture, parse_arch, parse_arch_string
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def _single_op_a1(expand: int, kernel: int) -> ZooEntry:
     a1 = parse_arch_string(_A1)
     blocks = tuple(replace(b, op="mbconv", expand=expand, kernel=kernel) for b in a1.blocks)
     return ZooEntry(f"a1_mbconv{expand}_k{kernel}",
-                    replace(a1, blocks=blocks).to_tf_string(),
+                    to_tf_string(replace(a1, blocks=blocks)),
                     description=f"MnasNet-A1 with MBConv{expand} {kernel}x{kernel} only (paper table 6)")
 
 

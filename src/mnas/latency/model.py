@@ -20,21 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from mnas.architecture import Architecture
 from mnas.errors import UserError
-from mnas.latency.lut import LatencyTable
-from mnas.latency.protocol import (
-    DEFAULT,
-    DEFAULT_PROTOCOL,
-    DEFAULT_REFERENCE,
-    measure_many,
-    reference_arch,
-    reference_latency,
-    resolve_cache,
-)
-from mnas.latency.protocol import Protocol as MeasureProtocol
-from mnas.latency.result import LatencyResult, ReferenceLatency
+from mnas.latency.measure.cache import DEFAULT, resolve_cache
+from mnas.latency.measure.measuring import measure_many, reference_arch, reference_latency
+from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE
+from mnas.latency.measure.protocol import Protocol as MeasureProtocol
+from mnas.latency.measure.result import LatencyResult, ReferenceLatency
+from mnas.latency.tables.predict import LatencyTable
 from mnas.latency.target import Target
-from mnas.space import Architecture
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 The fingerprint (backend, device, threads, precision, input shape, runtime version, machine) is
 the cache key together with the architecture id, so a new runtime or another machine never reuses
 an old number. What a backend accepts (devices, layouts, the files it needs) is its own business:
-`Backend.check`.
+`Backend.check`. A target reaches its backend through the registry (`backends.registry`), never
+through the backend classes, which are typed against `Target` and so sit above it.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from mnas.errors import UserError
-from mnas.latency.backends import backend_names, get_backend
+from mnas.latency.backends.registry import backend_module, backend_names, load_backend
 
 PRECISIONS = ("fp32",)
 DEVICES = ("cpu", "cuda")
@@ -50,7 +51,7 @@ class Target:
             raise UserError(f"precision {self.precision!r} is not supported; use {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
             raise UserError(f"unknown device {self.device!r}; use cpu or cuda")
-        why = get_backend(self.backend).check(self)
+        why = _rules(self.backend).check(self)
         if why:
             raise UserError(why)
 
@@ -72,12 +73,12 @@ class Target:
 
     @property
     def runtime_version(self) -> str:
-        return get_backend(self.backend).version(self)
+        return _rules(self.backend).version(self)
 
     @property
     def machine(self) -> str:
         """The hardware the number belongs to (the backend says: this CPU, a GPU, a phone)."""
-        return get_backend(self.backend).machine(self)
+        return _rules(self.backend).machine(self)
 
     @property
     def fingerprint(self) -> str:
@@ -94,6 +95,25 @@ class Target:
         extra = f" {self.device}" if self.device != "cpu" else ""
         extra += " channels_last" if self.channels_last else ""
         return f"{self.backend}{extra} {self.threads}t {self.resolution}px b{self.batch}"
+
+
+@runtime_checkable
+class BackendRules(Protocol):
+    """What a target asks its backend (`mnas.latency.backends.base.Backend` answers): whether it
+    can measure the target, the runtime's version and the machine the numbers belong to."""
+
+    def check(self, target: Target) -> str | None: ...
+
+    def version(self, target: Target) -> str: ...
+
+    def machine(self, target: Target) -> str: ...
+
+
+def _rules(backend: str) -> BackendRules:
+    found = load_backend(backend)
+    if not isinstance(found, BackendRules):
+        raise TypeError(f"{backend_module(backend)}.BACKEND is not a mnas.latency.backends.base.Backend")
+    return found
 
 
 def _file_digest(path: str) -> str:

@@ -27,12 +27,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mnas.config import DataConfig, ProxyConfig, SearchConfig
+from mnas.architecture import Architecture
 from mnas.data import DatasetSplits, load_dataset
 from mnas.errors import UserError
-from mnas.space import Architecture, SearchSpace
+from mnas.search.config import DataConfig, SearchConfig
+from mnas.space import SearchSpace
 from mnas.train.engine import resolve_device
 from mnas.train.proxy import TrainResult, proxy_rungs, train_proxy, train_rung
+from mnas.train.settings import ProxyConfig
 
 ERROR_CHARS = 500
 
@@ -271,7 +273,7 @@ def train_supernet_for(config: SearchConfig, data: DatasetSplits) -> None:
     """`proxy.train_if_missing`: the search's supernet, trained with the proxy's epochs and batch
     size on the search's data (the recipe that fits the resolution), before the first trial."""
     from mnas.supernet.fit import SupernetSettings, fit_supernet
-    from mnas.train import FitConfig
+    from mnas.train.fit import FitConfig
 
     p = config.proxy
     assert p.path is not None

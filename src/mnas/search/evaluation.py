@@ -24,15 +24,15 @@ from typing import Any
 
 import torch
 
-from mnas.config import LatencyConfig, SearchConfig
+from mnas.architecture import Architecture
 from mnas.data import DatasetSplits
 from mnas.latency.model import LatencyModel
 from mnas.search import accuracy
 from mnas.search.accuracy import RungResult, short_error
+from mnas.search.config import LatencyConfig, SearchConfig
 from mnas.search.hooks import Hooks
 from mnas.search.rungs import climb, done_future
-from mnas.space import Architecture
-from mnas.trial import Trial
+from mnas.search.trial import Trial
 
 PhaseCallback = Callable[[str], None]
 Part = dict[str, Any]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mnas.latency.model import LatencyModel
 from mnas.search.accuracy import AccuracyModel, RungResult
-from mnas.trial import Trial
+from mnas.search.trial import Trial
 
 
 def _always(trial: Trial, rung: int, result: RungResult) -> bool:

@@ -20,12 +20,13 @@ from typing import Protocol
 
 import torch
 
-from mnas.config import ProxyConfig, SearchConfig
 from mnas.search import accuracy
 from mnas.search.accuracy import RungResult
+from mnas.search.config import SearchConfig
 from mnas.search.evaluation import evaluate_batch, rung_part, seed_of, worker_name
 from mnas.search.hooks import Hooks
-from mnas.trial import Trial
+from mnas.search.trial import Trial
+from mnas.train.settings import ProxyConfig
 
 __all__ = ["Executor", "Hooks", "LocalExecutor", "proxy_workers"]
 

@@ -26,22 +26,23 @@ from pathlib import Path
 from typing import Any
 
 from mnas import __version__, zoo
-from mnas.config import LatencyConfig, SearchConfig, parse_config
+from mnas.architecture import Architecture
 from mnas.data import DatasetSplits
 from mnas.errors import UserError
-from mnas.latency.lut import LatencyTable
 from mnas.latency.model import LatencyModel, target_ms
+from mnas.latency.tables.predict import LatencyTable
 from mnas.reward import Reward, pareto_front
 from mnas.search import evaluation as ev
 from mnas.search.accuracy import AccuracyModel, RungResult, accuracy_model
+from mnas.search.config import LatencyConfig, SearchConfig, parse_config
 from mnas.search.hooks import Hooks
 from mnas.search.local import Executor, LocalExecutor
 from mnas.search.progress import SearchProgress
 from mnas.search.rungs import RungScheduler
-from mnas.space import Architecture, SearchSpace
-from mnas.store import DB_NAME, RungRecord, Store, dump_state, load_state
+from mnas.search.store import DB_NAME, RungRecord, Store, dump_state, load_state
+from mnas.search.trial import Trial
+from mnas.space import SearchSpace
 from mnas.strategies import make_strategy
-from mnas.trial import Trial
 
 #: Asks in a row without a new architecture after which a search stops (see the module doc).
 REPEAT_PATIENCE = 20

@@ -13,7 +13,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mnas.trial import Trial
+from mnas.search.trial import Trial
 
 
 class SearchProgress:

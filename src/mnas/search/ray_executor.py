@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from mnas.config import SearchConfig
+from mnas.architecture import Architecture
 from mnas.errors import UserError
 from mnas.search.accuracy import RungResult, accuracy_model
+from mnas.search.config import SearchConfig
 from mnas.search.evaluation import (
     evaluate_batch,
     from_wire,
@@ -37,8 +38,7 @@ from mnas.search.evaluation import (
     to_wire,
 )
 from mnas.search.hooks import Hooks
-from mnas.space import Architecture
-from mnas.trial import Trial
+from mnas.search.trial import Trial
 
 RESOURCE_PREFIX = "latency_device:"
 

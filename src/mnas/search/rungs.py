@@ -5,7 +5,7 @@ al., 2020), used as it is: each candidate is an Optuna trial of an in-memory stu
 reward at rung k as an intermediate value at step `reduction_factor ** k`, and the pruner says at
 once whether it is among the best `keep` of everything that finished rung k so far; if so it is
 promoted to rung k + 1, else it stops there for good. Decisions are stored with the rung results
-(`mnas.store.RungRecord`) in the order they were taken, so a resumed search replays them into a
+(`mnas.search.store.RungRecord`) in the order they were taken, so a resumed search replays them into a
 fresh study and decides the next ones exactly as the first session would have.
 
 `climb` runs a batch of candidates up the rungs on a pool of workers: at most `workers` rungs in
@@ -24,8 +24,8 @@ from typing import Any
 import optuna
 
 from mnas.search.accuracy import RungResult
-from mnas.store import RungRecord
-from mnas.trial import Trial
+from mnas.search.store import RungRecord
+from mnas.search.trial import Trial
 
 
 class RungScheduler:

@@ -15,8 +15,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mnas.store import RungRecord
-from mnas.trial import Trial
+from mnas.search.store import RungRecord
+from mnas.search.trial import Trial
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:

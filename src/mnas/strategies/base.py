@@ -4,7 +4,7 @@ Shaped after Optuna's `study.ask()` / `study.tell(trial)`: `ask(n)` returns `Pro
 with a `trial_id` the strategy assigned (0, 1, 2, ... in ask order); `tell(trials)` takes finished
 trials back by that id, in any order and any grouping, some failed. A trial is the caller's record
 of a proposal: it carries the proposal's `trial_id`, `tokens` and `logp` (so whoever stores trials,
-like mnas.store, keeps what a strategy needs to learn from them), plus `status` and the results.
+like mnas.search.store, keeps what a strategy needs to learn from them), plus `status` and the results.
 
 `tell` checks every trial before it changes anything, and raises `ValueError` for a trial id the
 strategy never asked, one told before (or twice in one call), tokens other than the proposal's, or

@@ -56,7 +56,7 @@ docs/benchmarks/search.md; the papers' settings remain available as knobs):
 - The gradient norm is clipped to 1 and the log-ratio to +-20, the usual PPO safeguards.
 
 The log-probability of each proposal is returned by `ask` (`Proposal.logp`) and must come back
-with the trial (`trial.logp`; mnas.store keeps it in the trial's row), so results can come back in
+with the trial (`trial.logp`; mnas.search.store keeps it in the trial's row), so results can come back in
 any order, even after the policy was updated, and a resumed search needs nothing from memory.
 Failed trials are skipped by default, or get `failed_reward` when that is set.
 """

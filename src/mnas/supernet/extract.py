@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mnas.architecture import Architecture, BlockSpec
 from mnas.model import ConvBnAct, Layer, MnasModel, SqueezeExcite, build_model
-from mnas.space import Architecture, BlockSpec
 from mnas.supernet.modules import LAST_BN, SlicedBatchNorm, SlicedConvBn, SlicedSE, SuperLayer, mid_width, se_width
 from mnas.supernet.network import Supernet
 

@@ -21,9 +21,9 @@ from mnas.supernet.sampling import RULES
 from mnas.supernet.score import score_one, scoring_data
 from mnas.supernet.step import SupernetStep
 from mnas.supernet.training import supernet_param_groups
-from mnas.train import FitConfig, SpeedOptions, get_recipe
-from mnas.train.engine import Engine
-from mnas.train.fit import Trainee, TraineeFactory, fit_trainee
+from mnas.train.engine import Engine, SpeedOptions
+from mnas.train.fit import FitConfig, Trainee, TraineeFactory, fit_trainee
+from mnas.train.recipes import get_recipe
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnas.architecture import Architecture, BlockSpec, adds_shortcut
 from mnas.model import ConvBnAct, make_act
-from mnas.space import Architecture, BlockSpec, SearchSpace, adds_shortcut
+from mnas.space import SearchSpace
 
 
 def se_width(cin: int, se_ratio: float) -> int:

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnas.architecture import Architecture, BlockSpec
 from mnas.errors import UserError
 from mnas.model import TF_BN_EPS, init_tf_
-from mnas.space import Architecture, BlockSpec, OpChoice, SearchSpace
+from mnas.space import OpChoice, SearchSpace
 from mnas.supernet import stopping
 from mnas.supernet.modules import SuperHead, SuperLayer, build_stem, layer_bounds
 

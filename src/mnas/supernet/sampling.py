@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import random
 
+from mnas.architecture import Architecture
 from mnas.data import mix_seed
-from mnas.space import Architecture, SearchSpace
+from mnas.space import SearchSpace
 from mnas.supernet.network import Supernet
 
 RULES = ("sandwich", "spos")

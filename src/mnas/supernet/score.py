@@ -27,11 +27,11 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from mnas.architecture import Architecture
 from mnas.data import BatchLoader, DatasetSplits
 from mnas.errors import UserError
 from mnas.export import quiet_converters
 from mnas.model import ConvBnAct
-from mnas.space import Architecture
 from mnas.supernet import stopping
 from mnas.supernet.extract import extract
 from mnas.supernet.network import Supernet

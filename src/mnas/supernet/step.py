@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mnas.space import Architecture
+from mnas.architecture import Architecture
 from mnas.supernet import stopping
 from mnas.supernet.network import Supernet
 from mnas.supernet.sampling import RULES, step_paths

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnas.architecture import Architecture
 from mnas.errors import UserError
 from mnas.model import build_model
 from mnas.safe_load import load_tensors
-from mnas.space import Architecture
 
 CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED_KEYS = frozenset({"model", "num_classes"})

@@ -24,11 +24,11 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from mnas.architecture import Architecture
 from mnas.data import BatchLoader, DatasetSplits, Split, mix_seed
 from mnas.errors import UserError
 from mnas.model import build_model
 from mnas.optim import ModelEma, make_optimizer
-from mnas.space import Architecture
 
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnas.architecture import Architecture
 from mnas.data import DatasetSplits, mix_seed
 from mnas.errors import UserError
 from mnas.model import build_model
-from mnas.space import Architecture
 from mnas.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from mnas.train.distributed import Distributed, from_environment
 from mnas.train.engine import (

@@ -11,7 +11,7 @@ the peak rate cost a candidate 4 points at the top rung, docs/benchmarks/proxy_s
 
 It never raises for a bad candidate (divergence, out-of-memory, a blown time budget, a network that
 cannot be built): `TrainResult.status` says why, so a search goes on. Its settings are the search
-config's `proxy` section (`mnas.config.ProxyConfig`), one default per setting.
+config's `proxy` section (`mnas.train.settings.ProxyConfig`), one default per setting.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from mnas.config import ProxyConfig
+from mnas.architecture import Architecture
 from mnas.data import DatasetSplits
 from mnas.errors import UserError
 from mnas.safe_load import load_tensors
-from mnas.space import Architecture
 from mnas.train.engine import Engine, SpeedOptions, build_engine, fork_rng, is_oom, resolve_device, train_steps_per_epoch
 from mnas.train.recipes import DEFAULT_LR_PER_256, lr_schedule, proxy_warmup_steps
+from mnas.train.settings import ProxyConfig
 
 
 @dataclass

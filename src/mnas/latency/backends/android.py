@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mnas.errors import UserError
-from mnas.latency.android_parse import BenchmarkOutput, parse_benchmark_output
+from mnas.latency.backends.android_output import BenchmarkOutput, parse_benchmark_output
 from mnas.latency.backends.base import Backend, ModelFile, Runner
-from mnas.latency.sample import ProcessSample
+from mnas.latency.measure.protocol import Protocol
+from mnas.latency.measure.sample import ProcessSample
+from mnas.latency.target import Target
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from mnas.latency.protocol import Protocol
-    from mnas.latency.target import Target
 
 REMOTE_DIR = "/data/local/tmp/mnas"
 _TRANSIENT = ("device offline", "no devices/emulators found", "not found", "closed",

@@ -3,11 +3,11 @@
 A backend exports a module (or a pack of table units) to its file format, loads that file in a
 measuring process as `Runner`s, and says what it can run. `measure_files` times a set of files
 once against a reference (one process's view); the default runs the worker subprocess on this
-machine (`mnas.latency.worker`), which calls `load` / `load_pack` and the shared timing routine
-(`mnas.latency.session`). A backend for another machine (a phone) overrides `measure_files`.
+machine (`mnas.latency.measure.worker`), which calls `load` / `load_pack` and the shared timing
+routine (`mnas.latency.measure.session`). A backend for another machine (a phone) overrides `measure_files`.
 
 Adding a backend is one module defining a `Backend` subclass as `BACKEND`, plus one line in the
-registry (`mnas.latency.backends`), or `register_backend(name, module)` at run time.
+registry (`mnas.latency.backends.registry`), or `register_backend(name, module)` at run time.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnas.errors import UserError
-from mnas.latency.sample import ProcessSample
+from mnas.latency.backends.registry import backend_module, load_backend
+from mnas.latency.measure.protocol import Protocol
+from mnas.latency.measure.sample import ProcessSample
+from mnas.latency.tables.units import Unit
+from mnas.latency.target import Target
 
 if TYPE_CHECKING:  # keep worker processes free of torch unless the backend needs it
     from torch import nn
-
-    from mnas.latency.protocol import Protocol
-    from mnas.latency.target import Target
-    from mnas.latency.units import Unit
 
 
 class Runner:
@@ -122,8 +122,6 @@ class Backend:
 
     def describe(self) -> str:
         """The version line `mnas latency targets` prints."""
-        from mnas.latency.target import Target  # here: target.py imports this registry
-
         return self.version(Target(backend=self.name))
 
     # ---- files --------------------------------------------------------------------------------
@@ -149,9 +147,17 @@ class Backend:
         return run_worker(self, files, reference, target, protocol, cpus)
 
 
+def get_backend(name: str) -> Backend:
+    """The backend object for `name` (see `registry`); imports only that runtime."""
+    backend = load_backend(name)
+    if not isinstance(backend, Backend):
+        raise TypeError(f"{backend_module(name)}.BACKEND is not a mnas.latency.backends.base.Backend")
+    return backend
+
+
 def run_worker(backend: Backend, files: Sequence[ModelFile], reference: Path | None, target: Target,
                protocol: Protocol, cpus: Sequence[int]) -> list[list[ProcessSample]]:
-    """Time `files` in a fresh process (python -m mnas.latency.worker), pinned to `cpus`. The
+    """Time `files` in a fresh process (python -m mnas.latency.measure.worker), pinned to `cpus`. The
     worker dies with this process (parent-death signal) and keeps its files in a temporary folder
     of ours, removed on any exit."""
     with tempfile.TemporaryDirectory(prefix="mnas-lat-") as tmp:
@@ -163,7 +169,7 @@ def run_worker(backend: Backend, files: Sequence[ModelFile], reference: Path | N
             "parent": os.getpid()}))
         names = ", ".join(f.path.name for f in files[:3]) + (" ..." if len(files) > 3 else "")
         try:
-            proc = subprocess.run([sys.executable, "-m", "mnas.latency.worker", str(job), str(out)],
+            proc = subprocess.run([sys.executable, "-m", "mnas.latency.measure.worker", str(job), str(out)],
                                   capture_output=True, text=True, timeout=protocol.worker_timeout_s,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:

@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from mnas.errors import UserError
 from mnas.latency.backends.base import Backend, Runner, dist_version, timed_parts
+from mnas.latency.tables.units import Unit
+from mnas.latency.target import Target
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from mnas.latency.target import Target
-    from mnas.latency.units import Unit
 
 
 class LiteRTBackend(Backend):
@@ -66,7 +65,7 @@ class LiteRTBackend(Backend):
         import torch
 
         from mnas.export import quiet_converters
-        from mnas.latency.packs import pack_module
+        from mnas.latency.tables.packs import pack_module
 
         try:
             import litert_torch

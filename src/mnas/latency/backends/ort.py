@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnas.latency.backends.base import Backend, Runner, dist_version
+from mnas.latency.tables.units import Unit
+from mnas.latency.target import Target
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from mnas.latency.target import Target
-    from mnas.latency.units import Unit
 
 
 def session_options(threads: int) -> Any:
@@ -73,7 +72,7 @@ class OrtBackend(Backend):
         import torch
 
         from mnas.export import quiet_converters
-        from mnas.latency.packs import pack_module
+        from mnas.latency.tables.packs import pack_module
 
         pack, xs = pack_module(units)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,20 +8,18 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from mnas.architecture import Architecture
 from mnas.errors import UserError
 from mnas.latency.backends.base import Backend, Runner, dist_version, timed_parts
-from mnas.latency.units import Unit, build_unit, unit_from_dict, unit_input_shape, unit_to_dict
+from mnas.latency.tables.units import Unit, build_unit, unit_from_dict, unit_input_shape, unit_to_dict
+from mnas.latency.target import Target
 from mnas.model import build_model
 from mnas.safe_load import load_tensors
-from mnas.space import Architecture
-
-if TYPE_CHECKING:
-    from mnas.latency.target import Target
 
 
 class TorchBackend(Backend):

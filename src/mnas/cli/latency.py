@@ -17,11 +17,16 @@ import typer
 
 from mnas import zoo
 from mnas.errors import UserError
-from mnas.latency.backends import backend_names, get_backend
-from mnas.latency.lifetime import terminate_as_exit
-from mnas.latency.lut import LatencyTable, build_lut, check_output, check_tables, refine_lut, validate_lut
-from mnas.latency.protocol import DEFAULT_REFERENCE, Protocol, check_threads, measure_many, reference_latency
-from mnas.latency.result import LatencyResult, ReferenceLatency
+from mnas.latency.backends.base import get_backend
+from mnas.latency.backends.registry import backend_names
+from mnas.latency.measure.lifetime import terminate_as_exit
+from mnas.latency.measure.measuring import check_threads, measure_many, reference_latency
+from mnas.latency.measure.protocol import DEFAULT_REFERENCE, Protocol
+from mnas.latency.measure.result import LatencyResult, ReferenceLatency
+from mnas.latency.tables.build import build_lut, check_output, check_tables, refine_lut
+from mnas.latency.tables.plot import scatter
+from mnas.latency.tables.predict import LatencyTable
+from mnas.latency.tables.validate import validate_lut
 from mnas.latency.target import Target
 from mnas.space import SearchSpace
 
@@ -289,7 +294,8 @@ def validate_lut_cmd(
                    "architectures with missing layers are predicted by a MACs regression", err=True)
     plot = plot or lut.with_suffix(".validation.png")
     with terminate_as_exit():
-        v = validate_lut(tab, samples, seed=seed, processes=processes, plot=plot, fresh=fresh)
+        v = validate_lut(tab, samples, seed=seed, processes=processes, fresh=fresh)
+    scatter(v, plot, title=f"LUT {tab.target.label}")
     if as_json:
         typer.echo(json.dumps(v.to_dict(), indent=2))
         return

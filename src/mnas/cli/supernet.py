@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from mnas import zoo
+from mnas.arch_strings import to_timm_string
 from mnas.errors import UserError
 from mnas.paths import writable_dir
 from mnas.run_options import MAX_EVAL_CANDIDATES, RunOptions, check_num_random, sample_count
@@ -38,7 +39,9 @@ def train_cmd(
     from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
     from mnas.space import SearchSpace
     from mnas.supernet.fit import SupernetSettings, fit_supernet
-    from mnas.train import RECIPES, FitConfig, TrainingInterrupted, read_checkpoint
+    from mnas.train.checkpoint import read_checkpoint
+    from mnas.train.fit import FitConfig, TrainingInterrupted
+    from mnas.train.recipes import RECIPES
 
     opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
                       seed, None, device)
@@ -111,7 +114,7 @@ def eval_cmd(
 
     from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
     from mnas.supernet import load_supernet, score
-    from mnas.train import resolve_device
+    from mnas.train.engine import resolve_device
 
     total = 0
     for text in archs:  # how many, before anything loads
@@ -139,7 +142,7 @@ def eval_cmd(
 
     def record(i: int, arch: object, acc: float, seconds: float) -> None:
         a = candidates[i]
-        rows.append({"arch_id": a.id, "timm": a.to_timm_string(), "accuracy": acc, "seconds": seconds})
+        rows.append({"arch_id": a.id, "timm": to_timm_string(a), "accuracy": acc, "seconds": seconds})
         if not as_json:
             typer.echo(f"{a.id}  top-1 {acc:.4f}  ({seconds:.2f} s)")
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from mnas.latency.units import HeadConfig, StemConfig, Unit
+from mnas.latency.tables.units import HeadConfig, StemConfig, Unit
 
 NO_CALIBRATION = {"scale": 1.0, "per_unit": 0.0, "offset": 0.0}
 

@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from mnas import zoo
+from mnas.arch_strings import to_tf_string, to_timm_string
+from mnas.architecture import Architecture
 from mnas.errors import UserError
-from mnas.space import Architecture, SearchSpace
+from mnas.space import SearchSpace
 
 console = Console()
 arch_app = typer.Typer(help="Show, sample and convert architectures.", no_args_is_help=True)
@@ -43,7 +45,7 @@ def arch_summary(arch: Architecture, name: str, resolution: int, num_classes: in
         "num_classes": num_classes, "stem": {"filters": arch.stem_filters, "stride": arch.stem_stride,
                                              "output_shape": [shapes[0][1], shapes[0][1], shapes[0][0]]},
         "head_filters": arch.head_filters, "act": arch.act, "blocks": blocks,
-        "timm": arch.to_timm_string(), "tf": arch.to_tf_string(), "arch": arch.to_dict(),
+        "timm": to_timm_string(arch), "tf": to_tf_string(arch), "arch": arch.to_dict(),
     }
 
 
@@ -95,7 +97,7 @@ def arch_sample(
     arch = sp.sample(random.Random(seed))
     if as_json:
         print(json.dumps({"id": arch.id, "space": sp.name, "tokens": sp.encode(arch), "arch": arch.to_dict(),
-                          "timm": arch.to_timm_string()}))
+                          "timm": to_timm_string(arch)}))
     else:
         _print_summary(arch_summary(arch, f"{sp.name} sample (seed {seed})", sp.resolution))
 

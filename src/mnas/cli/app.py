@@ -1,7 +1,8 @@
 """The `mnas` command line: thin, parses arguments, calls the library, prints.
 
-Areas other than the core (latency, training, search) live in their own modules, each with a
-`register(app)` function, so this file stays small and every area owns its commands. Those
+This module holds the typer app and `main` (errors to exit codes); every area's commands live in
+their own module of `mnas.cli`, each with a `register(app)` function, so this file stays small
+and every area owns its commands. Those
 modules import the torch-backed parts of the library inside the commands that use them, so
 `mnas --help` and a usage error answer at once instead of after loading torch (3 s here).
 """
@@ -28,12 +29,12 @@ app = typer.Typer(
 
 # Modules that add commands to `app`; each exposes register(app).
 COMMAND_MODULES = (
-    "mnas.cli_core",
-    "mnas.latency.cli",
-    "mnas.cli_train",
-    "mnas.cli_search",
-    "mnas.cli_supernet",
-    "mnas.cli_store",
+    "mnas.cli.core",
+    "mnas.cli.latency",
+    "mnas.cli.train",
+    "mnas.cli.search",
+    "mnas.cli.supernet",
+    "mnas.cli.store",
 )
 
 

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
+from mnas.arch_strings import to_timm_string
 from mnas.errors import UserError
 from mnas.paths import output_file, writable_dir, write_text
+from mnas.search.config import SearchConfig
+from mnas.search.trial import Trial
 
-if TYPE_CHECKING:  # torch-backed modules load inside the commands (see mnas.cli)
+if TYPE_CHECKING:  # torch loads inside the commands (see mnas.cli)
     from torch import nn
-
-    from mnas.config import SearchConfig
-    from mnas.trial import Trial
 
 console = Console(stderr=True)
 
@@ -31,7 +31,7 @@ def search(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Search architectures: ask -> evaluate (latency + proxy accuracy) -> reward -> store -> tell."""
-    from mnas.config import load_config  # lazy: torch (see mnas.cli)
+    from mnas.search.config import load_config  # lazy: torch (see mnas.cli)
     from mnas.search.loop import override_executor, resume_search, start_search
 
     if executor is not None and executor not in ("local", "ray"):
@@ -84,7 +84,7 @@ def report(
     zoo: bool = typer.Option(True, "--zoo/--no-zoo", help="Mark zoo models measured on the same target."),
 ) -> None:
     """Write pareto.png, latency_hist.png, reward_curve.png and report.md into RUN_DIR."""
-    from mnas.report import pareto_json, write_report  # lazy: torch (see mnas.cli)
+    from mnas.search.report import pareto_json, write_report  # lazy: torch (see mnas.cli)
 
     if (run_dir / "trials.sqlite").is_file():
         writable_dir(run_dir, "run folder (the report is written into it)", create=False)
@@ -105,7 +105,7 @@ def best(
     force: bool = typer.Option(False, "--force", help="With --export: replace those files if the folder has them."),
 ) -> None:
     """Pick a model: the best reward, or the most accurate one under --max-latency."""
-    from mnas.report import load_run, pick_best, trial_record  # lazy: torch (see mnas.cli)
+    from mnas.search.report import load_run, pick_best, trial_record  # lazy: torch (see mnas.cli)
 
     if max_latency is not None and max_latency <= 0:
         raise UserError(f"--max-latency must be > 0 ms (got {max_latency:g})")
@@ -145,7 +145,7 @@ def export_trial(trial: Trial, config: SearchConfig, out_dir: Path) -> list[Path
     model = trained if trained is not None else build_model(arch, num_classes=lat.num_classes or 1000).eval()
     onnx_path = to_onnx(model, out_dir / "model.onnx", resolution=resolution)
     write_text(out_dir / "arch.json", arch.to_json(indent=2) + "\n")
-    write_text(out_dir / "arch.timm.txt", arch.to_timm_string() + "\n")
+    write_text(out_dir / "arch.timm.txt", to_timm_string(arch) + "\n")
     return [onnx_path, out_dir / "arch.json", out_dir / "arch.timm.txt"]
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mnas.config import load_config
-from mnas.store import DB_NAME, recover_store, salvage
+from mnas.errors import UserError
+from mnas.search.config import load_config
 
 console = Console(stderr=True)
 store_app = typer.Typer(help="Check a run's trial store, or salvage a damaged one into a new run.",
@@ -23,7 +23,8 @@ store_app = typer.Typer(help="Check a run's trial store, or salvage a damaged on
 @store_app.command("check")
 def check(run_dir: Path = typer.Argument(..., help="A search run directory.")) -> None:
     """Say whether RUN's trials.sqlite is intact and how many trials can be read (exit 1 if damaged)."""
-    from mnas.errors import UserError
+    from mnas.search.salvage import salvage  # lazy: torch (see mnas.cli)
+    from mnas.search.store import DB_NAME
 
     path = run_dir / DB_NAME
     if not path.is_file():
@@ -44,6 +45,9 @@ def recover(
                                           help="The search YAML, used only when the stored config is unreadable."),
 ) -> None:
     """Copy every readable trial of RUN into a new run that `mnas report` and `mnas best` can read."""
+    from mnas.search.salvage import recover_store  # lazy: torch (see mnas.cli)
+    from mnas.search.store import DB_NAME
+
     stored = load_config(config).model_dump(mode="json") if config is not None else None
     result = recover_store(run_dir, out, stored)
     resume = (f"it can be resumed: mnas search --resume {result.out_dir}" if result.resumable

@@ -31,15 +31,16 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
 from mnas import zoo
-from mnas.config import LatencyConfig, SearchConfig, parse_config
+from mnas.arch_strings import to_timm_string
 from mnas.errors import UserError
 from mnas.paths import write_bytes, write_text
 from mnas.profile import profile
 from mnas.reward import pareto_indices
 from mnas.search.accuracy import make_accuracy_model
+from mnas.search.config import LatencyConfig, SearchConfig, parse_config
+from mnas.search.store import DB_NAME, RungRecord, Store
+from mnas.search.trial import Trial
 from mnas.search.trust import noise_floor, rung_agreement, size_agreement
-from mnas.store import DB_NAME, RungRecord, Store
-from mnas.trial import Trial
 
 REFERENCE_MODELS = ("mnasnet_a1", "mnasnet_b1", "mnasnet_small", "mobilenet_v2")
 LEADERBOARD_SIZE = 10
@@ -122,7 +123,7 @@ def trial_record(trial: Trial) -> dict[str, Any]:
         "trial_id": trial.trial_id, "step": trial.step, "status": trial.status,
         "accuracy": trial.accuracy, "latency_ms": trial.latency_ms, "latencies": trial.latencies,
         "relative_latency": trial.relative, "reward": trial.reward, "seconds": trial.seconds,
-        "arch_id": trial.arch.id, "timm": trial.arch.to_timm_string(), "arch": trial.arch.to_dict(),
+        "arch_id": trial.arch.id, "timm": to_timm_string(trial.arch), "arch": trial.arch.to_dict(),
         "error": trial.error, "repeat_of": trial.repeat_of, "logp": trial.logp,
         "rung": trial.rung, "budget": trial.budget, "reference": trial.reference,
     }
@@ -421,7 +422,7 @@ def render_markdown(run: Run, refs: dict[str, list[Reference]]) -> str:
     for rank, t in enumerate(leaderboard(run), start=1):
         rung = "-" if t.rung is None else str(t.rung)
         lines.append(f"| {rank} | {t.trial_id} | {t.step} | {rung} | {reward(t):.4f} | {accuracy(t):.4f} | "
-                     f"{_fmt(t.latency_ms, '.3f')} | {again[t.trial_id]} | `{t.arch.id}` | `{t.arch.to_timm_string()}` |")
+                     f"{_fmt(t.latency_ms, '.3f')} | {again[t.trial_id]} | `{t.arch.id}` | `{to_timm_string(t.arch)}` |")
     if not run.done and not run.stopped:
         lines.append("| - | no finished trial yet | | | | | | | | |")
     for target in c.latency:

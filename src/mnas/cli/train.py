@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
 from mnas import zoo
+from mnas.architecture import Architecture
 from mnas.errors import UserError
 from mnas.paths import output_file, writable_dir
 from mnas.run_options import RunOptions
-
-if TYPE_CHECKING:  # torch-backed modules load inside the commands (see mnas.cli)
-    from mnas.data import DatasetSplits
-    from mnas.space import Architecture
-    from mnas.train import FitConfig
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "torchscript": ".pt"}
 
@@ -52,7 +48,9 @@ def train_cmd(
 ) -> None:
     """Train a network fully with checkpoints every epoch; --resume continues exactly."""
     from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
-    from mnas.train import RECIPES, FitConfig, TrainingInterrupted, checkpoint_path, fit, read_checkpoint
+    from mnas.train.checkpoint import checkpoint_path, read_checkpoint
+    from mnas.train.fit import FitConfig, TrainingInterrupted, fit
+    from mnas.train.recipes import RECIPES
 
     opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
                       seed, skeleton, device)
@@ -82,7 +80,8 @@ def train_cmd(
                            train_subset=config.train_subset, seed=config.seed)
     if not config.recipe:
         config.recipe = "cifar" if dataset.resolution <= 64 else "mnasnet"
-    init_state = _inherited_weights(init_from_supernet, arch_obj, dataset, config) if init_from_supernet else None
+    init_state = _inherited_weights(init_from_supernet, arch_obj, dataset.resolution, dataset.num_classes,
+                                    config.skeleton) if init_from_supernet else None
     for note in notes:
         typer.echo(f"resume: {note}", err=True)
     try:
@@ -101,14 +100,14 @@ def train_cmd(
     ])
 
 
-def _inherited_weights(path: Path, arch: Architecture, data: DatasetSplits, config: FitConfig) -> dict[str, Any]:
+def _inherited_weights(path: Path, arch: Architecture, resolution: int, num_classes: int, skeleton: str) -> dict[str, Any]:
     """The weights `arch` inherits from a supernet, for fine-tuning (the paper trains from scratch;
     this is the weight-sharing alternative)."""
     from mnas.supernet import extract, load_supernet  # lazy: torch (see mnas.cli)
 
-    supernet, _ = load_supernet(path, resolution=data.resolution, num_classes=data.num_classes)
-    if supernet.skeleton != config.skeleton:
-        raise UserError(f"the supernet {path} uses the {supernet.skeleton!r} skeleton, this run {config.skeleton!r}; "
+    supernet, _ = load_supernet(path, resolution=resolution, num_classes=num_classes)
+    if supernet.skeleton != skeleton:
+        raise UserError(f"the supernet {path} uses the {supernet.skeleton!r} skeleton, this run {skeleton!r}; "
                         f"pass --skeleton {supernet.skeleton}")
     return extract(supernet, arch).state_dict()
 
@@ -123,7 +122,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Top-1 accuracy of a saved model on the test set (EMA weights when the recipe uses them)."""
-    from mnas.train import evaluate_checkpoint  # lazy: torch (see mnas.cli)
+    from mnas.train.evaluate import evaluate_checkpoint  # lazy: torch (see mnas.cli)
 
     res = evaluate_checkpoint(checkpoint, data_root=data_root, split=split, device=device,
                               batch_size=batch_size, data_name=data)
@@ -140,7 +139,7 @@ def export_cmd(
 ) -> None:
     """Write the trained model as ONNX, LiteRT (.tflite) or TorchScript at its training resolution."""
     from mnas import export  # lazy: torch (see mnas.cli)
-    from mnas.train import checkpoint_path, load_checkpoint
+    from mnas.train.checkpoint import checkpoint_path, load_checkpoint
 
     if fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")

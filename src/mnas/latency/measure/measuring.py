@@ -1,24 +1,11 @@
-"""The measurement protocol.
+"""Measuring with the protocol (`mnas.latency.measure.protocol`): the orchestrating process.
 
-Each process is pinned to one core per thread and times the candidates and a reference network
-(default: mobilenet_v2, built for the target's resolution and class count) in alternation, one
-inference each (see `session`): warm-up >= 30 rounds and >= 0.5 s, >= 60 timed rounds, preempted
-calls flagged (process CPU time / wall time < 0.9) and re-timed. One process times up to
-`items_per_process` candidates against the same reference, so a batch of a search costs a few
-processes, not a few per candidate.
-
-Every candidate is timed in >= 3 separate processes, round-robin over the candidates. Its result:
-- `relative`: the median of the per-process ratios candidate / reference, over the `processes`
-  per-process ratios lying closest together; they must agree within `max_relative_spread`. The
-  ratio cancels slow periods of the machine (a neighbour on a shared host slows a whole process by
-  10-40% at a clean CPU/wall ratio; a phone throttles), which an absolute time cannot.
-- `median_ms = relative x` the reference's latency on this target, measured once with the full
-  protocol (`reference_latency`), cached, and reported with its date and spread.
-- `raw_ms`: the candidate's own absolute time (median of the `processes` fastest per-process
-  medians), for comparison; it moves with the weather.
-While the used processes disagree, the candidate gets another round, up to `max_processes`
-(`stable=False` if they never agree). Without a reference (`reference=None`) the absolute rule
-alone decides, as for the reference's own latency.
+`measure_many` exports the candidates and the reference network (`exporter`), times them in
+rounds of measuring processes (`measure_rounds`: each process runs `Backend.measure_files`, by
+default the `worker` subprocess pinned to its cores), keeps timing the candidates whose processes
+disagree, and summarises each into a `LatencyResult` (`result`), read from and stored to the
+cache (`cache`). `reference_latency` measures the reference network itself once with the full
+protocol.
 """
 
 from __future__ import annotations
@@ -26,69 +13,25 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnas import zoo
+from mnas.architecture import Architecture
 from mnas.errors import UserError
-from mnas.latency.backends import Backend, ModelFile, get_backend
-from mnas.latency.cache import LatencyCache
-from mnas.latency.exporter import arch_file, export_module, exporter, pool_size
-from mnas.latency.lifetime import terminate_as_exit
-from mnas.latency.result import LatencyResult, ReferenceLatency, closest, consensus, summarise
-from mnas.latency.sample import ProcessSample
+from mnas.latency.backends.base import Backend, ModelFile, get_backend
+from mnas.latency.measure.cache import DEFAULT, resolve_cache
+from mnas.latency.measure.exporter import arch_file, export_module, exporter, pool_size
+from mnas.latency.measure.lifetime import terminate_as_exit
+from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, Protocol
+from mnas.latency.measure.result import LatencyResult, ReferenceLatency, closest, consensus, summarise
+from mnas.latency.measure.sample import ProcessSample
 from mnas.latency.target import Target
-from mnas.space import Architecture
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only where models are built
     from torch import nn
 
-DEFAULT_REFERENCE = "mobilenet_v2"
 
-
-@dataclass(frozen=True)
-class Protocol:
-    """The knobs; the defaults are the minimums of the protocol (raising them is fine)."""
-
-    warmup_iters: int = 30
-    warmup_s: float = 0.5
-    iters: int = 60
-    preempt_ratio: float = 0.9
-    max_flagged: float = 0.10
-    retries: int = 2
-    min_clean: int = 10  # fewer clean (unpreempted) calls than this: use every call
-    worker_timeout_s: float = 900.0
-    max_spread: float = 0.05  # absolute: the fastest processes agree within this
-    max_relative_spread: float = 0.02  # relative: the closest processes agree within this
-    max_processes: int = 9
-    items_per_process: int = 16  # candidates timed against the reference in one process
-    force_threads: bool = False  # allow more threads than cores (never sensible for latency)
-
-    def __post_init__(self) -> None:
-        for name in ("warmup_iters", "iters", "max_processes", "items_per_process"):
-            if getattr(self, name) < 1:
-                raise UserError(f"protocol {name} must be >= 1 (got {getattr(self, name)})")
-
-
-DEFAULT_PROTOCOL = Protocol()
-
-
-class Default:
-    """The marker for "the default latency cache" (a class, so it survives pickling for Ray)."""
-
-
-DEFAULT: Any = Default()
-
-
-# ---- inside a measuring process -----------------------------------------------------------------
-def pin(cpus: Sequence[int]) -> None:
-    """Pin this process to `cpus` (best effort where sched_setaffinity is missing)."""
-    if cpus and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, set(cpus))
-
-
-# ---- the orchestrating process ------------------------------------------------------------------
 def cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
@@ -112,10 +55,6 @@ def measure_cpus(threads: int, force: bool = False) -> list[int]:
             raise UserError(f"MNAS_LATENCY_CPUS={env!r} is not a comma-separated list of core numbers") from None
     check_threads(threads, force)
     return cores()[-threads:]
-
-
-def resolve_cache(cache: Any) -> LatencyCache | None:
-    return LatencyCache() if isinstance(cache, Default) else cache
 
 
 def reference_arch(reference: str | Architecture, target: Target) -> tuple[str, Architecture]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mnas.space import Architecture
+from mnas.architecture import Architecture
 
 STATUSES = ("pending", "running", "done", "failed")
 

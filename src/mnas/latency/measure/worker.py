@@ -1,4 +1,4 @@
-"""One measuring process: `python -m mnas.latency.worker JOB.json RESULT.json`.
+"""One measuring process: `python -m mnas.latency.measure.worker JOB.json RESULT.json`.
 
 Dies with its parent, keeps its temporary files in the parent's job folder, imports only the
 runtime it measures (no torch for litert / onnxruntime), pins itself, loads the files and the
@@ -13,10 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mnas.latency.backends import get_backend, register_backend
-from mnas.latency.lifetime import die_with_parent
-from mnas.latency.protocol import Protocol, pin
-from mnas.latency.session import time_session
+from mnas.latency.backends.base import get_backend
+from mnas.latency.backends.registry import register_backend
+from mnas.latency.measure.lifetime import die_with_parent
+from mnas.latency.measure.protocol import Protocol, pin
+from mnas.latency.measure.session import time_session
 from mnas.latency.target import Target
 
 

@@ -1,5 +1,8 @@
 """The search configuration: one YAML file, validated by pydantic models that forbid unknown keys.
 
+The `proxy` section is the training side's own settings model (`mnas.train.settings.ProxyConfig`),
+used here as a section: the trainer never imports the search.
+
 A typo in a key or a bad value must stop the run before any trial is spent, with one line that
 names the file and the key's path in it (``quick.yaml: reward.target_ms: Input should be greater
 than 0``), so every section is a strict model and `load_config` turns pydantic's errors into a
@@ -8,26 +11,25 @@ than 0``), so every section is a strict model and `load_config` turns pydantic's
 
 from __future__ import annotations
 
-import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from mnas import zoo
 from mnas.errors import UserError
 from mnas.latency.model import LatencyModel, latency_model, parse_multiple
 from mnas.latency.target import Target
 from mnas.reward import Reward
+from mnas.train.settings import ProxyConfig, StrictModel
 
 __all__ = [
     "BudgetConfig",
     "DataConfig",
     "ExecutorConfig",
     "LatencyConfig",
-    "ProxyConfig",
     "ReferencesConfig",
     "RewardConfig",
     "SearchConfig",
@@ -38,14 +40,9 @@ __all__ = [
 
 
 _TARGET_DEFAULTS = Target()  # one default per setting: the latency target's own
-MAX_PROXY_STEPS = 1_000_000  # a proxy rung above this is a typo, not a budget
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Which dataset the proxy trains on, and how much of it."""
 
     dataset: str = "cifar10"
@@ -63,107 +60,7 @@ class DataConfig(_Strict):
         return int(value) if isinstance(value, float) and value >= 1 else value
 
 
-class ProxyConfig(_Strict):
-    """The short proxy training that gives each candidate its accuracy (`mnas.train.train_proxy`).
-
-    Every setting of the proxy lives here, once, with its default."""
-
-    # The budget of kind train, in training steps of `batch_size` images: one value, or the rungs of
-    # successive halving (e.g. [30, 90, 240]): every candidate trains to the first rung, and the
-    # best `keep` of each rung (by reward) continue from their checkpoint to the next one
-    # (Optuna's SuccessiveHalvingPruner decides). None: `epochs` of the training split, one rung.
-    steps: list[int] | None = None
-    keep: float = Field(default=1 / 3, gt=0, lt=1)  # the share of a rung promoted to the next
-    workers: int | None = Field(default=None, gt=0, le=256)  # training processes at once; None: cores / threads
-    epochs: float = Field(default=1.0, gt=0)
-    batch_size: int = Field(default=128, gt=0, le=65536)
-    optimizer: Literal["sgd", "rmsprop", "adamw"] = "sgd"
-    lr: float | None = Field(default=None, gt=0)  # None: 0.2 x batch/256 (sgd), 0.016 (rmsprop), 0.002 (adamw)
-    schedule: Literal["cosine", "mnasnet", "constant"] = "cosine"
-    warmup: float | None = Field(default=None, ge=0, lt=1)  # fraction of the steps; None: 5% cosine, 10% mnasnet
-    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    weight_decay: float = Field(default=4e-5, ge=0)
-    dropout: float = Field(default=0.2, ge=0, lt=1)
-    bn_momentum: float = Field(default=0.1, gt=0, le=1)
-    bn_eps: float = Field(default=1e-3, gt=0)
-    ema_decay: float | None = Field(default=None, gt=0, lt=1)
-    stable_init: bool = True  # zero classifier and last BN of residual layers (short runs, few classes)
-    skeleton: Literal["auto", "cifar", "imagenet"] = "auto"
-    time_budget_s: float | None = Field(default=None, gt=0)
-    max_steps: int | None = Field(default=None, gt=0)
-    eval_batch_size: int | None = Field(default=None, gt=0)
-    device: str = "auto"  # auto, cpu, cuda or cuda:N
-    threads: int | None = Field(default=None, gt=0)  # torch CPU threads for training (None: torch's default)
-    # Where accuracy comes from: "train" = the paper's per-candidate proxy training (the settings
-    # above); "supernet" = the weights a candidate inherits from a supernet (mnas supernet train).
-    kind: Literal["train", "supernet"] = "train"
-    path: str | None = None  # supernet: its folder (relative to the config file)
-    train_if_missing: bool = False  # supernet: train it at `path` first (epochs/batch_size above) if absent
-    rule: Literal["sandwich", "spos"] = "sandwich"  # supernet training's path sampling
-    bn_batches: int = Field(default=8, gt=0)  # supernet: training batches that re-estimate BN per candidate
-    score_images: int = Field(default=2000, gt=0)  # supernet: held-out images a candidate is scored on
-    amp: bool | None = None  # bf16 autocast; None: on for CUDA
-    channels_last: bool | None = None  # None: on (CPU and CUDA)
-    fused: bool | None = None  # fused optimizer kernels; None: on for CUDA
-    compile: bool = False
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", value):
-            raise ValueError(f"unknown device {value!r}; choose auto, cpu, cuda or cuda:N")
-        return value
-
-    @field_validator("steps", mode="before")
-    @classmethod
-    def _steps(cls, value: Any) -> Any:
-        return [value] if isinstance(value, int) and not isinstance(value, bool) else value
-
-    @field_validator("steps")
-    @classmethod
-    def _rungs(cls, value: list[int] | None) -> list[int] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("give at least one rung of training steps, e.g. [30, 90, 240]")
-        if value[0] < 1:
-            raise ValueError(f"a rung of {value[0]} steps trains nothing; give positive step counts, e.g. [30, 90, 240]")
-        for low, high in zip(value, value[1:], strict=False):
-            if high <= low:
-                raise ValueError(f"rungs must increase: {high} comes after {low} in {value}")
-        if value[-1] > MAX_PROXY_STEPS:
-            raise ValueError(f"a top rung of {value[-1]} steps is above the limit of {MAX_PROXY_STEPS}")
-        return value
-
-    @field_validator("keep")
-    @classmethod
-    def _keep(cls, value: float) -> float:
-        eta = 1 / value
-        if abs(eta - round(eta)) > 0.02 * eta:
-            raise ValueError(f"keep {value} is not 1/n: successive halving keeps the best half, third, quarter, "
-                             "... of a rung; use 0.5, 0.333 or 0.25")
-        return value
-
-    @property
-    def reduction_factor(self) -> int:
-        """1 / keep: a rung's candidates per promotion (Optuna's reduction_factor)."""
-        return round(1 / self.keep)
-
-    @model_validator(mode="after")
-    def _supernet_path(self) -> ProxyConfig:
-        if self.kind == "supernet" and not self.path:
-            raise ValueError("kind supernet needs path: the folder of a supernet (mnas supernet train --out DIR)")
-        if self.kind == "train" and (self.path or self.train_if_missing):
-            raise ValueError("path and train_if_missing apply to kind: supernet only")
-        if self.kind != "train" and self.steps is not None and len(self.steps) > 1:
-            raise ValueError(f"rungs of training steps apply to kind: train only (kind {self.kind} scores once)")
-        if self.steps is not None and self.max_steps is not None and self.steps[-1] > self.max_steps:
-            raise ValueError(f"the top rung of {self.steps[-1]} steps is above the budget max_steps {self.max_steps}; "
-                             "lower the rung or raise max_steps")
-        return self
-
-
-class ReferencesConfig(_Strict):
+class ReferencesConfig(StrictModel):
     """Hand-designed networks trained in every run with the same proxy, at its top rung, and drawn
     beside the front: does the search beat them? Zoo names, scaled to the middle of the space's
     width range. The first is trained with `seeds` seeds: their spread is the run's noise floor."""
@@ -192,7 +89,7 @@ class ReferencesConfig(_Strict):
 MAX_TARGET_NAME = 64  # a latency target's name labels plots, tables and the store
 
 
-class LatencyConfig(_Strict):
+class LatencyConfig(StrictModel):
     """One latency target: measured for real (against a reference network, through the latency
     cache) or predicted by a LUT. A search may name several; the first is the reward's."""
 
@@ -247,7 +144,7 @@ class LatencyConfig(_Strict):
                       serial=self.serial, benchmark_binary=self.benchmark_binary)
 
 
-class RewardConfig(_Strict):
+class RewardConfig(StrictModel):
     """The MnasNet reward ACC x (LAT/T)^w: a target T and exponents, or a named preset.
 
     T is `target_ms`, or `target` as a multiple of a reference network's latency on the first
@@ -285,14 +182,14 @@ class RewardConfig(_Strict):
                       soft.beta if self.beta is None else self.beta)
 
 
-class StrategyConfig(_Strict):
+class StrategyConfig(StrictModel):
     """The search strategy by name, with its knobs passed through to its constructor."""
 
     name: str = "tpe"  # the winner of benchmarks/search_strategies.py (docs/benchmarks/search.md)
     knobs: dict[str, Any] = Field(default_factory=dict)
 
 
-class BudgetConfig(_Strict):
+class BudgetConfig(StrictModel):
     """How many trials, how many per `ask`, and an optional wall-clock limit."""
 
     trials: int = Field(default=100, gt=0)
@@ -300,7 +197,7 @@ class BudgetConfig(_Strict):
     max_seconds: float | None = Field(default=None, gt=0)
 
 
-class ExecutorConfig(_Strict):
+class ExecutorConfig(StrictModel):
     """Where trials run: in this process, or as tasks on a Ray cluster."""
 
     name: Literal["local", "ray"] = "local"
@@ -315,7 +212,7 @@ class ExecutorConfig(_Strict):
         return {"name": value} if isinstance(value, str) else value
 
 
-class SearchConfig(_Strict):
+class SearchConfig(StrictModel):
     """The whole search YAML."""
 
     space: str = "mnasnet_cifar"  # a space name or a YAML/JSON file

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mnas.latency.units import Unit, build_unit, unit_input_shape
+from mnas.latency.tables.units import Unit, build_unit, unit_input_shape
 
 
 class PackModule(nn.Module):

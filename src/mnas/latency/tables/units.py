@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from mnas.space import Architecture, BlockSpec, LayerConfig, SearchSpace
+from mnas.architecture import Architecture, BlockSpec, LayerConfig
+from mnas.space import SearchSpace
 
 if TYPE_CHECKING:
     from torch import nn

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mnas.latency.backends.base import Runner
-from mnas.latency.protocol import DEFAULT_PROTOCOL, Protocol
-from mnas.latency.sample import ProcessSample
+from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, Protocol
+from mnas.latency.measure.sample import ProcessSample
 
 REF = -1
 

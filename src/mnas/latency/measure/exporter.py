@@ -8,7 +8,7 @@ idle priority (SCHED_IDLE), which only uses the time the measurements leave. A m
 disturbed by a converter on another core (shared caches, memory bandwidth) is what the reference
 interleaving cancels.
 
-The converters are `python -m mnas.latency.exporter` processes fed one JSON job per line (not
+The converters are `python -m mnas.latency.measure.exporter` processes fed one JSON job per line (not
 multiprocessing: that re-imports the caller's main script in every child). They die with their
 parent.
 """
@@ -27,12 +27,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from mnas.architecture import Architecture
 from mnas.errors import UserError
-from mnas.latency.backends import Backend, get_backend, register_backend
-from mnas.latency.lifetime import die_with_parent, idle_priority
+from mnas.latency.backends.base import Backend, get_backend
+from mnas.latency.backends.registry import register_backend
+from mnas.latency.measure.lifetime import die_with_parent, idle_priority
+from mnas.latency.tables.units import Unit, unit_from_dict, unit_to_dict
 from mnas.latency.target import Target
-from mnas.latency.units import Unit, unit_from_dict, unit_to_dict
-from mnas.space import Architecture
 
 #: Seconds one export may take in a converter before the converter is stopped (MNAS_EXPORT_TIMEOUT).
 DEFAULT_EXPORT_TIMEOUT_S = 600.0
@@ -158,7 +159,7 @@ class Exporter:
 
     @staticmethod
     def _start(boot: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "mnas.latency.exporter", boot], stdin=subprocess.PIPE,
+        return subprocess.Popen([sys.executable, "-m", "mnas.latency.measure.exporter", boot], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
 
     def _feed(self, index: int, boot: str) -> None:

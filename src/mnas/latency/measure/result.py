@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from mnas.latency.sample import ProcessSample, quantiles
+from mnas.architecture import Architecture
+from mnas.latency.measure.sample import ProcessSample, quantiles
 from mnas.latency.target import Target
-from mnas.space import Architecture
 
 
 @dataclass

@@ -15,9 +15,10 @@ import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from mnas.errors import UserError
-from mnas.latency.result import LatencyResult, ReferenceLatency
+from mnas.latency.measure.result import LatencyResult, ReferenceLatency
 from mnas.latency.target import Target
 
 _SCHEMA = """
@@ -123,3 +124,15 @@ class LatencyCache:
     def __len__(self) -> int:
         with closing(self._connect()) as db:
             return int(db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0])
+
+
+class Default:
+    """The marker for "the default latency cache" (a class, so it survives pickling for Ray)."""
+
+
+DEFAULT: Any = Default()
+
+
+def resolve_cache(cache: Any) -> LatencyCache | None:
+    """`DEFAULT` -> the cache in $MNAS_CACHE_DIR; None or a `LatencyCache` as given."""
+    return LatencyCache() if isinstance(cache, Default) else cache
