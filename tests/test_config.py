@@ -31,9 +31,14 @@ def test_examples_are_valid(name):
 
 def test_examples_fit_their_purpose():
     quick, big = load_config(EXAMPLES / "quick.yaml"), load_config(EXAMPLES / "cifar10.yaml")
-    assert quick.space == "mnasnet_cifar" and quick.executor.name == "local"
+    assert Path(quick.space).name == "cifar_half.yaml" and quick.executor.name == "local"
     assert quick.primary.lut is None and quick.primary.resolution == 32  # real measurement
-    assert quick.budget.trials <= 10
+    assert quick.budget.trials >= 24 and quick.budget.max_seconds <= 900  # make run: >= 24 candidates, 15 min
+    assert quick.proxy.steps == [30, 90, 240] and quick.proxy.workers == 2  # successive halving, 2 cores
+    assert quick.references.models == ["mobilenet_v2", "mnasnet_a1"] and quick.references.seeds == 2
+    headline = load_config(EXAMPLES / "headline.yaml")  # the make-run search, longer and fully timed
+    assert headline.proxy == quick.proxy and headline.space == quick.space and headline.references == quick.references
+    assert headline.budget.max_seconds == 7200 and headline.primary.processes == 3
     assert quick.reward.target_ms is None and quick.reward.target  # a multiple: holds on any machine
     assert big.executor.name == "ray" and big.primary.lut and big.budget.trials >= 100
     assert Path(big.primary.lut).is_absolute()  # resolved against the YAML's folder
