@@ -14,6 +14,11 @@ without defining them; this is our definition):
   average pooling (kernel = stride) followed, if widths differ, by a 1x1 conv + BN to match the
   width (the ResNet-D shortcut), so every layer of the block keeps a shortcut.
 - ``none``: no shortcut at all.
+
+Where two of these build the same network (``pool`` on a block whose first layer keeps its shape
+is ``identity``; ``identity`` on a one-layer block that changes shape is ``none``), the
+architectures differ as values but share one id (`Architecture.canonical`, `ID_VERSION`), so a
+search evaluates such a network once.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from mnas.errors import UserError
@@ -187,16 +192,6 @@ class Architecture:
             cin = b.filters
         return int(total + cin * self.head_filters + self.head_filters * num_classes)
 
-    def activation_elements(self, resolution: int) -> int:
-        """Elements of every layer output at batch 1 (what training keeps for the backward pass)."""
-        check_resolution(resolution)
-        total = 0
-        for layer in self.layer_configs(resolution):
-            out = conv_out_size(layer.input_size, layer.stride)
-            mid = round(layer.in_filters * layer.expand)
-            total += (mid * layer.input_size**2 if mid != layer.in_filters else 0) + 2 * mid * out**2 + layer.out_filters * out**2
-        return total
-
     # ---- identity -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -236,10 +231,31 @@ class Architecture:
 
     @property
     def id(self) -> str:
-        """12 hex chars of the SHA-256 of the canonical JSON without the name."""
-        d = self.to_dict()
-        d.pop("name")
+        """12 hex chars of the SHA-256 of the canonical encoding's JSON, without the name (scheme
+        `ID_VERSION`: see there for what enters the hash and how it may change)."""
+        c = self.canonical()
+        d = {**_hashed_fields(c, ARCH_FIELDS_V1), "blocks": [_hashed_fields(b, BLOCK_KEYS) for b in c.blocks]}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def canonical(self) -> Architecture:
+        """The one encoding, among those that build the same network, that the id hashes.
+
+        Two skip choices build the same module on some blocks (`adds_shortcut`, `mnas.model.Layer`):
+        "pool" on a block whose first layer keeps its shape (stride 1, same width) adds the same
+        plain residual as "identity" on every layer, so it is written "identity"; and on a block of
+        one layer that changes shape "identity" adds no shortcut, like "none", so "none" is written
+        "identity" there (the form of MobileNetV2, the default latency reference, and of TF's
+        block strings). The name is dropped. Everything else is already one encoding per network
+        (an SE ratio above 0 always adds an SE module; `BlockSpec` keeps numbers plain)."""
+        blocks = []
+        cin = self.stem_filters
+        for b in self.blocks:
+            keeps_shape = b.stride == 1 and cin == b.filters
+            same_as_identity = ((b.skip == "pool" and keeps_shape)
+                                or (b.skip == "none" and not keeps_shape and b.layers == 1))
+            blocks.append(replace(b, skip="identity") if same_as_identity else b)
+            cin = b.filters
+        return replace(self, blocks=tuple(blocks), name="")
 
     def with_name(self, name: str) -> Architecture:
         return replace(self, name=name)
@@ -304,6 +320,35 @@ class Architecture:
 
 BLOCK_KEYS = ("op", "expand", "kernel", "se_ratio", "skip", "filters", "layers", "stride")
 ARCH_KEYS = ("stem_filters", "stem_stride", "head_filters", "act", "name")
+
+#: The architecture id's scheme (`Architecture.id`): 12 hex chars of the SHA-256 of the sorted
+#: JSON of the canonical encoding's fields, the name left out.
+#: - 1: the fields as written.
+#: - 2 (now): the canonical encoding (`Architecture.canonical`), so two encodings of one network
+#:   share an id; the id of every architecture already in that form is its id of scheme 1.
+#: The rule that keeps old ids valid: a field added to `BlockSpec` or `Architecture` after scheme 1
+#: enters the hash only where it differs from its default, so every architecture that could be
+#: written before the field existed keeps its id. Anything else that changes ids (a new
+#: canonicalisation, a field without a default) raises this number and says what it changed.
+#: tests/test_arch_id.py pins every zoo model's id.
+ID_VERSION = 2
+#: The fields scheme 1 hashed; a field not listed enters the hash only away from its default.
+ARCH_FIELDS_V1 = ("stem_filters", "stem_stride", "head_filters", "act")
+
+
+def _hashed_fields(value: Any, always: Sequence[str]) -> dict[str, Any]:
+    """The dataclass fields of `value` that enter its id: those of scheme 1 (`always`) and any
+    later field away from its default (blocks and the name are the caller's)."""
+    out: dict[str, Any] = {}
+    for f in fields(value):
+        if f.name in ("blocks", "name"):
+            continue
+        v = getattr(value, f.name)
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else MISSING)
+        if f.name in always or default is MISSING or v != default:
+            out[f.name] = v
+    return out
 
 
 def adds_shortcut(skip: str, cin: int, cout: int, stride: int) -> bool:
