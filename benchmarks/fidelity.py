@@ -91,7 +91,7 @@ def main() -> None:
 
     from mnas.search.loop import prepare
 
-    config = prepare(load_config(args.config))
+    config = prepare(load_config(args.config)).config
     top = config.proxy.steps[-1] if config.proxy.steps else None
     if top is None or args.long < 6 * top:
         raise SystemExit(f"--long {args.long} must be at least 6x the proxy's top rung ({top})")

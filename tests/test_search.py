@@ -101,7 +101,7 @@ def test_tiny_search_end_to_end(tmp_path, data_root):
 
 
 def test_repeated_architecture_is_measured_once(tmp_path, data_root):
-    config = prepare(load_config(write_config(tmp_path)))
+    config = prepare(load_config(write_config(tmp_path))).config
     arch = SearchSpace.load(config.space).decode([0] * len(SearchSpace.load(config.space).decision_sizes()))
     cache = LatencyCache()
     first = latency_parts([arch], config)[0]

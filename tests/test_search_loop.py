@@ -68,8 +68,6 @@ class StandInAccuracy(AccuracyModel):
 class StandInLatency:
     """Latency from the architecture's id (1-3 ms); the reference at 2 ms."""
 
-    on_device = False
-
     def __init__(self) -> None:
         self.target = Target(backend="onnxruntime", resolution=32)
 

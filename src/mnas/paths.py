@@ -13,7 +13,9 @@ One way to write an output:
 - `write_bytes` / `write_text` / `replace_when_done` / `write_via` to write it: a temporary file in
   the same folder, renamed over the output only when complete (`os.replace` replaces a link
   itself, never its target). A full disk or any other OSError is one line naming the path and
-  saying the previous file was kept.
+  saying the previous file was kept. Every file mnas replaces atomically goes through these
+  (tables, supernets, model files for measuring, reports, exports); the temporary file is created
+  with the ordinary permissions (the umask's), like the file it replaces.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -88,11 +89,6 @@ def output_file(path: str | Path, what: str, *, force: bool = False, inputs: Ite
     return p
 
 
-def writable_file(path: str | Path, what: str, *, force: bool = False) -> Path:
-    """`path` can be written as a file (see `output_file`)."""
-    return output_file(path, what, force=force)
-
-
 def _refuse_link(p: Path) -> None:
     """At write time too: a link planted after the check is refused, never written through."""
     if p.is_symlink():
@@ -120,12 +116,13 @@ def replace_when_done(path: str | Path, mode: str = "w") -> Iterator[IO]:
     p = Path(path)
     _refuse_link(p)
     existed = p.exists()
+    tmp = _tmp_name(p)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        f = open(tmp, mode.replace("w", "x"))  # noqa: SIM115 - closed below, before the rename
     except OSError as exc:
         raise _write_failed(p, exc, existed) from None
     try:
-        with os.fdopen(fd, mode) as f:
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -3,8 +3,9 @@ architecture as searched into a latency on one target (like nn-Meter's predictor
 efficiency model).
 
 - `MeasuredLatency`: measured for real on this machine with the protocol (relative to a
-  reference network timed in the same processes), through the latency cache. `on_device`: a
-  scheduler must run it on the machine the target sits on, one measurement at a time.
+  reference network timed in the same processes), through the latency cache. A scheduler must
+  run it on the machine the target sits on, one measurement at a time (`LatencyConfig.measured`
+  says which targets are measured).
 - `TableLatency`: predicted from a lookup table built by `build_lut`; runs anywhere.
 
 Both apply `arch.for_resolution(target.resolution)` themselves: the network that really runs at
@@ -44,7 +45,6 @@ class Estimate:
 @runtime_checkable
 class LatencyModel(Protocol):
     target: Target
-    on_device: bool  # True: must run on the target's machine (a measurement); False: anywhere
 
     def estimate(self, arch: Architecture) -> Estimate: ...
 
@@ -58,8 +58,6 @@ class LatencyModel(Protocol):
 class MeasuredLatency:
     """Measured on this machine; `estimate_many` times a whole batch in one measuring session
     (up to `protocol.items_per_process` candidates per process, against the same reference)."""
-
-    on_device = True
 
     def __init__(self, target: Target, processes: int = 3, reference: str | Architecture = DEFAULT_REFERENCE,
                  cache: Any = DEFAULT, protocol: MeasureProtocol = DEFAULT_PROTOCOL, fresh: bool = False) -> None:
@@ -97,8 +95,6 @@ class TableLatency:
     """Predicted from a lookup table; refuses a table built for another target than asked, and
     architectures with layers the table lacks (unless `allow_missing`: then they are predicted by
     a per-op MACs regression and counted in `regressed`)."""
-
-    on_device = False
 
     def __init__(self, table: LatencyTable | str | os.PathLike[str], target: Target | None = None,
                  allow_missing: bool = False) -> None:

@@ -30,8 +30,10 @@ class Hooks:
     `decide` gets every finished rung (the loop stores it) and says whether the candidate goes on
     to the next rung; `start_rung` says where a trial starts (0, or the rung after its last stored
     one on a resume; with a stored result instead when its last rung was final); `state_path` is
-    where a candidate's state between rungs lives. `accuracy` / `latency`: models the loop was
-    given instead of the config's (stand-ins; they run in the driver's process)."""
+    where a candidate's state between rungs lives. `accuracy` / `latency`: the models the loop
+    built once for the search (None: the config's, built here); `in_process`: they are stand-ins
+    for the config's (a test's or a benchmark's), which only this process has, so the executor
+    evaluates here instead of in workers that would rebuild the config's."""
 
     on_start: Callable[[Trial], None]  # the trial was handed to a worker (counts an attempt)
     on_phase: Callable[[Trial, str], None]  # e.g. "latency", "training to rung 1"
@@ -41,3 +43,4 @@ class Hooks:
     state_path: Callable[[Trial], Path | None] = field(default=_no_state)
     accuracy: AccuracyModel | None = None
     latency: list[LatencyModel] | None = None
+    in_process: bool = False

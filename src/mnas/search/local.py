@@ -90,7 +90,7 @@ class LocalExecutor:
             hooks.on_start(trial)
         model = hooks.accuracy or accuracy.accuracy_model(config)
         workers, threads = proxy_workers(config.proxy)
-        if not model.parallel or workers <= 1 or hooks.accuracy is not None:
+        if not model.parallel or workers <= 1 or hooks.in_process:
             evaluate_batch(trials, config, hooks)
             return
         pool = self._workers(workers, threads)

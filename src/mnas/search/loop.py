@@ -21,7 +21,7 @@ import copy
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,22 +74,54 @@ def make_search_strategy(config: SearchConfig, space: Any) -> Any:
     return make_strategy(config.strategy.name, space, config.seed, config.strategy.knobs)
 
 
+@dataclass(frozen=True)
+class SearchParts:
+    """What one search is made of, built once by `prepare` and handed to `SearchRun`: the config
+    with what it left implicit resolved, the space, the strategy (fresh: a resume loads its
+    state), the reward, one latency model per target (the first: the reward's) and the accuracy
+    model. `stand_ins`: `latency` / `accuracy` were given in place of the config's (a test's or a
+    benchmark's models); executors then run them in this process."""
+
+    config: SearchConfig
+    space: SearchSpace
+    strategy: Any
+    reward: Reward
+    latency: list[LatencyModel]
+    accuracy: AccuracyModel
+    stand_ins: bool = False
+
+
 def prepare(config: SearchConfig, *, latency: Sequence[LatencyModel] | None = None,
-            accuracy: AccuracyModel | None = None) -> SearchConfig:
-    """Check everything a trial needs before the first one runs, and pin what was left implicit.
+            accuracy: AccuracyModel | None = None) -> SearchParts:
+    """Build every part a trial needs before the first one runs, and pin what was left implicit.
 
     Loads the space, the dataset, the lookup tables or the supernet, builds the strategy, the
-    latency models and the reward, so a wrong name or a missing file stops the run with one line
-    instead of failing every trial. Returns the config with every latency target's resolution and
-    class count resolved (from the dataset, or from its table) and the reward's T in ms (resolved
-    once from "F x reference"), which is what the store records and a resume reuses. `latency`
-    and `accuracy` replace the models the config names (a test's or a benchmark's stand-ins).
+    latency models, the reward and the accuracy model, so a wrong name or a missing file stops the
+    run with one line instead of failing every trial. The returned config has every latency
+    target's resolution and class count resolved (from the dataset, or from its table) and the
+    reward's T in ms (resolved once from "F x reference"), which is what the store records and a
+    resume reuses. `latency` and `accuracy` replace the models the config names (a test's or a
+    benchmark's stand-ins).
     """
     space = SearchSpace.load(config.space)
-    make_search_strategy(config, space)
+    strategy = make_search_strategy(config, space)
     data = ev.dataset(config)
     config = config.model_copy(update={"latency": [_resolve_target(t, data) for t in config.latency]})
     models = list(latency) if latency is not None else ev.latency_models(config)  # validates backends, tables
+    check_tables(config, models, space)
+    if config.reward.target_ms is None:
+        assert config.reward.target is not None
+        t_ms = target_ms(config.reward.target, models[0])
+        config = config.model_copy(update={"reward": config.reward.model_copy(update={"target_ms": t_ms})})
+    reward = make_reward(config)
+    model = accuracy or accuracy_model(config)
+    model.check(data, space)
+    return SearchParts(config, space, strategy, reward, models, model,
+                       stand_ins=latency is not None or accuracy is not None)
+
+
+def check_tables(config: SearchConfig, models: Sequence[LatencyModel], space: SearchSpace) -> None:
+    """Every lookup table among the latency models covers every layer the space can produce."""
     for t, model in zip(config.latency, models, strict=True):
         table = getattr(model, "table", None)
         if table is not None:
@@ -98,13 +130,6 @@ def prepare(config: SearchConfig, *, latency: Sequence[LatencyModel] | None = No
                 raise UserError(f"latency table {t.lut} holds {covered} of the {total} layers space {space.name!r} can "
                                 f"produce at {table.target.resolution} px; build it for this space with `mnas latency "
                                 f"build-lut --space {config.space}`")
-    if config.reward.target_ms is None:
-        assert config.reward.target is not None
-        t_ms = target_ms(config.reward.target, models[0])
-        config = config.model_copy(update={"reward": config.reward.model_copy(update={"target_ms": t_ms})})
-    make_reward(config)
-    (accuracy or accuracy_model(config)).check(data, space)
-    return config
 
 
 def _resolve_target(t: LatencyConfig, data: DatasetSplits) -> LatencyConfig:
@@ -158,14 +183,14 @@ def start_search(config: SearchConfig, run_dir: str | Path, *, executor: Executo
     if (Path(run_dir) / DB_NAME).exists():  # before any slow preparation
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
-    config = prepare(config, latency=latency, accuracy=accuracy)
+    parts = prepare(config, latency=latency, accuracy=accuracy)
     own_executor = executor is None
-    executor = executor or make_executor(config)  # before the store: a bad cluster leaves no run
+    executor = executor or make_executor(parts.config)  # before the store: a bad cluster leaves no run
     try:
-        store = Store.create(run_dir, config.model_dump(mode="json"), mnas_version=__version__,
+        store = Store.create(run_dir, parts.config.model_dump(mode="json"), mnas_version=__version__,
                              config_path=config_path, elapsed_s=0.0)
         try:
-            return SearchRun(store, config, executor, show_progress, latency=latency, accuracy=accuracy).run()
+            return SearchRun(store, parts, executor, show_progress).run()
         finally:
             store.close()
     finally:
@@ -182,11 +207,13 @@ def resume_search(run_dir: str | Path, *, executor: Executor | None = None,
     try:
         config = parse_config(store.config, source=f"{Path(run_dir) / DB_NAME} (stored config)")
         config = override_executor(config, executor_name, ray_address)
-        prepare(config, latency=latency, accuracy=accuracy)
+        # The stored config is the resolved one; `prepare` builds the parts (and would pin nothing new).
+        parts = prepare(config, latency=latency, accuracy=accuracy)
+        parts = replace(parts, config=config)
         own_executor = executor is None
         executor = executor or make_executor(config)
         try:
-            return SearchRun(store, config, executor, show_progress, latency=latency, accuracy=accuracy).run()
+            return SearchRun(store, parts, executor, show_progress).run()
         finally:
             if own_executor:
                 executor.close()
@@ -210,11 +237,10 @@ def override_executor(config: SearchConfig, name: str | None, address: str | Non
 class SearchRun:
     """One session of a search over its store: the parts built once, the loop in named steps."""
 
-    def __init__(self, store: Store, config: SearchConfig, executor: Executor, show_progress: bool, *,
-                 latency: Sequence[LatencyModel] | None = None, accuracy: AccuracyModel | None = None) -> None:
-        self.store, self.config, self.executor = store, config, executor
-        self.space = SearchSpace.load(config.space)
-        self.strategy = make_search_strategy(config, self.space)
+    def __init__(self, store: Store, parts: SearchParts, executor: Executor, show_progress: bool = True) -> None:
+        config = parts.config
+        self.store, self.config, self.executor, self.parts = store, config, executor, parts
+        self.space, self.strategy, self.reward, self.model = parts.space, parts.strategy, parts.reward, parts.accuracy
         checkpoint = store.checkpoint()
         if checkpoint is not None:
             self.strategy.load_state_dict(load_state(checkpoint.state))
@@ -222,8 +248,6 @@ class SearchRun:
             raise UserError(f"{store.path} has trials but no strategy state (a store salvaged by "
                             "`mnas store recover`?); `mnas report` and `mnas best` read it, but it cannot be "
                             "resumed: start a new search")
-        self.reward = make_reward(config)
-        self.model = accuracy or accuracy_model(config)
         self.top = len(self.model.rungs) - 1
         self.scheduler = RungScheduler(self.model.rungs, config.proxy.keep)
         references = {t.trial_id for t in store.references()}
@@ -244,8 +268,8 @@ class SearchRun:
         self.idle = _idle_steps(everything)
         self.progress = SearchProgress(config.budget.trials, len(finished), enabled=show_progress)
         self.hooks = Hooks(self.on_start, self.on_phase, self.on_result, decide=self.decide,
-                           start_rung=self.start_rung, state_path=self.state_path, accuracy=accuracy,
-                           latency=list(latency) if latency is not None else None)
+                           start_rung=self.start_rung, state_path=self.state_path, accuracy=parts.accuracy,
+                           latency=parts.latency, in_process=parts.stand_ins)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> SearchOutcome:

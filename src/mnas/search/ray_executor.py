@@ -144,6 +144,8 @@ class RayExecutor:
         inflight: dict[Any, tuple[Trial, str]] = {}
         parts: dict[int, dict[str, dict[str, Any]]] = {}
         tables = [t for t in config.latency if not t.measured]
+        table_models = ([m for t, m in zip(config.latency, hooks.latency, strict=True) if not t.measured]
+                        if hooks.latency is not None else None)  # built once by the loop
         by_host = {host: _with_targets(config, [t for t in config.latency if t.label in labels]).model_dump_json()
                    for host, labels in self.hosts.items()}  # what each host's latency task receives
         for trial in trials:
@@ -152,7 +154,8 @@ class RayExecutor:
             arch_json, _ = to_wire(trial.arch, config)
             parts[trial.trial_id] = {}
             if tables:  # table lookups: no need for any device
-                parts[trial.trial_id]["latency@tables"] = latency_parts([trial.arch], _with_targets(config, tables))[0]
+                parts[trial.trial_id]["latency@tables"] = latency_parts([trial.arch], _with_targets(config, tables),
+                                                                         table_models)[0]
             for host, host_config_json in by_host.items():
                 ref = remote.options(num_cpus=self.device_cpus[host], resources=device_resource(host),
                                      max_retries=retries, name=f"latency-{trial.trial_id}@{host}"
@@ -166,7 +169,7 @@ class RayExecutor:
                 parts[trial.trial_id][kind] = self._get(ref, kind, retries)
         latency = [merge_latency([parts[t.trial_id][k] for k in sorted(parts[t.trial_id])],
                                  [t.label for t in config.latency]) for t in trials]
-        model = accuracy_model(config)
+        model = hooks.accuracy or accuracy_model(config)
         rung_remote = ray.remote(_run_rung)
         config_json = config.model_dump_json()
 

@@ -9,13 +9,13 @@ one line instead of scoring nonsense.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mnas.errors import UserError
+from mnas.paths import write_via
 from mnas.safe_load import load_tensors
 from mnas.space import SearchSpace
 from mnas.supernet.network import Supernet
@@ -35,11 +35,8 @@ def save_supernet(supernet: Supernet, path: str | Path, meta: dict[str, Any] | N
     p = supernet_path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save({"mnas_supernet": FORMAT_VERSION, "config": supernet.config(), "state_dict": state,
-                "meta": dict(meta or {})}, tmp)
-    os.replace(tmp, p)
-    return p
+    saved = {"mnas_supernet": FORMAT_VERSION, "config": supernet.config(), "state_dict": state, "meta": dict(meta or {})}
+    return write_via(p, lambda tmp: torch.save(saved, tmp))
 
 
 def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:

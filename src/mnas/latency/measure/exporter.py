@@ -34,6 +34,7 @@ from mnas.latency.backends.registry import register_backend
 from mnas.latency.measure.lifetime import die_with_parent, idle_priority
 from mnas.latency.tables.units import Unit, unit_from_dict, unit_to_dict
 from mnas.latency.target import Target
+from mnas.paths import write_via
 
 #: Seconds one export may take in a converter before the converter is stopped (MNAS_EXPORT_TIMEOUT).
 DEFAULT_EXPORT_TIMEOUT_S = 600.0
@@ -73,15 +74,10 @@ def export_arch(arch: Architecture, target: Target, path: Path) -> Path:
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
-    """`write(tmp)` next to `path`, then rename: a reader never sees half a model file."""
+    """`write(tmp)` next to `path`, then rename (`mnas.paths.write_via`): a reader never sees half
+    a model file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{os.getpid()}_{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_via(path, write)
 
 
 def export_module(module: Any, target: Target, path: Path, backend: Backend) -> Path:

@@ -18,11 +18,9 @@ refining one is `mnas.latency.tables.build`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from mnas.latency.measure.result import ReferenceLatency
 from mnas.latency.tables.calibration import NO_CALIBRATION, Terms, apply
 from mnas.latency.tables.units import Unit, arch_units, space_units, unit_from_dict, unit_macs
 from mnas.latency.target import Target
+from mnas.paths import replace_when_done
 from mnas.space import SearchSpace
 
 FORMAT_VERSION = 2  # 2: entries relative to a reference; 1 (still read): absolute ms
@@ -140,18 +139,11 @@ class LatencyTable:
                 "calibration": self.calibration, "build": self.build, "entries": self.entries}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically: a temporary file in the same folder, renamed when complete."""
+        """Write atomically (`mnas.paths.replace_when_done`): renamed over `path` when complete."""
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1, sort_keys=True)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a table is an ordinary file
-            os.replace(tmp, out)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        with replace_when_done(out) as f:
+            json.dump(self.to_dict(), f, indent=1, sort_keys=True)
         return out
 
     @classmethod
