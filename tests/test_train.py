@@ -12,14 +12,17 @@ from pydantic import ValidationError
 from torch import nn
 
 from mnas import zoo
-from mnas.architecture import Architecture, BlockSpec
+from mnas.architecture import LOW_RESOLUTION_MAX, Architecture, BlockSpec
 from mnas.data import load_dataset
 from mnas.errors import UserError
 from mnas.optim import ModelEma, RMSpropTF, cosine_lr, mnasnet_lr, param_groups
+from mnas.run_options import RunOptions, check_device
 from mnas.train.checkpoint import load_checkpoint
-from mnas.train.fit import FitConfig, TrainingInterrupted, fit
+from mnas.train.engine import parse_device
+from mnas.train.fit import TrainingInterrupted, fit
 from mnas.train.proxy import train_proxy
-from mnas.train.settings import ProxyConfig
+from mnas.train.recipes import get_recipe, proxy_recipe, recipe_for, run_recipe
+from mnas.train.settings import FitConfig, ProxyConfig
 
 # A tiny network in the CIFAR skeleton (stride-1 stem): trains at a few hundred images/s on 1 core.
 TINY = Architecture(
@@ -153,6 +156,68 @@ def test_cifar_skeleton_removes_one_downsampling():
 # ---------------------------------------------------------------------------------------------
 # Proxy training
 # ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# One recipe path, one owner per setting
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_resolution_picks_the_recipe_in_one_place():
+    assert recipe_for(LOW_RESOLUTION_MAX).name == "cifar" and recipe_for(LOW_RESOLUTION_MAX + 1).name == "mnasnet"
+    config = FitConfig(arch_name="x")
+    assert config.recipe is None  # by resolution, as the CLI has always chosen
+    assert run_recipe(config, 32).name == "cifar" and run_recipe(config, 224).name == "mnasnet"
+    assert run_recipe(config, 32) is get_recipe("cifar")
+    assert run_recipe(FitConfig(arch_name="x", recipe="mnasnet", batch_size=32), 32).batch_size == 32
+    with pytest.raises(UserError, match="unknown recipe 'fastest'"):
+        run_recipe(FitConfig(arch_name="x", recipe="fastest"), 32)
+
+
+def test_recipes_warm_up_for_at_most_a_tenth_of_the_run():
+    cifar = get_recipe("cifar")  # one warm-up epoch
+    assert cifar.warmup_steps(10 * 50, 50) == 50 and cifar.warmup_steps(5 * 50, 50) == 25
+    assert cifar.peak_lr() == pytest.approx(0.2 * 64 / 256)
+    lr = cifar.lr_fn(500, 50)
+    assert lr(0) == pytest.approx(cifar.peak_lr() / 50) and lr(49) == lr(50) == pytest.approx(cifar.peak_lr())
+    assert lr(500) == pytest.approx(0.0)
+
+
+def test_the_proxy_config_turns_into_a_recipe_with_its_own_defaults():
+    r = proxy_recipe(ProxyConfig())
+    assert (r.optimizer, r.schedule, r.batch_size, r.decay_biases) == ("sgd", "cosine", 128, True)
+    assert r.peak_lr() == 0.2 * 128 / 256 and r.warmup_steps(200, 70) == 10  # 5% of the steps
+    r = proxy_recipe(ProxyConfig(optimizer="rmsprop", schedule="mnasnet", batch_size=64))
+    assert r.peak_lr() == 0.016 * 64 / 256 and r.warmup_steps(200, 70) == 20  # 10%
+    r = proxy_recipe(ProxyConfig(lr=0.013, warmup=0.25, batch_size=100))
+    assert r.peak_lr() == 0.013 and r.warmup_steps(100, 7) == 25  # the peak as given, whatever the batch
+    assert proxy_recipe(ProxyConfig(schedule="constant")).warmup_steps(100, 7) == 0
+
+
+def test_one_device_check_behind_every_config():
+    for ok in ("auto", "cpu", "cuda", "cuda:0", "cuda:12"):
+        assert check_device(ok) == ok
+    for bad in ("tpu", "cuda:", "cuda:x", "cpu:0", "", "CUDA"):
+        with pytest.raises(UserError, match="unknown device"):
+            check_device(bad)
+        with pytest.raises(UserError, match="unknown device"):
+            parse_device(bad)
+        with pytest.raises(UserError, match="unknown device"):
+            RunOptions(device=bad).check(("cifar",))
+        with pytest.raises(ValidationError, match="unknown device"):
+            ProxyConfig(device=bad)
+        with pytest.raises(ValidationError, match="unknown device"):
+            FitConfig(arch_name="x", device=bad)
+    assert parse_device("auto") is None and parse_device("cpu") == torch.device("cpu")
+    assert parse_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_the_training_config_is_strict_and_shares_the_cli_defaults():
+    with pytest.raises(ValidationError, match="epoch"):
+        FitConfig(arch_name="x", epoch=3)
+    defaults = FitConfig(arch_name="x").model_dump()
+    new_run = RunOptions().new_run()
+    assert {k: defaults[k] for k in new_run} == new_run
 
 
 @pytest.mark.slow

@@ -1,6 +1,9 @@
 """The options `mnas train` and `mnas supernet train` share, checked before anything runs, and how
 they combine with a checkpoint on `--resume` (contradictions refused, allowed changes announced).
 
+The one home of the training defaults that several places use (the dataset, the validation share,
+epochs, seed, device, the supernet's BN batches and scoring images) and of the one device check
+(`check_device`): the training configs (`mnas.train.settings`), the engine and the CLI import them.
 Plain data and checks only (no torch), so the CLI validates them before loading anything heavy.
 """
 
@@ -15,13 +18,31 @@ from mnas.errors import UserError
 #: Settings that may differ on --resume, and what changing them means.
 RESUME_MAY_CHANGE = {"epochs": "trains to the new epoch count", "device": "continues on the new device",
                      "data_root": "reads the same dataset from the new folder"}
+DEFAULT_DATASET = "cifar10"
+DEFAULT_VAL_SIZE = 0.1  # held-out share of the training images (a fraction, or a count when >= 1)
 DEFAULT_EPOCHS = 10
+DEFAULT_SEED = 0
+DEFAULT_SKELETON = "auto"
+DEFAULT_DEVICE = "auto"
+DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+#: Supernet scoring: training batches that re-estimate BN per candidate, held-out images scored.
+DEFAULT_BN_BATCHES = 8
+DEFAULT_SCORE_IMAGES = 2000
 #: Random paths per sandwich step at most: each is one more forward and backward per step
 #: (BigNAS and Once-for-All use 2 to 4).
 MAX_NUM_RANDOM = 16
 #: Candidates `mnas supernet eval` scores in one call at most ('sample:N' included); each takes
 #: about a second, so more is a job for `mnas search`.
 MAX_EVAL_CANDIDATES = 10_000
+
+
+def check_device(device: str) -> str:
+    """The one device check: "auto", "cpu", "cuda" or "cuda:N" (else a UserError naming the choices).
+    Whether the machine has that device is `mnas.train.engine.resolve_device`'s question."""
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isascii()
+                                                       and device[5:].isdigit()):
+        raise UserError(f"unknown device {device!r}; choose {DEVICES_HELP}")
+    return device
 
 
 def check_num_random(value: int | None) -> None:
@@ -69,21 +90,20 @@ class RunOptions:
             raise UserError(f"--skeleton {self.skeleton!r}: choose one of {', '.join(SKELETONS)}")
         if self.recipe is not None and self.recipe not in recipes:
             raise UserError(f"unknown recipe {self.recipe!r}; choose one of: {', '.join(recipes)}")
-        if self.device is not None and self.device not in ("auto", "cpu", "cuda") and not (
-                self.device.startswith("cuda:") and self.device[5:].isdigit()):
-            raise UserError(f"unknown device {self.device!r}; choose auto, cpu, cuda or cuda:N")
+        if self.device is not None:
+            check_device(self.device)
 
     def given(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     def new_run(self) -> dict[str, Any]:
-        """The run's settings with every default filled in (the recipe stays "" = by resolution)."""
-        vs = 0.1 if self.val_size is None else self.val_size
-        return {"data": self.data or "cifar10", "data_root": self.data_root,
-                "epochs": DEFAULT_EPOCHS if self.epochs is None else self.epochs, "recipe": self.recipe or "",
+        """The run's settings with every default filled in (the recipe stays None = by resolution)."""
+        vs = DEFAULT_VAL_SIZE if self.val_size is None else self.val_size
+        return {"data": self.data or DEFAULT_DATASET, "data_root": self.data_root,
+                "epochs": DEFAULT_EPOCHS if self.epochs is None else self.epochs, "recipe": self.recipe,
                 "train_subset": self.train_subset, "val_size": int(vs) if vs >= 1 else vs,
-                "batch_size": self.batch_size, "seed": 0 if self.seed is None else self.seed,
-                "skeleton": self.skeleton or "auto", "device": self.device or "auto"}
+                "batch_size": self.batch_size, "seed": DEFAULT_SEED if self.seed is None else self.seed,
+                "skeleton": self.skeleton or DEFAULT_SKELETON, "device": self.device or DEFAULT_DEVICE}
 
     def resumed(self, saved: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
         """The checkpoint's settings with the allowed changes applied, and a note for each change."""

@@ -12,7 +12,18 @@ from mnas import zoo
 from mnas.arch_strings import to_timm_string
 from mnas.errors import UserError
 from mnas.paths import writable_dir
-from mnas.run_options import MAX_EVAL_CANDIDATES, RunOptions, check_num_random, sample_count
+from mnas.run_options import (
+    DEFAULT_BN_BATCHES,
+    DEFAULT_DATASET,
+    DEFAULT_DEVICE,
+    DEFAULT_SCORE_IMAGES,
+    DEFAULT_SEED,
+    DEFAULT_VAL_SIZE,
+    MAX_EVAL_CANDIDATES,
+    RunOptions,
+    check_num_random,
+    sample_count,
+)
 
 app = typer.Typer(help="Weight sharing: train one supernet, then score candidates in seconds.", no_args_is_help=True)
 
@@ -40,8 +51,9 @@ def train_cmd(
     from mnas.space import SearchSpace
     from mnas.supernet.fit import SupernetSettings, fit_supernet
     from mnas.train.checkpoint import read_checkpoint
-    from mnas.train.fit import FitConfig, TrainingInterrupted
+    from mnas.train.fit import TrainingInterrupted
     from mnas.train.recipes import RECIPES
+    from mnas.train.settings import FitConfig
 
     opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
                       seed, None, device)
@@ -60,7 +72,7 @@ def train_cmd(
             if value is not None and value != extra.get(name):
                 raise UserError(f"--{name.replace('_', '-')} {value} contradicts the run's {extra.get(name)}; drop it")
         settings, notes = opts.resumed(saved, str(Path(resume) / "checkpoint.pt"))
-        config = FitConfig(**{k: v for k, v in settings.items() if k in FitConfig.__dataclass_fields__})
+        config = FitConfig(**{k: v for k, v in settings.items() if k in FitConfig.model_fields})
         sp = SearchSpace.from_dict(extra["space"], source=f"{resume}/checkpoint.pt")
         run_dir = writable_dir(resume, "supernet folder")
     else:
@@ -75,8 +87,6 @@ def train_cmd(
                            extra={"rule": settings_obj.rule, "num_random": settings_obj.num_random}, **opts.new_run())
     dataset = load_dataset(config.data, data_root=config.data_root, val_size=config.val_size,
                            train_subset=config.train_subset, seed=config.seed)
-    if not config.recipe:
-        config.recipe = "cifar" if dataset.resolution <= 64 else "mnasnet"
     for note in notes:
         typer.echo(f"resume: {note}", err=True)
     try:
@@ -102,11 +112,12 @@ def train_cmd(
 def eval_cmd(
     supernet: Path = typer.Argument(..., help="A supernet folder (or its supernet.pt)."),
     archs: list[str] = typer.Argument(..., help="Architectures of its space: strings, files, or 'sample:N' for N random."),
-    bn_batches: int = typer.Option(8, "--bn-batches", min=1, help="Training batches to re-estimate BN statistics on."),
-    images: int = typer.Option(2000, "--images", min=1, help="Held-out validation images to score on."),
+    bn_batches: int = typer.Option(DEFAULT_BN_BATCHES, "--bn-batches", min=1,
+                                   help="Training batches to re-estimate BN statistics on."),
+    images: int = typer.Option(DEFAULT_SCORE_IMAGES, "--images", min=1, help="Held-out validation images to score on."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Data folder (else the one it was trained with)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of 'sample:N'."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of 'sample:N'."),
+    device: str = typer.Option(DEFAULT_DEVICE, "--device", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list."),
 ) -> None:
     """Held-out top-1 of candidates with inherited weights (BN re-estimated on K training batches)."""
@@ -133,8 +144,9 @@ def eval_cmd(
     for arch in candidates:
         net.resolve(arch)  # every candidate must be a path of the supernet, before any work
     cfg = dict(meta.get("config") or {})
-    data = load_dataset(cfg.get("data", "cifar10"), data_root=str(data_root) if data_root else cfg.get("data_root"),
-                        val_size=cfg.get("val_size", 0.1), train_subset=cfg.get("train_subset"), seed=cfg.get("seed", 0))
+    data = load_dataset(cfg.get("data", DEFAULT_DATASET), data_root=str(data_root) if data_root else cfg.get("data_root"),
+                        val_size=cfg.get("val_size", DEFAULT_VAL_SIZE), train_subset=cfg.get("train_subset"),
+                        seed=cfg.get("seed", DEFAULT_SEED))
     if (data.num_classes, data.resolution) != (net.num_classes, net.resolution):
         raise UserError(f"the data ({data.num_classes} classes, {data.resolution} px) is not what {supernet} was trained "
                         f"on ({net.num_classes} classes, {net.resolution} px)")

@@ -12,7 +12,7 @@ from mnas import zoo
 from mnas.architecture import Architecture
 from mnas.errors import UserError
 from mnas.paths import output_file, writable_dir
-from mnas.run_options import RunOptions
+from mnas.run_options import DEFAULT_DEVICE, RunOptions
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "torchscript": ".pt"}
 
@@ -49,8 +49,9 @@ def train_cmd(
     """Train a network fully with checkpoints every epoch; --resume continues exactly."""
     from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
     from mnas.train.checkpoint import checkpoint_path, read_checkpoint
-    from mnas.train.fit import FitConfig, TrainingInterrupted, fit
+    from mnas.train.fit import TrainingInterrupted, fit
     from mnas.train.recipes import RECIPES
+    from mnas.train.settings import FitConfig
 
     opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
                       seed, skeleton, device)
@@ -62,7 +63,7 @@ def train_cmd(
                             "--init-from-supernet")
         path = checkpoint_path(resume)
         saved, notes = opts.resumed(dict(read_checkpoint(path).get("config") or {}), str(path))
-        config = FitConfig(**{k: v for k, v in saved.items() if k in FitConfig.__dataclass_fields__ and k != "extra"})
+        config = FitConfig(**{k: v for k, v in saved.items() if k in FitConfig.model_fields and k != "extra"})
         out = writable_dir(out or path.parent, "run folder")
         arch_obj = zoo.resolve(str(path))[0]
     else:
@@ -78,8 +79,6 @@ def train_cmd(
         config = FitConfig(arch_name=name, width_mult=wm, compile=compile_model, **opts.new_run())
     dataset = load_dataset(config.data, data_root=config.data_root, val_size=config.val_size,
                            train_subset=config.train_subset, seed=config.seed)
-    if not config.recipe:
-        config.recipe = "cifar" if dataset.resolution <= 64 else "mnasnet"
     init_state = _inherited_weights(init_from_supernet, arch_obj, dataset.resolution, dataset.num_classes,
                                     config.skeleton) if init_from_supernet else None
     for note in notes:
@@ -118,7 +117,7 @@ def eval_cmd(
     data: str | None = typer.Option(None, "--data", help="Dataset (default: the one it was trained on)."),
     data_root: Path | None = typer.Option(None, "--data-root"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Default: 500 on CUDA, 128 on CPU."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option(DEFAULT_DEVICE, "--device"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Top-1 accuracy of a saved model on the test set (EMA weights when the recipe uses them)."""

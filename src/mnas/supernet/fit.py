@@ -1,12 +1,13 @@
-"""Training a supernet for real: the project's training run (`mnas.train.fit_trainee`) driving
-`SupernetStep`, so it has the same data pipeline, held-out split, optimiser, progress bar,
-checkpoints, Ctrl-C, `--resume` and torchrun as `mnas train`. Every epoch end also writes
+"""Training a supernet for real: the project's training run (`mnas.train.fit.fit_trainee`, with
+the recipe `mnas.train.recipes.run_recipe` picks) driving `SupernetStep`, so it has the same data
+pipeline, held-out split, optimiser, progress bar, checkpoints, Ctrl-C, `--resume` and torchrun as
+`mnas train`. Every epoch end also writes
 `supernet.pt` (weights + space, what scoring and search load), so a stopped run is usable.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from mnas.supernet.score import score_one, scoring_data
 from mnas.supernet.step import SupernetStep
 from mnas.supernet.training import supernet_param_groups
 from mnas.train.engine import Engine, SpeedOptions
-from mnas.train.fit import FitConfig, Trainee, TraineeFactory, fit_trainee
-from mnas.train.recipes import get_recipe
+from mnas.train.fit import Trainee, TraineeFactory, fit_trainee
+from mnas.train.recipes import Recipe
+from mnas.train.settings import FitConfig
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,7 @@ class SupernetSettings:
 
 
 def _trainee(space: SearchSpace, data: DatasetSplits, config: FitConfig, settings: SupernetSettings) -> TraineeFactory:
-    recipe = get_recipe(config.recipe)
-
-    def make(ckpt: dict[str, Any] | None) -> Trainee:
+    def make(ckpt: dict[str, Any] | None, recipe: Recipe) -> Trainee:
         if ckpt is not None and SearchSpace.from_dict(ckpt["supernet"]["space"]) != space:
             raise UserError("the checkpoint holds a supernet of another space; resume with the space it was started with")
         net = Supernet(space, data.num_classes, data.resolution, skeleton=config.skeleton, dropout=recipe.dropout,
@@ -66,7 +66,8 @@ def _trainee(space: SearchSpace, data: DatasetSplits, config: FitConfig, setting
                 return float("nan"), float("nan")
 
         def after_save(engine: Engine, out: Path) -> None:
-            save_supernet(net, out, {"data": data.describe(), "step": engine.step, "config": asdict(config),
+            save_supernet(net, out, {"data": data.describe(), "step": engine.step,
+                                     "config": {**config.model_dump(), "recipe": recipe.name},
                                      "training": {"recipe": recipe.name, "rule": settings.rule,
                                                   "num_random": settings.num_random, "seed": config.seed}})
 

@@ -1,24 +1,30 @@
-"""A minimal supernet training loop for experiments and tests (SGD Nesterov, warm-up + cosine,
-mnas.data's device-side pipeline). The project's training engine (checkpoints, resume, progress,
-DDP, CUDA speed options) drives the same `SupernetStep` for real runs."""
+"""Supernet training for experiments and tests: `train_supernet`, a supernet trained in place for a
+number of epochs or steps, with no checkpoints. It is a thin use of the project's one training path
+(a `Recipe`, `mnas.train.engine.build_engine`, `Engine.train_epoch`) driving `SupernetStep`; real
+runs (checkpoints, resume, progress, DDP) go through `mnas.supernet.fit.fit_supernet`."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from mnas.data import BatchLoader, DatasetSplits, mix_seed
+from mnas.data import DatasetSplits
 from mnas.errors import UserError
-from mnas.optim import cosine_lr, param_groups
+from mnas.optim import param_groups
 from mnas.supernet.io import save_supernet
 from mnas.supernet.network import Supernet
 from mnas.supernet.step import SupernetStep
+from mnas.train.engine import SpeedOptions, build_engine, train_steps_per_epoch
+from mnas.train.recipes import RECIPES, Recipe
+
+#: `train_supernet`'s warm-up: half an epoch (the cifar recipe's is one), at most 10% of the run.
+WARMUP_EPOCHS = 0.5
 
 
 def supernet_param_groups(supernet: nn.Module, weight_decay: float) -> list[dict]:
@@ -36,76 +42,68 @@ def train_supernet(
     data: DatasetSplits,
     *,
     epochs: float = 1.0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     lr: float | None = None,
-    weight_decay: float = 5e-4,
+    weight_decay: float | None = None,
     rule: str = "sandwich",
     num_random: int = 2,
-    label_smoothing: float = 0.1,
-    warmup_epochs: float = 0.5,
+    label_smoothing: float | None = None,
+    warmup_epochs: float = WARMUP_EPOCHS,
     seed: int = 0,
     max_steps: int | None = None,
     channels_last: bool = True,
     out: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    recipe: Recipe | None = None,
 ) -> dict[str, Any]:
     """Train `supernet` in place on `data.train`; returns per-epoch records and totals.
 
-    lr: peak learning rate (default 0.2 x batch/256, the cifar recipe's). Warm-up is linear over
-    min(warmup_epochs, 10% of the run), then cosine to zero. With `out`, the supernet is saved there
-    (`supernet.pt`) with the data description and these settings in its meta."""
-    if batch_size < 1 or epochs <= 0:
+    `recipe` (default: the cifar recipe: SGD Nesterov, batch 64, peak 0.2 x batch/256, weight decay
+    5e-4, label smoothing 0.1, cosine to zero) with these overrides where given: `batch_size`,
+    `lr` (the peak learning rate), `weight_decay`, `label_smoothing`, `warmup_epochs` (linear over
+    min(warmup_epochs, 10% of the run)). Dropout and BatchNorm are the supernet's own. With `out`,
+    the supernet is saved there (`supernet.pt`) with the data description and these settings in its
+    meta."""
+    base = recipe or RECIPES["cifar"]
+    recipe = replace(
+        base, warmup_epochs=warmup_epochs, warmup_fraction=None, lr=base.lr if lr is None else lr,
+        batch_size=base.batch_size if batch_size is None else batch_size,
+        weight_decay=base.weight_decay if weight_decay is None else weight_decay,
+        label_smoothing=base.label_smoothing if label_smoothing is None else label_smoothing,
+    )
+    if recipe.batch_size < 1 or epochs <= 0:
         raise UserError("batch_size and epochs must be positive")
     device = next(supernet.parameters()).device
-    if channels_last:
-        supernet.to(memory_format=torch.channels_last)
-    step_fn = SupernetStep(supernet, rule=rule, num_random=num_random, label_smoothing=label_smoothing, seed=seed)
-    steps_per_epoch = BatchLoader(data, data.train, batch_size, train=True).num_batches
+    step_fn = SupernetStep(supernet, rule=rule, num_random=num_random, label_smoothing=recipe.label_smoothing, seed=seed)
+    steps_per_epoch = train_steps_per_epoch(data, recipe.batch_size)
     total = max(1, math.ceil(epochs * steps_per_epoch))
     if max_steps is not None:
         total = min(total, max_steps)
-    peak = lr if lr is not None else 0.2 * batch_size / 256.0
-    warm = int(min(warmup_epochs * steps_per_epoch, 0.1 * total))
-    optimizer = torch.optim.SGD(supernet_param_groups(supernet, weight_decay), lr=peak, momentum=0.9, nesterov=True)
-    settings = {"epochs": epochs, "batch_size": batch_size, "lr": peak, "weight_decay": weight_decay, "rule": rule,
-                "num_random": num_random, "label_smoothing": label_smoothing, "warmup_steps": warm, "seed": seed,
-                "steps": total}
+    engine = build_engine(supernet, data, recipe, total_steps=total, device=device, seed=seed, step_fn=step_fn,
+                          speed=SpeedOptions(amp=False, channels_last=channels_last, fused=False),
+                          param_groups=supernet_param_groups(supernet, recipe.weight_decay))
+    settings = {"epochs": epochs, "batch_size": recipe.batch_size, "lr": recipe.peak_lr(),
+                "weight_decay": recipe.weight_decay, "rule": rule, "num_random": num_random,
+                "label_smoothing": recipe.label_smoothing, "warmup_steps": recipe.warmup_steps(total, steps_per_epoch),
+                "seed": seed, "steps": total}
     records: list[dict[str, Any]] = []
-    step, epoch = 0, 0
+    epoch = 0
     t_run = time.perf_counter()
-    supernet.train()
-    while step < total:
-        torch.manual_seed(mix_seed(seed, epoch, 7))  # dropout draws, reseeded per epoch like mnas.train
-        loader = BatchLoader(data, data.train, batch_size, train=True, device=device, seed=seed, epoch=epoch,
-                             channels_last=channels_last)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
-        t0 = time.perf_counter()
-        for x, y in loader:
-            if step >= total:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, total, peak, warm)
-            optimizer.zero_grad(set_to_none=True)
-            loss, logits = step_fn(supernet, x, y, step)
-            optimizer.step()
-            step += 1
-            n = y.shape[0]
-            sums += torch.stack([loss.double() * n, (logits.argmax(1) == y).sum().double(),
-                                 torch.tensor(float(n), dtype=torch.float64, device=device)])
-        seconds = time.perf_counter() - t0
-        loss_sum, correct, seen = sums.tolist()
-        if not math.isfinite(loss_sum):
-            raise UserError(f"supernet training diverged in epoch {epoch + 1} (step {step}); lower the learning rate")
-        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                  "images_per_s": seen / seconds if seconds else 0.0, "seconds": seconds}
+    while engine.step < total:
+        stats, _, reason = engine.train_epoch(epoch, max_steps=total)
+        if reason == "diverged":
+            raise UserError(f"supernet training diverged in epoch {epoch + 1} (step {engine.step}); "
+                            "lower the learning rate")
+        record = {"epoch": epoch + 1, "step": engine.step, "train_loss": stats.loss, "train_acc": stats.acc,
+                  "images_per_s": stats.seen / stats.seconds if stats.seconds else 0.0, "seconds": stats.seconds}
         records.append(record)
         if on_epoch is not None:
             on_epoch(record)
         epoch += 1
     train_seconds = sum(r["seconds"] for r in records)
     images = sum(r["images_per_s"] * r["seconds"] for r in records)
-    summary = {"records": records, "steps": step, "seconds": time.perf_counter() - t_run, "settings": settings,
+    summary = {"records": records, "steps": engine.step, "seconds": time.perf_counter() - t_run, "settings": settings,
                "images_per_s": images / train_seconds if train_seconds else 0.0}
     if out is not None:
         summary["path"] = str(save_supernet(supernet, out, {"data": data.describe(), "training": settings, **(meta or {})}))

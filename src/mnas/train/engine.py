@@ -29,8 +29,8 @@ from mnas.data import BatchLoader, DatasetSplits, Split, mix_seed
 from mnas.errors import UserError
 from mnas.model import build_model
 from mnas.optim import ModelEma, make_optimizer
-
-DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+from mnas.run_options import check_device
+from mnas.train.recipes import Recipe
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,9 @@ class SpeedOptions:
 
 
 def parse_device(device: str | torch.device) -> torch.device | None:
-    """The device a setting names (None for "auto"); a name torch does not know is a UserError."""
-    if str(device) == "auto":
-        return None
-    text = str(device)
-    if text != "cpu" and not text.startswith("cuda"):
-        raise UserError(f"unknown device {text!r}; choose {DEVICES_HELP}")
-    try:
-        return torch.device(text)
-    except RuntimeError:
-        raise UserError(f"unknown device {text!r}; choose {DEVICES_HELP}") from None
+    """The device a setting names (None for "auto"), checked by `mnas.run_options.check_device`."""
+    text = check_device(str(device))
+    return None if text == "auto" else torch.device(text)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -366,37 +359,42 @@ def train_steps_per_epoch(data: DatasetSplits, batch_size: int) -> int:
     return BatchLoader(data, data.train, batch_size, train=True).num_batches
 
 
+def seed_initial_weights(seed: int) -> None:
+    """Seed the global RNG for a run's initial weights (the same on every rank): call inside
+    `fork_rng`, right before the network is built."""
+    torch.manual_seed(mix_seed(seed, 11))
+
+
+def build_network(arch: Architecture, num_classes: int, recipe: Recipe) -> nn.Module:
+    """`arch` (as it runs: apply `Architecture.for_resolution` first) built with the recipe's
+    dropout and BatchNorm settings and, where the recipe says so, `stable_init_`."""
+    net = build_model(arch, num_classes=num_classes, dropout=recipe.dropout, bn_momentum=recipe.bn_momentum,
+                      bn_eps=recipe.bn_eps)
+    return stable_init_(net) if recipe.stable_init else net
+
+
 def build_engine(
-    arch: Architecture,
+    model: nn.Module,
     data: DatasetSplits,
+    recipe: Recipe,
     *,
-    lr_fn: Callable[[int], float],
-    optimizer: str,
-    batch_size: int,
-    weight_decay: float,
-    decay_biases: bool,
-    label_smoothing: float,
-    ema_decay: float | None,
-    dropout: float,
-    bn_momentum: float,
-    bn_eps: float,
-    stable_init: bool,
+    total_steps: int,
     device: torch.device,
     speed: SpeedOptions,
     seed: int,
     step_fn: StepFn | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Engine:
-    """`arch` (as it runs: apply `Architecture.for_resolution` first) built for `data`'s classes,
-    initialised from `seed`, and its engine. Seeds the global RNG: call inside `fork_rng`."""
-    torch.manual_seed(mix_seed(seed, 11))
-    net = build_model(arch, num_classes=data.num_classes,
-                      dropout=dropout, bn_momentum=bn_momentum, bn_eps=bn_eps)
-    if stable_init:
-        stable_init_(net)
+    """The one builder from a recipe to an engine (proxy, full training and supernet training):
+    `model` trained on `data` with the recipe's optimiser, batch size, weight decay, label
+    smoothing and EMA, and its learning-rate schedule over a run of `total_steps`."""
+    lr_fn = recipe.lr_fn(total_steps, train_steps_per_epoch(data, recipe.batch_size))
     return Engine(
-        net, data, optimizer=optimizer, lr_fn=lr_fn, batch_size=batch_size, weight_decay=weight_decay,
-        decay_biases=decay_biases, label_smoothing=label_smoothing, ema_decay=ema_decay, device=device,
-        speed=speed, seed=seed, step_fn=step_fn,
+        model, data, optimizer=recipe.optimizer, lr_fn=lr_fn, batch_size=recipe.batch_size,
+        weight_decay=recipe.weight_decay, decay_biases=recipe.decay_biases, label_smoothing=recipe.label_smoothing,
+        ema_decay=recipe.ema_decay, device=device, speed=speed, seed=seed, step_fn=step_fn,
+        param_groups=param_groups, shard=shard,
     )
 
 

@@ -7,12 +7,13 @@ from typing import Any
 
 from mnas.data import load_dataset
 from mnas.errors import UserError
+from mnas.run_options import DEFAULT_DATASET, DEFAULT_DEVICE, DEFAULT_SEED, DEFAULT_VAL_SIZE
 from mnas.train.checkpoint import load_checkpoint
 from mnas.train.engine import evaluate_model, resolve_device
 
 
 def evaluate_checkpoint(
-    path: str | Path, data_root: str | Path | None = None, split: str = "test", device: str = "auto",
+    path: str | Path, data_root: str | Path | None = None, split: str = "test", device: str = DEFAULT_DEVICE,
     batch_size: int | None = None, data_name: str | None = None,
 ) -> dict[str, Any]:
     """Top-1 of a saved model on the test (or val) split of the dataset it was trained on."""
@@ -21,8 +22,8 @@ def evaluate_checkpoint(
     arch, model, meta = load_checkpoint(path)
     cfg = meta.get("config") or {}
     data = load_dataset(
-        data_name or cfg.get("data", "cifar10"), data_root=data_root or cfg.get("data_root"),
-        val_size=cfg.get("val_size", 0.1), train_subset=None, seed=cfg.get("seed", 0),
+        data_name or cfg.get("data", DEFAULT_DATASET), data_root=data_root or cfg.get("data_root"),
+        val_size=cfg.get("val_size", DEFAULT_VAL_SIZE), train_subset=None, seed=cfg.get("seed", DEFAULT_SEED),
         resolution=meta.get("resolution"),
     )
     if data.num_classes != meta["num_classes"]:

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from mnas.architecture import Architecture
-from mnas.data import DatasetSplits, mix_seed
+from mnas.data import DatasetSplits
 from mnas.errors import UserError
-from mnas.model import build_model
 from mnas.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from mnas.train.distributed import Distributed, from_environment
 from mnas.train.engine import (
@@ -32,13 +31,18 @@ from mnas.train.engine import (
     EpochStats,
     SpeedOptions,
     StepFn,
+    build_engine,
+    build_network,
     fork_rng,
     resolve_device,
-    stable_init_,
+    seed_initial_weights,
     train_steps_per_epoch,
 )
 from mnas.train.progress import TrainProgress
-from mnas.train.recipes import Recipe, get_recipe, lr_schedule
+from mnas.train.recipes import Recipe, run_recipe
+from mnas.train.settings import FitConfig
+
+__all__ = ["FitConfig", "Trainee", "TraineeFactory", "TrainingInterrupted", "fit", "fit_trainee"]
 
 
 class TrainingInterrupted(Exception):
@@ -48,26 +52,6 @@ class TrainingInterrupted(Exception):
         super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}")
         self.checkpoint = checkpoint
         self.step = step
-
-
-@dataclass
-class FitConfig:
-    """Everything needed to rebuild a run; stored in the checkpoint under "config"."""
-
-    arch_name: str
-    data: str = "cifar10"
-    data_root: str | None = None
-    epochs: int = 10
-    recipe: str = "cifar"
-    batch_size: int | None = None
-    train_subset: int | None = None
-    val_size: float | int = 0.1
-    seed: int = 0
-    skeleton: str = "auto"
-    width_mult: float = 1.0
-    device: str = "auto"
-    compile: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -128,36 +112,33 @@ class Trainee:
     after_save: Callable[[Engine, Path], None] | None = None  # at each epoch end, e.g. export the supernet file
 
 
-#: Builds the trainee; on resume it gets the checkpoint (to rebuild what the record names).
-TraineeFactory = Callable[[dict[str, Any] | None], Trainee]
+#: Builds the trainee with the run's recipe; on resume it gets the checkpoint (to rebuild what the
+#: record names).
+TraineeFactory = Callable[[dict[str, Any] | None, Recipe], Trainee]
 
 
 class _Run:
     """One training run's engine and files: what a checkpoint holds and how it is restored."""
 
     def __init__(self, trainee: TraineeFactory, data: DatasetSplits, config: FitConfig, out: Path,
-                 recipe: Recipe, batch_size: int, device: torch.device, speed: SpeedOptions,
+                 recipe: Recipe, device: torch.device, speed: SpeedOptions,
                  dist: Distributed | None, ckpt: dict[str, Any] | None) -> None:
         self.data, self.config, self.recipe, self.out, self.dist = data, config, recipe, out, dist
         self.ckpt_path = out / CHECKPOINT_NAME
         self.metrics_path = out / "metrics.jsonl"
         self.device = device
-        self.steps_per_epoch = train_steps_per_epoch(data, batch_size)
-        total = config.epochs * self.steps_per_epoch
-        self.lr_fn = lr_schedule(recipe.schedule, peak=recipe.base_lr * batch_size / 256.0, total_steps=total,
-                                 warmup_steps=recipe.warmup_steps(config.epochs, self.steps_per_epoch),
-                                 steps_per_epoch=self.steps_per_epoch, batch_size=batch_size)
-        torch.manual_seed(mix_seed(config.seed, 11))  # the same initial weights on every rank
-        self.trainee = trainee(ckpt)
-        self.engine = Engine(
-            self.trainee.model, data, optimizer=recipe.optimizer, lr_fn=self.lr_fn, batch_size=batch_size,
-            weight_decay=recipe.weight_decay, decay_biases=recipe.decay_biases, label_smoothing=recipe.label_smoothing,
-            ema_decay=recipe.ema_decay, device=device, speed=speed, seed=config.seed, step_fn=self.trainee.step_fn,
-            param_groups=self.trainee.param_groups, shard=(dist.rank, dist.world) if dist else (0, 1),
+        self.steps_per_epoch = train_steps_per_epoch(data, recipe.batch_size)
+        seed_initial_weights(config.seed)  # the same initial weights on every rank
+        self.trainee = trainee(ckpt, recipe)
+        self.engine = build_engine(
+            self.trainee.model, data, recipe, total_steps=config.epochs * self.steps_per_epoch, device=device,
+            speed=speed, seed=config.seed, step_fn=self.trainee.step_fn, param_groups=self.trainee.param_groups,
+            shard=(dist.rank, dist.world) if dist else (0, 1),
         )
+        self.lr_fn = self.engine.lr_fn
         if dist is not None:
             self.engine.wrap(dist.wrap(self.engine.model))
-        self.config_record = {**asdict(config), "batch_size": batch_size}
+        self.config_record = {**config.model_dump(), "batch_size": recipe.batch_size}
 
     @property
     def main(self) -> bool:
@@ -226,7 +207,8 @@ def fit(
     evaluate_test: bool = False,
     init_state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Train `arch` with `config.recipe` into `out` (see the module docstring).
+    """Train `arch` with its recipe (`config.recipe`, else the one for the data's resolution) into
+    `out` (see the module docstring).
 
     `stop_after_steps` interrupts deliberately after that many steps (for tests), like a signal.
     `init_state` starts from these weights instead of the recipe's initialisation (e.g. inherited
@@ -234,17 +216,13 @@ def fit(
     evaluate_test, the only place training touches the test set). Resuming a finished run trains
     nothing and returns its stored summary.
     """
-    recipe = get_recipe(config.recipe)
     run_arch = arch.for_resolution(data.resolution, config.skeleton)
 
-    def trainee(ckpt: dict[str, Any] | None) -> Trainee:
+    def trainee(ckpt: dict[str, Any] | None, recipe: Recipe) -> Trainee:
         nonlocal run_arch
         if ckpt is not None:
             run_arch = Architecture.from_dict(ckpt["arch"])
-        net = build_model(run_arch, num_classes=data.num_classes, dropout=recipe.dropout,
-                          bn_momentum=recipe.bn_momentum, bn_eps=recipe.bn_eps)
-        if recipe.stable_init:
-            stable_init_(net)
+        net = build_network(run_arch, data.num_classes, recipe)
         if init_state is not None:
             net.load_state_dict(init_state)
         return Trainee(net, {"arch": run_arch.to_dict()})
@@ -268,13 +246,14 @@ def fit_trainee(
     evaluate_test: bool = False,
 ) -> dict[str, Any]:
     """The training run behind `fit` for any `Trainee` (a network, or a supernet), one process or
-    several under torchrun. `trainee(checkpoint or None)` is called after seeding, so initial weights
-    follow the seed."""
+    several under torchrun. `trainee(checkpoint or None, recipe)` is called after seeding, so
+    initial weights follow the seed. The recipe is `run_recipe(config, data.resolution)`; its name
+    is what the checkpoint's config records."""
     out = Path(out)
-    recipe = get_recipe(config.recipe)
-    batch_size = recipe.batch_size if config.batch_size is None else config.batch_size
-    if batch_size < 1 or config.epochs < 1:
-        raise UserError(f"batch size and epochs must be >= 1 (got {batch_size} and {config.epochs})")
+    recipe = run_recipe(config, data.resolution)
+    config = config.model_copy(update={"recipe": recipe.name})
+    if recipe.batch_size < 1 or config.epochs < 1:
+        raise UserError(f"batch size and epochs must be >= 1 (got {recipe.batch_size} and {config.epochs})")
     dev = resolve_device(config.device)
     ckpt: dict[str, Any] | None = None
     if resume:
@@ -292,8 +271,7 @@ def fit_trainee(
         dev = dist.device
     try:
         with fork_rng(dev):
-            run = _Run(trainee, data, config, out, recipe, batch_size, dev, speed or SpeedOptions(compile=config.compile),
-                       dist, ckpt)
+            run = _Run(trainee, data, config, out, recipe, dev, speed or SpeedOptions(compile=config.compile), dist, ckpt)
             epoch, batch_in_epoch, carry = 0, 0, EpochStats()
             if ckpt is not None:
                 epoch, batch_in_epoch, carry = run.restore(ckpt)

@@ -29,8 +29,18 @@ from mnas.architecture import Architecture
 from mnas.data import DatasetSplits
 from mnas.errors import UserError
 from mnas.safe_load import load_tensors
-from mnas.train.engine import Engine, SpeedOptions, build_engine, fork_rng, is_oom, resolve_device, train_steps_per_epoch
-from mnas.train.recipes import DEFAULT_LR_PER_256, lr_schedule, proxy_warmup_steps
+from mnas.train.engine import (
+    Engine,
+    SpeedOptions,
+    build_engine,
+    build_network,
+    fork_rng,
+    is_oom,
+    resolve_device,
+    seed_initial_weights,
+    train_steps_per_epoch,
+)
+from mnas.train.recipes import proxy_recipe
 from mnas.train.settings import ProxyConfig
 
 
@@ -70,20 +80,14 @@ class ProxyTrainer:
         self.data = data
         self.rungs = proxy_rungs(p, data)
         self.device = resolve_device(p.device)
-        self.peak = p.lr if p.lr is not None else DEFAULT_LR_PER_256[p.optimizer] * p.batch_size / 256.0
+        self.recipe = recipe = proxy_recipe(p)
         self.steps_per_epoch = train_steps_per_epoch(data, p.batch_size)
-        lr_fn = lr_schedule(p.schedule, peak=self.peak, total_steps=self.rungs[-1],
-                            steps_per_epoch=self.steps_per_epoch, batch_size=p.batch_size,
-                            warmup_steps=proxy_warmup_steps(p.schedule, p.warmup, self.rungs[-1]))
         with fork_rng(self.device):
-            self.engine: Engine = build_engine(
-                arch.for_resolution(data.resolution, p.skeleton), data, lr_fn=lr_fn, optimizer=p.optimizer,
-                batch_size=p.batch_size,
-                weight_decay=p.weight_decay, decay_biases=True, label_smoothing=p.label_smoothing,
-                ema_decay=p.ema_decay, dropout=p.dropout, bn_momentum=p.bn_momentum, bn_eps=p.bn_eps,
-                stable_init=p.stable_init, device=self.device,
-                speed=SpeedOptions(p.amp, p.channels_last, p.fused, p.compile), seed=seed,
-            )
+            seed_initial_weights(seed)
+            net = build_network(arch.for_resolution(data.resolution, p.skeleton), data.num_classes, recipe)
+            self.engine: Engine = build_engine(net, data, recipe, total_steps=self.rungs[-1], device=self.device,
+                                               speed=SpeedOptions(p.amp, p.channels_last, p.fused, p.compile),
+                                               seed=seed)
 
     @property
     def step(self) -> int:

@@ -1,16 +1,32 @@
-"""The settings of the short proxy training a search gives each candidate: `ProxyConfig`.
+"""The training configs, strict pydantic models: `FitConfig` (full training, `mnas train`, and
+supernet training, `mnas supernet train`) and `ProxyConfig` (the short proxy training a search gives
+each candidate).
 
-They belong to the training side (`mnas.train.proxy` reads them) and are the `proxy` section of
-the search YAML (`mnas.search.config` uses this model as it is), so the trainer never imports the
-search. Every setting of the proxy lives here, once, with its default.
+They belong to the training side (`mnas.train` reads them; `mnas.train.recipes` turns each into a
+`Recipe` once) and `ProxyConfig` is the `proxy` section of the search YAML (`mnas.search.config`
+uses this model as it is), so the trainer never imports the search. Every setting lives here once
+with its default; the defaults shared with the CLI and the device check come from
+`mnas.run_options` (no torch here either).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mnas.errors import UserError
+from mnas.run_options import (
+    DEFAULT_BN_BATCHES,
+    DEFAULT_DATASET,
+    DEFAULT_DEVICE,
+    DEFAULT_EPOCHS,
+    DEFAULT_SCORE_IMAGES,
+    DEFAULT_SEED,
+    DEFAULT_SKELETON,
+    DEFAULT_VAL_SIZE,
+    check_device,
+)
 
 MAX_PROXY_STEPS = 1_000_000  # a proxy rung above this is a typo, not a budget
 
@@ -19,6 +35,38 @@ class StrictModel(BaseModel):
     """A settings model that forbids unknown keys and validates its defaults."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _valid_device(value: str) -> str:
+    try:
+        return check_device(value)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class FitConfig(StrictModel):
+    """A full training run (`mnas.train.fit`, `mnas.supernet.fit`): everything needed to rebuild
+    it; stored in the checkpoint under "config"."""
+
+    arch_name: str
+    data: str = DEFAULT_DATASET
+    data_root: str | None = None
+    epochs: int = DEFAULT_EPOCHS
+    recipe: str | None = None  # a name in mnas.train.recipes.RECIPES; None: by resolution (recipe_for)
+    batch_size: int | None = None  # None: the recipe's
+    train_subset: int | None = None
+    val_size: float | int = DEFAULT_VAL_SIZE
+    seed: int = DEFAULT_SEED
+    skeleton: str = DEFAULT_SKELETON
+    width_mult: float = 1.0
+    device: str = DEFAULT_DEVICE
+    compile: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict)  # supernet training: rule, num_random, space
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return _valid_device(value)
 
 
 class ProxyConfig(StrictModel):
@@ -50,7 +98,7 @@ class ProxyConfig(StrictModel):
     time_budget_s: float | None = Field(default=None, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
     eval_batch_size: int | None = Field(default=None, gt=0)
-    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    device: str = DEFAULT_DEVICE  # auto, cpu, cuda or cuda:N
     threads: int | None = Field(default=None, gt=0)  # torch CPU threads for training (None: torch's default)
     # Where accuracy comes from: "train" = the paper's per-candidate proxy training (the settings
     # above); "supernet" = the weights a candidate inherits from a supernet (mnas supernet train).
@@ -58,8 +106,8 @@ class ProxyConfig(StrictModel):
     path: str | None = None  # supernet: its folder (relative to the config file)
     train_if_missing: bool = False  # supernet: train it at `path` first (epochs/batch_size above) if absent
     rule: Literal["sandwich", "spos"] = "sandwich"  # supernet training's path sampling
-    bn_batches: int = Field(default=8, gt=0)  # supernet: training batches that re-estimate BN per candidate
-    score_images: int = Field(default=2000, gt=0)  # supernet: held-out images a candidate is scored on
+    bn_batches: int = Field(default=DEFAULT_BN_BATCHES, gt=0)  # supernet: training batches that re-estimate BN per candidate
+    score_images: int = Field(default=DEFAULT_SCORE_IMAGES, gt=0)  # supernet: held-out images a candidate is scored on
     amp: bool | None = None  # bf16 autocast; None: on for CUDA
     channels_last: bool | None = None  # None: on (CPU and CUDA)
     fused: bool | None = None  # fused optimizer kernels; None: on for CUDA
@@ -68,9 +116,7 @@ class ProxyConfig(StrictModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", value):
-            raise ValueError(f"unknown device {value!r}; choose auto, cpu, cuda or cuda:N")
-        return value
+        return _valid_device(value)
 
     @field_validator("steps", mode="before")
     @classmethod
