@@ -3,7 +3,7 @@
 Writes docs/benchmarks/search_ppo_tuning.md: per variant, in how many settings it beats random
 search (one-sided Mann-Whitney U over the seeds' best rewards, p < 0.05) at one budget, its mean
 regret, and the settings it does not win. Same protocol, settings, seeds and sharing as
-`benchmarks/search_strategies.py` (whose functions this reuses); cheaper, because it runs PPO and
+`benchmarks/search_strategies.py` (both run `mnas.search.nb201`); cheaper, because it runs PPO and
 random only, to one budget, so several knob sets can be compared before a full rerun there.
 
     python benchmarks/ppo_tuning.py --budget 200 --seeds 20 --variant '{}' --variant '{"top_k": 8}'
@@ -18,21 +18,20 @@ import json
 import multiprocessing
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import search_strategies as bench  # the sibling benchmark: protocol and settings
 from doc_notes import hand_written
+from mnas.search import nb201
+from mnas.strategies import make_strategy
 
-OUT = bench.ROOT / "docs" / "benchmarks" / "search_ppo_tuning.md"
+OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "search_ppo_tuning.md"
 
 
-def _job(args: tuple[str, dict[str, Any], int, bench.Setting, int]) -> list[tuple[int, ...]]:
+def _job(args: tuple[str, dict[str, Any], int, nb201.Setting, int]) -> list[tuple[int, ...]]:
     name, knobs, seed, setting, budget = args
-    return bench.run_search(name, name, knobs, seed, setting, budget)["cells"]
+    return nb201.run_search(name, name, knobs, seed, setting, budget)["cells"]
 
 
 def main() -> None:
@@ -50,21 +49,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     variants = [json.loads(v) for v in (args.variant or ["{}"])]
-    table = bench.load_table(args.table)
+    table = nb201.load_table(args.table)
     for v in variants:  # bad knobs stop here, before any search
-        bench.make_strategy("ppo", bench.NB201Space(), 0, v)
-    settings = bench.make_settings(table)
+        make_strategy("ppo", nb201.NB201Space(), 0, v)
+    settings = nb201.make_settings(table)
     start, t0 = dt.datetime.now(dt.UTC), time.time()
-    jobs: dict[tuple[str, int, str], tuple[str, dict[str, Any], int, bench.Setting, int]] = {}
+    jobs: dict[tuple[str, int, str], tuple[str, dict[str, Any], int, nb201.Setting, int]] = {}
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     for seed in seeds:
         jobs[("random", seed, "any")] = ("random", {}, seed, settings[0], args.budget)
         for v in variants:
             for s in settings:
-                jobs.setdefault((json.dumps(v, sort_keys=True), seed, bench.problem("ppo", s)),
+                jobs.setdefault((json.dumps(v, sort_keys=True), seed, nb201.problem("ppo", s)),
                                 ("ppo", v, seed, s, args.budget))
     cells: dict[tuple[str, int, str], list[tuple[int, ...]]] = {}
-    with multiprocessing.get_context("fork").Pool(args.workers, bench._init_worker, (table,)) as pool:
+    with multiprocessing.get_context("fork").Pool(args.workers, nb201.use_table, (table,)) as pool:
         keys = list(jobs)
         for key, found in zip(keys, pool.imap(_job, [jobs[k] for k in keys]), strict=True):
             cells[key] = found
@@ -77,16 +76,16 @@ def main() -> None:
         for s in settings:
             reward = s.reward()
 
-            def best(key: str, seed: int, s: bench.Setting = s, reward: Any = reward, n: int = n) -> float:
-                problem = "any" if key == "random" else bench.problem("ppo", s)
+            def best(key: str, seed: int, s: nb201.Setting = s, reward: Any = reward, n: int = n) -> float:
+                problem = "any" if key == "random" else nb201.problem("ppo", s)
                 return max(reward(table[c][0], table[c][1][s.device]) for c in cells[(key, seed, problem)][:n])
 
             mine = [best(label, k) for k in seeds]
             regrets.append(1e3 * statistics.mean(optimum[s.label] - b for b in mine))
             if label != "random":
-                p = bench.p_greater(mine, [best("random", k) for k in seeds])
-                wins += p < bench.ALPHA
-                if p >= bench.ALPHA:
+                p = nb201.p_greater(mine, [best("random", k) for k in seeds])
+                wins += p < nb201.ALPHA
+                if p >= nb201.ALPHA:
                     lost.append(f"{s.label} ({p:.2f})")
         rows.append((label, n, wins, statistics.mean(regrets), lost))
         print(label, n, wins, f"{statistics.mean(regrets):.2f}", flush=True)

@@ -9,10 +9,12 @@ landscape is a real one.
 
 Settings: every device column x the paper's soft and hard reward x T at the 25th, 50th and 75th
 latency percentile of that column (24 settings). For each strategy, setting and seed one search of
-the largest budget runs with the protocol of `mnas search`: batches of 16 asked at once and told
-back shuffled; a repeated architecture is answered from the results already known, is told like
-any other trial and does not count against the budget (repeats are free); a search that only
-repeats itself for REPEAT_PATIENCE asks in a row stops early. The best reward among the first
+the largest budget runs (`mnas.search.nb201.run_search`) in batches of 16 asked at once and told
+back shuffled, as results could arrive from parallel workers (`mnas search` asks `budget.batch_size`,
+8 by default, and tells a batch in trial-id order); its repeat rules are those of `mnas search`:
+a repeated architecture is answered from the results already known, is told like any other trial
+and does not count against the budget (repeats are free); a search that only repeats itself for
+REPEAT_PATIENCE asks in a row stops early. The best reward among the first
 50/100/200/500 evaluated cells is compared across 20 seeds with a one-sided Mann-Whitney U test.
 
     python benchmarks/search_strategies.py [TABLE.csv.gz] [--seeds 20] [--workers 2]
@@ -28,39 +30,41 @@ whose label contains any of the given texts. `--raw` saves every search's number
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import json
 import math
 import multiprocessing
 import os
 import platform
-import random
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.stats import mannwhitneyu
 
 from mnas.errors import UserError
-from mnas.reward import Reward, hypervolume_points
-from mnas.search.loop import REPEAT_PATIENCE
+from mnas.reward import hypervolume_points
+from mnas.search.nb201 import (
+    ALPHA,
+    BATCH,
+    DEVICES,
+    PRESETS,
+    NB201Space,
+    Setting,
+    Table,
+    load_table,
+    make_settings,
+    p_greater,
+    problem,
+    run_search,
+    use_table,
+)
 from mnas.strategies import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
-OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-DEVICES = ("pixel3", "raspi4", "eyeriss", "fpga")
-PRESETS = ("soft", "hard")
-PERCENTILES = (25, 50, 75)
 BUDGETS = (50, 100, 200, 500)
-BATCH = 16
-ALPHA = 0.05
 CURVE_EVERY = 10  # best-so-far recorded every 10 evaluations, for the plot
 REF_ACC = 0.10  # chance on CIFAR-10 (also the accuracy of the table's disconnected cells)
 #: The default lineup: (label, strategy name, knobs), every strategy at its default knobs.
@@ -77,137 +81,6 @@ DEFAULT_STRATEGY = "tpe"
 CONTROLLER = "ppo"
 #: The settings PPO's first default knobs were tuned on (10 seeds); see the Tuning line of the report.
 TUNED_ON = ("pixel3/soft/T50", "raspi4/hard/T25", "eyeriss/hard/T75", "fpga/hard/T50")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One NB201 cell: its op on each of the 6 edges; `id` is its NB201 string."""
-
-    ops: tuple[int, ...]
-
-    @property
-    def id(self) -> str:
-        e = [OPS[o] for o in self.ops]
-        return f"|{e[0]}~0|+|{e[1]}~0|{e[2]}~1|+|{e[3]}~0|{e[4]}~1|{e[5]}~2|"
-
-
-class NB201Space:
-    """The categorical-space adapter a strategy needs: 6 decisions of 5 ops each."""
-
-    def decision_sizes(self) -> list[int]:
-        return [len(OPS)] * 6
-
-    def decode(self, tokens: Sequence[int]) -> Cell:
-        return Cell(tuple(int(t) for t in tokens))
-
-    def encode(self, arch: Cell) -> list[int]:
-        return list(arch.ops)
-
-
-@dataclass
-class Result:
-    """The trial record a strategy is told (the fields `tell` reads), as `mnas search` stores it."""
-
-    trial_id: int
-    arch: Cell
-    tokens: list[int]
-    logp: float | None
-    status: str
-    accuracy: float
-    latency_ms: float
-    reward: float
-    repeat_of: int | None = None
-
-
-@dataclass(frozen=True)
-class Setting:
-    device: str
-    preset: str
-    percentile: int
-    target_ms: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.device}/{self.preset}/T{self.percentile}"
-
-    def reward(self) -> Reward:
-        return Reward.preset(self.preset, self.target_ms)
-
-
-Table = dict[tuple[int, ...], tuple[float, dict[str, float]]]
-
-
-def load_table(path: Path) -> Table:
-    """ops tuple -> (CIFAR-10 test accuracy as a fraction, {device: latency ms})."""
-    if not path.is_file():
-        raise UserError(f"NB201 table not found at {path}; pass its path or set MNAS_DATA to the folder holding nb201_hw.csv.gz")
-    table: Table = {}
-    with gzip.open(path, "rt") as f:
-        for row in csv.DictReader(f):
-            ops = tuple(int(row[f"op_e{i}"]) for i in range(6))
-            # Accuracy as a fraction, like mnas.train's val_acc, so rewards are on the search's scale.
-            table[ops] = (float(row["cifar10_test_acc"]) / 100.0,
-                          {d: float(row[f"{d}_latency_ms"]) for d in DEVICES})
-    if len(table) != 5**6:
-        raise UserError(f"{path} has {len(table)} distinct cells, expected 15625; is it the nb201_hw table?")
-    return table
-
-
-def make_settings(table: Table) -> list[Setting]:
-    out = []
-    for device in DEVICES:
-        lats = np.array([lat[device] for _, lat in table.values()])
-        for preset in PRESETS:
-            for pct in PERCENTILES:
-                out.append(Setting(device, preset, pct, float(np.percentile(lats, pct))))
-    return out
-
-
-# -- one search ----------------------------------------------------------------------------------
-_TABLE: Table = {}
-
-
-def _init_worker(table: Table) -> None:
-    global _TABLE
-    _TABLE = table
-    torch.set_num_threads(1)
-
-
-def run_search(label: str, name: str, knobs: dict[str, Any], seed: int, setting: Setting,
-               budget: int, table: Table | None = None) -> dict[str, Any]:
-    """One search of `budget` evaluations under `setting`'s reward; the cells evaluated, in order."""
-    table = table if table is not None else _TABLE
-    reward = setting.reward()
-    strategy = make_strategy(name, NB201Space(), seed, knobs)
-    shuffle = random.Random(f"{label}|{seed}")
-    evaluated: list[tuple[int, ...]] = []
-    first_of: dict[tuple[int, ...], Result] = {}  # cell -> the result of its first evaluation
-    asks = repeats = idle = 0
-    t0 = time.perf_counter()
-    while len(evaluated) < budget and idle < REPEAT_PATIENCE:
-        proposals = strategy.ask(min(BATCH, budget - len(evaluated)))
-        asks += 1
-        batch, new = [], 0
-        for p in proposals:
-            ops = p.arch.ops
-            acc, lats = table[ops]
-            lat = lats[setting.device]
-            known = first_of.get(ops)
-            if known is not None:  # a repeat: the known result, for free
-                repeats += 1
-                batch.append(Result(p.trial_id, p.arch, list(p.tokens), p.logp, "done", acc, lat, known.reward,
-                                    repeat_of=known.trial_id))
-            else:
-                new += 1
-                result = Result(p.trial_id, p.arch, list(p.tokens), p.logp, "done", acc, lat, reward(acc, lat))
-                first_of[ops] = result
-                batch.append(result)
-                evaluated.append(ops)
-        idle = 0 if new else idle + 1
-        shuffle.shuffle(batch)  # results come back in any order
-        strategy.tell(batch)
-    return {"label": label, "seed": seed, "cells": evaluated, "asks": asks, "repeats": repeats,
-            "seconds": time.perf_counter() - t0}
 
 
 def summarise(run: dict[str, Any], setting: Setting, table: Table, ref_lat: float) -> dict[str, Any]:
@@ -231,36 +104,12 @@ def summarise(run: dict[str, Any], setting: Setting, table: Table, ref_lat: floa
     return out
 
 
-#: What a strategy's proposals depend on besides its seed: random search ignores every result;
-#: NSGA-II reads accuracy and latency only (so one search per device serves all six rewards);
-#: every other strategy compares rewards only, so the three soft settings of a device, whose
-#: rewards differ by one constant factor (T^0.07), give it the same search (checked with --no-share).
-READS = {"random": "nothing", "nsga2": "objectives"}
-
-
-def problem(name: str, setting: Setting) -> str:
-    """The key of the searches that are the same for `name` (see READS)."""
-    reads = READS.get(name, "reward")
-    if reads == "nothing":
-        return "any"
-    if reads == "objectives":
-        return setting.device
-    return f"{setting.device}/soft" if setting.preset == "soft" else setting.label
-
-
 def _job(args: tuple[str, str, dict[str, Any], int, Setting, int]) -> dict[str, Any]:
     label, name, knobs, seed, setting, budget = args
     return run_search(label, name, knobs, seed, setting, budget)
 
 
 # -- analysis --------------------------------------------------------------------------------------
-def p_greater(x: Sequence[float], y: Sequence[float]) -> float:
-    """One-sided Mann-Whitney U p-value that x tends to be larger than y."""
-    if len(set(x) | set(y)) == 1:
-        return 1.0
-    return float(mannwhitneyu(x, y, alternative="greater").pvalue)
-
-
 @dataclass
 class Analysis:
     settings: list[Setting]
@@ -331,7 +180,8 @@ def render(a: Analysis, args: argparse.Namespace, png: Path, elapsed: float) -> 
         "  rescales every reward by one factor, so the three soft settings of a device are the same",
         "  problem for any strategy that only compares rewards (all here do); the hard reward's T moves",
         "  the optimum.",
-        f"- **Protocol** (as `mnas search`): batches of {BATCH} asked at once and told back shuffled; a repeated",
+        f"- **Protocol**: batches of {BATCH} asked at once and told back shuffled (`mnas search` asks 8 by default",
+        "  and tells in trial-id order); as in `mnas search`, a repeated",
         "  architecture gets the known result, is told like any other trial and does not count against",
         "  the budget (repeats are free); the budget counts evaluated cells. "
         f"{a.seeds} seeds (0..{a.seeds - 1}) per strategy and setting;",
@@ -539,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(order)} searches for {len(settings)} settings x {len(args.runs)} strategies x {args.seeds} seeds",
               flush=True)
         rows = []
-        with multiprocessing.get_context("fork").Pool(args.workers, _init_worker, (table,)) as pool:
+        with multiprocessing.get_context("fork").Pool(args.workers, use_table, (table,)) as pool:
             for i, run in enumerate(pool.imap(_job, [jobs[k] for k in order]), start=1):
                 rows += [summarise(run, s, table, ref[s.device]) for s in users[order[i - 1]]]
                 if i % max(1, len(order) // 20) == 0 or i == len(order):

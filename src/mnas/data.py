@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from mnas.errors import UserError
 
@@ -575,8 +576,6 @@ class BatchLoader:
             yield self._finish(xb), yb
 
     def _iter_folder(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from torch.utils.data import DataLoader, Subset
-
         split = self.split
         assert isinstance(split, FolderSplit)
         view = split.train_view if self.train else split.eval_view

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mnas.architecture import (
@@ -318,8 +319,6 @@ def _op_choice(o: Any) -> OpChoice:
 
 
 def _load_mapping(path: Path, what: str) -> dict[str, Any]:
-    import yaml
-
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import yaml
+
 from mnas.arch_strings import parse_arch, parse_arch_string, to_tf_string
 from mnas.architecture import Architecture
 from mnas.errors import UserError
@@ -130,8 +132,6 @@ def _arch_from_file(path: Path) -> Architecture:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

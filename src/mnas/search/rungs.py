@@ -23,7 +23,7 @@ from typing import Any
 
 import optuna
 
-from mnas.search.accuracy import RungResult
+from mnas.search.accuracy import RungResult, short_error
 from mnas.search.store import RungRecord
 from mnas.search.trial import Trial
 
@@ -95,8 +95,6 @@ def _result(future: Future[RungResult]) -> RungResult:
     try:
         return future.result()
     except Exception as exc:  # a worker that died or a task that raised: the trial fails, the search goes on
-        from mnas.search.accuracy import short_error
-
         return RungResult(None, "accuracy: " + short_error(exc), 0.0, 0)
 
 

@@ -1,64 +1,25 @@
 """The MnasNet controller: an LSTM policy over the decisions, trained with PPO.
 
-MnasNet (Tan et al., CVPR 2019, Sec. 4.2) uses "the same RNN controller as NASNet" and updates it
-with Proximal Policy Optimization. The controller follows NASNet (Zoph, Vasudevan, Shlens, Le,
-"Learning Transferable Architectures for Scalable Image Recognition", CVPR 2018,
-arXiv:1707.07012, Sec. 3 and Appendix A, as we read it): a one-layer LSTM with 100 hidden units
-emitting one categorical decision per step, one softmax classifier per decision, the embedding of
-each chosen token fed as the next input, parameters initialised uniformly in [-0.1, 0.1]; Adam;
-an entropy bonus. PPO itself (Schulman et al. 2017, arXiv:1707.06347): the clipped ratio
-objective with clip 0.2, several epochs over each batch. A search is one-step episodes, so the
-advantage is the reward against a baseline and no value head is needed.
+MnasNet (Tan et al., CVPR 2019, Sec. 4.2) uses "the same RNN controller as NASNet" (Zoph et al.,
+CVPR 2018, arXiv:1707.07012: a one-layer LSTM of 100 units, one softmax per decision, the chosen
+token's embedding fed back, uniform init in [-0.1, 0.1], Adam, an entropy bonus) and updates it
+with PPO (Schulman et al. 2017, arXiv:1707.06347: the clipped ratio objective, clip 0.2, several
+epochs per batch). A search is one-step episodes: the advantage is the reward against a baseline,
+no value head.
 
-Those papers train for thousands of samples (NASNet ~20k, MnasNet ~8k). A search here has
-hundreds, and the papers' settings (learning rate 3.5e-4, entropy weight 1e-5, an EMA baseline)
-barely move the policy in that time: in benchmarks/search_strategies.py the controller was no
-better than random search at 500 trials, and it collapsed onto one region. What this class adds so
-that it learns within a few hundred trials and keeps exploring (defaults chosen on that benchmark,
-docs/benchmarks/search.md; the papers' settings remain available as knobs):
+The papers train for thousands of samples; a search here has hundreds, and with the papers'
+settings the controller was no better than random search. The knobs this class adds (`advantage`
+ranks, a `window` of earlier results, `entropy_weight`, `unique` proposals with a rising
+temperature, a `top_k` priority queue, an `explore` share of uniform samples; the gradient norm
+clipped to 1 and the log-ratio to +-20) and every default were chosen on
+benchmarks/search_strategies.py and benchmarks/ppo_tuning.py; what each knob does, what was tried
+and what it won is in docs/benchmarks/search_ppo_tuning.md ("How the defaults were chosen"). The
+papers' settings remain available as knobs (`PPOKnobs`).
 
-- `advantage`: how rewards become advantages. "rank" (default) scores each result by its
-  centered rank among the results it is compared with (fitness shaping as in evolution strategies;
-  invariant to the reward's scale and to outliers); "zscore" by (r - mean) / std; "ema" is the
-  NASNet baseline (r minus the moving average of earlier rewards, divided by the RMS); "elite"
-  reinforces only the best `elite_fraction` (risk-seeking policy gradient, Petersen et al. 2021).
-- `window`: each update (every `batch_size` results) learns from the last `window` results, the
-  newest batch and earlier ones, each with the log-probability it was proposed with, so PPO's
-  clipped ratio keeps the reuse safe; ranks over 32 results are steadier than over 16, and a
-  good result keeps pulling for two updates. None: the newest batch only (classic PPO).
-- `entropy_weight`: the entropy bonus that keeps the policy from collapsing onto one region.
-- `unique`: propose only architectures not proposed before (sample from the policy and skip what
-  was seen), so the budget is spent on new models even after the policy has concentrated. When
-  `resample` draws per wanted candidate bring nothing new, the policy is sampled again at a
-  temperature raised by `temperature_step` (up to `max_temperature`, then uniform samples): the
-  new proposals are the nearest unseen neighbours of what the policy prefers, a local search
-  around it. With uniform samples instead, a concentrated policy spent 320-400 of a 500-trial
-  search on what amounted to random search (docs/benchmarks/search_ppo_tuning.md). Each
-  proposal's log-probability is the policy's own, so PPO's ratio stays correct.
-- `top_k`, `top_k_weight`: priority-queue training (Abolafia et al. 2018, arXiv:1801.03526) next
-  to PPO: every update also raises the log-likelihood of the `top_k` best results seen so far,
-  weighted by `top_k_weight`, so the policy keeps returning to the neighbourhood of the best
-  architectures (what evolution's mutations do) instead of drifting with each batch's ranks. It
-  makes the policy concentrate within about 100 trials; the rising temperature above keeps a
-  concentrated policy searching around the best instead of falling back to random search. The
-  two together took the controller from 16 to 21 of 24 settings won against random search at 200
-  trials, and `explore` below to 23 (docs/benchmarks/search.md); `top_k` 0 turns the queue off.
-- `explore`: this share of all proposals (0.125: 2 of every 16) is uniform samples of new
-  architectures, the rest come from the policy (epsilon-greedy). The queue makes the policy
-  commit to the first good region it finds; in the hard-reward settings that are deceptive, a
-  search then stays in a basin a few decisions from the optimum (docs/benchmarks/search_ppo_tuning.md).
-  A few uniform samples per batch keep finding other regions, and a good one enters the queue and
-  pulls the policy there. With it the controller wins 23 of 24 settings at 200 and at 500 trials
-  instead of 21 and 23. Like the widened samples, the uniform ones carry the policy's own
-  log-probability of them, so PPO learns from them as from its own samples, its clipped ratio
-  bounding each update. The share counts over the whole search, so asks of one candidate at a
-  time explore as often as asks of 16.
-- The gradient norm is clipped to 1 and the log-ratio to +-20, the usual PPO safeguards.
-
-The log-probability of each proposal is returned by `ask` (`Proposal.logp`) and must come back
-with the trial (`trial.logp`; mnas.search.store keeps it in the trial's row), so results can come back in
-any order, even after the policy was updated, and a resumed search needs nothing from memory.
-Failed trials are skipped by default, or get `failed_reward` when that is set.
+`ask` returns each proposal's log-probability (`Proposal.logp`), which must come back with the
+trial (`trial.logp`; mnas.search.store keeps it), so results can come back in any order, even
+after the policy was updated, and a resumed search needs nothing from memory. Failed trials are
+skipped by default, or get `failed_reward` when that is set.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mnas.latency.backends.base import Backend, Runner, dist_version
 from mnas.latency.tables.units import Unit
 from mnas.latency.target import Target
@@ -60,7 +62,6 @@ class OrtBackend(Backend):
         return to_onnx(module, path, target.resolution, target.batch)
 
     def load(self, path: Path, target: Target) -> Runner:
-        import numpy as np
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(path), session_options(target.threads), providers=["CPUExecutionProvider"])
@@ -83,7 +84,6 @@ class OrtBackend(Backend):
         return path
 
     def load_pack(self, path: Path, target: Target, count: int) -> Runner:
-        import numpy as np
         import onnxruntime as ort
 
         tmp = tempfile.mkdtemp(prefix="mnas-prof-")  # inside the worker's folder, removed with it

@@ -26,6 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 from mnas.architecture import Architecture
 from mnas.errors import UserError
 from mnas.latency.backends.base import Backend, ModelFile, get_backend
@@ -329,14 +331,6 @@ def _progress(enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield _NoProgress()
         return
-    from rich.progress import (  # lazy: terminals only
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("ETA"), TimeRemainingColumn(), transient=False) as bar:
