@@ -341,3 +341,23 @@ def test_resume_and_checkpoint_errors(small, tmp_path):
         load_checkpoint(bad)
     with pytest.raises(UserError, match="unknown recipe"):
         fit(TINY, small, _cfg(recipe="fastest"), tmp_path / "x", progress=False)
+
+
+@pytest.mark.slow
+def test_a_candidate_climbing_the_rungs_trains_exactly_as_one_run(tmp_path, data_root):
+    """Rung by rung through saved states (as promoted candidates continue in worker processes)
+    gives the same network as training straight to the top rung: same accuracy, same loss."""
+    from mnas.data import load_dataset
+    from mnas.space import SearchSpace
+    from mnas.train.proxy import train_proxy, train_rung
+    from mnas.train.settings import ProxyConfig
+
+    data = load_dataset("cifar10_subset", data_root=data_root, train_subset=300, val_size=100, seed=0)
+    arch = SearchSpace.load("mnasnet_cifar").sample(3).scaled(0.35)
+    proxy = ProxyConfig(steps=[3, 7, 12], batch_size=32, threads=1, device="cpu")  # 300 / 32: rungs cut epochs
+    state = tmp_path / "state.pt"
+    climbed = [train_rung(arch, data, proxy, rung=k, seed=4, state=state) for k in range(3)]
+    straight = train_proxy(arch, data, proxy, seed=4)
+    assert [r.steps for r in climbed] == [3, 7, 12] and all(r.ok for r in climbed)
+    assert straight.steps == 12 and straight.val_acc == climbed[-1].val_acc
+    assert straight.val_loss == pytest.approx(climbed[-1].val_loss, rel=1e-6)

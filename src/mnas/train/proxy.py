@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mnas.architecture import Architecture
-from mnas.data import DatasetSplits
+from mnas.data import DatasetSplits, mix_seed
 from mnas.errors import UserError
 from mnas.safe_load import load_tensors
 from mnas.train.engine import (
@@ -82,6 +82,7 @@ class ProxyTrainer:
         self.device = resolve_device(p.device)
         self.recipe = recipe = proxy_recipe(p)
         self.steps_per_epoch = train_steps_per_epoch(data, p.batch_size)
+        self.seed = seed
         with fork_rng(self.device):
             seed_initial_weights(seed)
             net = build_network(arch.for_resolution(data.resolution, p.skeleton), data.num_classes, recipe)
@@ -119,8 +120,11 @@ class ProxyTrainer:
             self.engine.ema.load_state_dict(state["ema"])
         self.engine.step = int(state["step"])
 
-    def train_to(self, rung: int, deadline: float | None = None) -> TrainResult:
-        """Train on from the current step to rung `rung`'s steps, then score the held-out split."""
+    def train_to(self, rung: int, deadline: float | None = None, *, score: bool = True) -> TrainResult:
+        """Train on from the current step to rung `rung`'s steps, then score the held-out split
+        (unless `score` is False). The random draws of the segment (dropout, ...) are seeded from
+        the seed and the step it starts at, so a rung continued in another process from a saved
+        state trains exactly as one continued in memory."""
         t_start = time.perf_counter()
         nan = float("nan")
         engine, p = self.engine, self.proxy
@@ -128,6 +132,7 @@ class ProxyTrainer:
         loss_sum = seen = train_seconds = 0.0
         status = "ok"
         with fork_rng(self.device):
+            torch.manual_seed(mix_seed(self.seed, engine.step, 17))
             while engine.step < total:
                 epoch, start_batch = divmod(engine.step, self.steps_per_epoch)
                 stats, _, reason = engine.train_epoch(epoch, start_batch=start_batch, max_steps=total,
@@ -141,7 +146,7 @@ class ProxyTrainer:
             train_loss = loss_sum / seen if seen else nan
             done_epochs = engine.step / self.steps_per_epoch
             ips = seen / train_seconds if train_seconds > 0 else 0.0
-            if status != "ok":
+            if status != "ok" or not score:
                 return TrainResult(nan, nan, train_loss, done_epochs, ips, time.perf_counter() - t_start, status,
                                    engine.step)
             val_acc, val_loss = engine.evaluate(self.data.val, use_ema=p.ema_decay is not None,
@@ -208,7 +213,11 @@ def train_proxy(arch: Architecture, data: DatasetSplits, proxy: ProxyConfig | No
     try:
         trainer = ProxyTrainer(arch, data, p, seed)
         deadline = time.monotonic() + p.time_budget_s if p.time_budget_s is not None else None
-        result = trainer.train_to(len(trainer.rungs) - 1, deadline)
+        top = len(trainer.rungs) - 1
+        for rung in range(top + 1):  # rung by rung, as a candidate promoted to the top is trained
+            result = trainer.train_to(rung, deadline, score=rung == top)
+            if not result.ok:
+                break
         result.seconds = time.perf_counter() - t_start
         return result
     except Exception as exc:  # never raise into the search loop
