@@ -208,6 +208,10 @@ class Exporter:
             error = f"the converter stopped (exit {proc.poll()})"
         finally:
             timer.cancel()
+        if timed_out.is_set() or not line:  # reap it, so the next job starts a fresh converter
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait(timeout=10)
         if timed_out.is_set():
             return {"error": f"no answer from the converter within {self.timeout:g} s, so it was stopped; a stuck "
                              "conversion? raise MNAS_EXPORT_TIMEOUT (seconds) if the model is just slow to convert"}
