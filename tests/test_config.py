@@ -75,7 +75,7 @@ def test_unknown_key_lists_allowed_keys(tmp_path):
     ({"reward": {"target_ms": 2}, "data": {"val_size": 1.5}}, "data.val_size: a fraction must lie between 0 and 1"),
     ({"reward": {"target_ms": 2}, "executor": "slurm"}, "executor.name: Input should be 'local' or 'ray'"),
     ({"reward": {"target_ms": 2}, "strategy": {"name": "anneal"}}, "strategy.name: unknown strategy 'anneal'"),
-    ({"reward": {"target_ms": "fast"}}, "reward.target_ms: Input should be a valid number"),
+    ({"reward": {"target_ms": "fast"}}, "reward.target_ms: 'fast' is text, not a number"),
     # the proxy's rungs (successive halving) and the reference networks
     ({"reward": {"target_ms": 2}, "proxy": {"steps": [90, 30]}}, "proxy.steps: rungs must increase: 30 comes after 90"),
     ({"reward": {"target_ms": 2}, "proxy": {"steps": [30, 30]}}, "proxy.steps: rungs must increase"),

@@ -69,7 +69,8 @@ def _tf_block(b: BlockSpec, in_f: int) -> str:
     return s
 
 
-_KEY_TOKEN = re.compile(r"(se|r|k|s|e|c|i|o)(\d+(?:\.\d+)?)")
+# ASCII digits only: \d and int() also read other scripts' digits ("k３" would read as k3).
+_KEY_TOKEN = re.compile(r"(se|r|k|s|e|c|i|o)([0-9]+(?:\.[0-9]+)?)", re.ASCII)
 _SKIP_FLAGS = ("noskip", "skip", "pool")
 #: Per item kind: the number keys it takes, the ones it must have, and its flags.
 _GRAMMAR: dict[str, tuple[set[str], set[str], set[str]]] = {
@@ -89,7 +90,7 @@ class _Item:
     def __init__(self, item: str, position: int) -> None:
         self.text, self.position = item, position
         tokens = item.split("_")
-        self.kind = tokens[0] if tokens[0] in _GRAMMAR else ("tf" if re.fullmatch(r"r\d+", tokens[0]) else "")
+        self.kind = tokens[0] if tokens[0] in _GRAMMAR else ("tf" if re.fullmatch(r"r[0-9]+", tokens[0]) else "")
         if not self.kind:
             raise self.error(f"unknown block type {tokens[0]!r}: expected timm block strings like "
                              "'ir_r2_k3_s2_e6_c24_se0.25' or TF block strings like 'r2_k3_s22_e6_i16_o24_se0.25'")
@@ -123,7 +124,7 @@ class _Item:
             assert default is not None
             return default
         value = self.values[key]
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise self.error(f"'{key}{value}' must be a whole number")
         return int(value)
 

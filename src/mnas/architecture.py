@@ -31,6 +31,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from mnas.errors import UserError
+from mnas.textfiles import load_json
 
 OPS = ("conv", "ds", "mbconv")
 SKIPS = ("identity", "pool", "none")
@@ -224,10 +225,7 @@ class Architecture:
 
     @classmethod
     def from_json(cls, text: str) -> Architecture:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"malformed architecture JSON: {exc}") from None
+        return cls.from_dict(load_json(text, "architecture JSON"))
 
     @property
     def id(self) -> str:

@@ -17,8 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from mnas.architecture import (
     MAX_BLOCKS,
@@ -40,6 +39,7 @@ from mnas.architecture import (
     round_filters,
 )
 from mnas.errors import UserError
+from mnas.textfiles import load_yaml, read_text
 
 
 @dataclass(frozen=True)
@@ -286,6 +286,18 @@ class SpaceFile(BaseModel):
     act: Literal["relu", "relu6", "swish", "hard_swish"] = "relu"
     resolution: _Whole = Field(default=224, ge=MIN_RESOLUTION, le=MAX_RESOLUTION)
 
+    @field_validator("ops", "kernels", "se_ratios", "skips", "filter_multipliers", "layer_deltas")
+    @classmethod
+    def _distinct(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
+        # A choice listed twice would be two decisions for one network: a bigger space, biased draws.
+        seen: list[Any] = []
+        for v in value:
+            key = _op_choice(v) if info.field_name == "ops" else v  # mbconv6 and {op: mbconv, expand: 6} alike
+            if key in seen:
+                raise ValueError(f"{v!r} is listed twice; list each choice once")
+            seen.append(key)
+        return value
+
     @field_validator("kernels")
     @classmethod
     def _odd(cls, value: list[int]) -> list[int]:
@@ -306,7 +318,7 @@ def _op_choice(o: Any) -> OpChoice:
     if isinstance(o, OpChoice):
         return o
     if isinstance(o, str):  # "conv", "ds", "mbconv3", "mbconv6"
-        m = re.fullmatch(r"(conv|ds|mbconv)(\d+(?:\.\d+)?)?", o)
+        m = re.fullmatch(r"(conv|ds|mbconv)([0-9]+(?:\.[0-9]+)?)?", o)
         if not m or (m.group(1) == "mbconv" and not m.group(2)):
             raise UserError(f"unknown op choice {o!r}; use conv, ds or mbconv<expand> (e.g. mbconv6)")
         return OpChoice(m.group(1), plain_number(float(m.group(2))) if m.group(2) else 1)
@@ -319,10 +331,7 @@ def _op_choice(o: Any) -> OpChoice:
 
 
 def _load_mapping(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read {what} file {path}: {str(exc).splitlines()[0]}") from None
+    data = load_yaml(read_text(path, f"{what} file"), f"{what} file {path}")  # JSON is YAML too
     if not isinstance(data, dict):
         raise UserError(f"{what} file {path} must hold a mapping (YAML or JSON object)")
     return data

@@ -11,11 +11,10 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
-
 from mnas.arch_strings import parse_arch, parse_arch_string, to_tf_string
 from mnas.architecture import Architecture
 from mnas.errors import UserError
+from mnas.textfiles import load_yaml, read_text
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,9 @@ def resolution(name: str) -> int:
     return entry(name).resolution
 
 
+_ARCH_TEXT = re.compile(r"\s*(\{|(ds|ir|cn|stem)_|r[0-9]+_k)")
+
+
 def resolve(text: str, width_mult: float = 1.0) -> tuple[Architecture, str]:
     """A zoo name, an architecture file (JSON / YAML / a training checkpoint) or an arch string.
 
@@ -105,16 +107,41 @@ def resolve(text: str, width_mult: float = 1.0) -> tuple[Architecture, str]:
     """
     if text in _REGISTRY:
         return get(text, width_mult), text if width_mult == 1.0 else f"{text}_x{width_mult:g}"
+    # A text that reads as an architecture (JSON or a block string) is one, and is never looked up
+    # as a path first: a long TF string is not a valid file name (ENAMETOOLONG).
+    # (A file whose name merely looks like one, ir_best.json, is still read when the text is not.)
+    if _ARCH_TEXT.match(text):
+        try:
+            arch = parse_arch(text)
+        except UserError:
+            if not _is_file_safely(text):
+                raise
+        else:
+            return arch.scaled(width_mult), arch.name or arch.id
     path = Path(text)
-    if path.exists():
+    if _exists(text):
         arch = _arch_from_file(path)
         label = arch.name or path.stem
         return arch.scaled(width_mult), label
-    if re.match(r"\s*(\{|(ds|ir|cn|stem)_|r\d+_k)", text):
-        arch = parse_arch(text)
-        return arch.scaled(width_mult), arch.name or arch.id
     raise UserError(f"{text!r} is not a zoo model, a file or an architecture string; "
                     f"zoo models: {', '.join(_REGISTRY)} (see `mnas zoo`)")
+
+
+def _exists(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except OSError as exc:  # a name too long (ENAMETOOLONG), or not encodable
+        raise UserError(f"{text[:60]!r}{'...' if len(text) > 60 else ''} cannot be looked up as a file "
+                        f"({exc.strerror or exc}); give a zoo name, a shorter path or an architecture string") from None
+    except ValueError:  # a NUL byte
+        return False
+
+
+def _is_file_safely(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _arch_from_file(path: Path) -> Architecture:
@@ -127,15 +154,9 @@ def _arch_from_file(path: Path) -> Architecture:
         from mnas.train.checkpoint import checkpoint_arch  # lazy: torch and the trainer only for checkpoints
 
         return checkpoint_arch(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+    text = read_text(path, "architecture file")
     if path.suffix in (".yaml", ".yml"):
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise UserError(f"malformed YAML in {path}: {str(exc).splitlines()[0]}") from None
+        data = load_yaml(text, f"architecture file {path}")
         if isinstance(data, str):
             return parse_arch(data)
         if not isinstance(data, dict):

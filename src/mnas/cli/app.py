@@ -9,11 +9,13 @@ modules import the torch-backed parts of the library inside the commands that us
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import signal
 import sys
 import traceback
+from typing import NoReturn
 
 import typer
 
@@ -94,14 +96,31 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(_usage_line(exc), file=sys.stderr)
         sys.exit(2 if getattr(exc, "exit_code", 2) in (1, 2) else exc.exit_code)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            _internal_error(exc)
+        # Any command, any path: a component over the file system's limit (255 bytes on most).
+        name = str(exc.filename or "")
+        shown = f" ({name[:60]!r}{'...' if len(name) > 60 else ''})" if name else ""
+        print(f"error: a file or folder name is too long{shown}: each part of a path may have at most 255 "
+              "bytes; use a shorter name", file=sys.stderr)
+        sys.exit(2)
+    except UnicodeDecodeError as exc:  # a text input read elsewhere than mnas.textfiles
+        print(f"error: an input file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8",
+              file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:  # a bug, not a user mistake: still no traceback by default
-        if os.environ.get("MNAS_DEBUG"):
-            traceback.print_exc()
-        text = " ".join(str(exc).split())[:300]
-        print(f"error: internal error {type(exc).__name__}: {text} (set MNAS_DEBUG=1 for the traceback "
-              "and please report it)", file=sys.stderr)
-        sys.exit(1)
+        _internal_error(exc)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _internal_error(exc: BaseException) -> NoReturn:
+    if os.environ.get("MNAS_DEBUG"):
+        traceback.print_exc()
+    text = " ".join(str(exc).split())[:300]
+    print(f"error: internal error {type(exc).__name__}: {text} (set MNAS_DEBUG=1 for the traceback "
+          "and please report it)", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,27 @@ than 0``), so every section is a strict model and `load_config` turns pydantic's
 
 from __future__ import annotations
 
+import math
 import typing
+import types
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from mnas import zoo
+from mnas.architecture import check_resolution
 from mnas.errors import UserError
+from mnas.latency.backends.base import get_backend
+from mnas.latency.backends.registry import backend_names
+from mnas.latency.measure.measuring import cores
+from mnas.latency.measure.protocol import DEFAULT_REFERENCE
+from mnas.latency.measure.protocol import PROCESSES
 from mnas.latency.model import LatencyModel, latency_model, parse_multiple
 from mnas.latency.target import Target
 from mnas.reward import Reward
+from mnas.textfiles import load_yaml, read_text
+from mnas.run_options import DEFAULT_DATASET, DEFAULT_VAL_SIZE
 from mnas.train.settings import ProxyConfig, StrictModel
 
 __all__ = [
@@ -45,10 +54,10 @@ _TARGET_DEFAULTS = Target()  # one default per setting: the latency target's own
 class DataConfig(StrictModel):
     """Which dataset the proxy trains on, and how much of it."""
 
-    dataset: str = "cifar10"
+    dataset: str = DEFAULT_DATASET
     data_root: str | None = None  # None: $MNAS_DATA, else ~/.cache/mnas/data
     train_subset: int | None = Field(default=None, gt=0)
-    val_size: float | int = 0.1  # a fraction of train (0 < f < 1) or a count of images
+    val_size: float | int = DEFAULT_VAL_SIZE  # a fraction of train (0 < f < 1) or a count of images
 
     @field_validator("val_size")
     @classmethod
@@ -103,7 +112,7 @@ class LatencyConfig(StrictModel):
     device: str = "cpu"
     serial: str | None = None  # android: the phone's adb serial
     benchmark_binary: str | None = None  # android: TFLite benchmark_model built for the phone
-    processes: int = Field(default=3, gt=0)
+    processes: int = Field(default=PROCESSES, gt=0)
     lut: str | None = None  # a lookup table file: predict instead of measuring
     reference: str = "mobilenet_v2"  # the network every measurement is timed against (a zoo name)
     host: str | None = None  # Ray: the node the target device sits on (default: the driver's)
@@ -116,6 +125,37 @@ class LatencyConfig(StrictModel):
         if value is not None and not value.isprintable():
             raise ValueError("a target name must be one printable line (no newlines or control characters)")
         return value
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, value: int | None) -> int | None:
+        try:  # the one bound on an input size (mnas.architecture), as for --resolution
+            return None if value is None else check_resolution(value)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        if value.strip().lower() == "none":
+            raise ValueError("a search times every candidate against a reference network; 'none' is not possible "
+                             f"here: give a zoo name (e.g. {DEFAULT_REFERENCE})")
+        try:
+            zoo.entry(value)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def check_here(self) -> None:
+        """The checks that depend on this machine (run where the search starts): a target measured
+        here (no table, no Ray host, a local backend) gets at most one thread per core, as the
+        latency commands' --threads."""
+        if self.lut is not None or self.host is not None:
+            return
+        if self.backend in backend_names() and get_backend(self.backend).local:
+            have = len(cores())
+            if self.threads > have:
+                raise UserError(f"threads: {self.threads} is more than the {have} cores here; use at most {have}")
 
     @property
     def label(self) -> str:
@@ -144,6 +184,9 @@ class LatencyConfig(StrictModel):
                       serial=self.serial, benchmark_binary=self.benchmark_binary)
 
 
+MAX_TARGET_MS = 1e6  # a latency target of over 16 minutes is a typo
+
+
 class RewardConfig(StrictModel):
     """The MnasNet reward ACC x (LAT/T)^w: a target T and exponents, or a named preset.
 
@@ -151,10 +194,11 @@ class RewardConfig(StrictModel):
     latency target ("1.0 x mobilenet_v2", as the paper put T near MobileNetV2's latency); the
     search resolves it to `target_ms` once and stores both."""
 
-    target_ms: float | None = Field(default=None, gt=0)
+    target_ms: float | None = Field(default=None, gt=0, le=MAX_TARGET_MS)
     target: str | None = None
-    alpha: float | None = Field(default=None, le=0)  # None: the soft preset's
-    beta: float | None = Field(default=None, le=0)
+    # The exponents: 0 (latency ignored) down to -1 (the hard preset's beta); the paper uses -0.07.
+    alpha: float | None = Field(default=None, ge=-1, le=0)  # None: the soft preset's
+    beta: float | None = Field(default=None, ge=-1, le=0)
     preset: Literal["soft", "hard"] | None = None
 
     @model_validator(mode="after")
@@ -281,6 +325,9 @@ def parse_config(data: Any, source: str = "config", base_dir: Path | None = None
     """Validate a mapping as a `SearchConfig`; relative file paths resolve against `base_dir`."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: the file must hold a mapping of keys (space, data, proxy, ...)")
+    problem = _number_problem(SearchConfig, data, ())
+    if problem:
+        raise UserError(f"{source}: {problem}")
     try:
         config = SearchConfig.model_validate(data)
     except ValidationError as exc:
@@ -322,11 +369,86 @@ def load_config(path: str | Path) -> SearchConfig:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
-    return parse_config(data, source=str(path), base_dir=path.parent.resolve())
+    data = load_yaml(read_text(path, "config file"), str(path))  # UTF-8, no key twice
+    reward = data.get("reward") if isinstance(data, dict) else None
+    if isinstance(reward, dict) and reward.get("target") is not None and reward.get("target_ms") is not None:
+        # (a stored config holds both: the target and what it resolved to; a file gives one)
+        raise UserError(f"{path}: reward: give target_ms or target, not both ({reward['target_ms']!r} ms and "
+                        f"{reward['target']!r} contradict each other)")
+    config = parse_config(data, source=str(path), base_dir=path.parent.resolve())
+    for i, t in enumerate(config.latency):
+        try:
+            t.check_here()
+        except UserError as exc:
+            where = "latency" if len(config.latency) == 1 and not isinstance(data.get("latency"), list) else f"latency.{i}"
+            raise UserError(f"{path}: {where}.{exc}") from None
+    return config
+
+
+# ---- numbers: one rule for every number a config file holds -------------------------------------------
+# pydantic's lax mode reads `true` as 1 and "8" as 8, and floats accept .inf and .nan: a boolean
+# where a number goes would train with batch 1, an infinite epoch count fails every trial. Before
+# validation, every value whose field takes a number (and not a boolean or text) is checked to be
+# one, and every number anywhere in the file to be finite. 1.0 stays a valid int (pydantic checks
+# it is whole) and an int a valid float.
+
+def _kinds(annotation: Any) -> tuple[set[type], list[type[BaseModel]], Any]:
+    """(plain types, models, the item annotation of a list) an annotation accepts."""
+    plain: set[type] = set()
+    models: list[type[BaseModel]] = []
+    item: Any = None
+    stack = [annotation]
+    while stack:
+        a = stack.pop()
+        origin = typing.get_origin(a)
+        if origin is typing.Annotated:
+            stack.append(typing.get_args(a)[0])
+        elif origin in (typing.Union, types.UnionType):
+            stack.extend(typing.get_args(a))
+        elif origin is list:
+            plain.add(list)
+            item = typing.get_args(a)[0] if typing.get_args(a) else Any
+        elif origin is typing.Literal:
+            plain.update(type(v) for v in typing.get_args(a))
+        elif origin is not None:
+            plain.add(origin)
+        elif isinstance(a, type) and issubclass(a, BaseModel):
+            models.append(a)
+        elif isinstance(a, type):
+            plain.add(a)
+        else:
+            plain.add(object)  # Any
+    return plain, models, item
+
+
+def _value_problem(annotation: Any, value: Any, loc: tuple[Any, ...]) -> str | None:
+    path = ".".join(map(str, loc))
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path}: {value} is not a finite number; give a number (or leave the key out for the default)"
+    plain, models, item = _kinds(annotation)
+    numeric = bool(plain & {int, float}) and object not in plain
+    if numeric and isinstance(value, bool) and bool not in plain:
+        return f"{path}: {str(value).lower()} is a boolean, not a number; give a number"
+    if numeric and isinstance(value, str) and str not in plain:
+        return f"{path}: {value!r} is text, not a number; write the number without quotes"
+    if isinstance(value, dict):
+        if not models and isinstance(item, type) and issubclass(item, BaseModel):
+            models = [item]  # one section written where a list of them goes (latency)
+        if models:
+            return _number_problem(models[0], value, loc)
+        return next((p for k, v in value.items() if (p := _value_problem(Any, v, (*loc, k)))), None)
+    if isinstance(value, list):
+        inner = item if item is not None else (models[0] if models else Any)
+        return next((p for i, v in enumerate(value) if (p := _value_problem(inner, v, (*loc, i)))), None)
+    return None
+
+
+def _number_problem(model: type[BaseModel], data: Any, loc: tuple[Any, ...]) -> str | None:
+    if not isinstance(data, dict):
+        return None
+    for key, value in data.items():
+        field = model.model_fields.get(str(key))
+        problem = _value_problem(field.annotation if field is not None else Any, value, (*loc, key))
+        if problem:
+            return problem
+    return None
