@@ -198,3 +198,105 @@ def test_measure_json_reports_relative_and_the_reference(capsys, tmp_path: Path,
     assert d["reference_date"].endswith("UTC") and d["reference_spread"] >= 0 and d["processes"] >= 3
     text = mnas_here(capsys, "latency", "measure", "mnasnet_small", "-b", "onnxruntime", "-r", "32")
     assert "(cached)" in text.stdout and "x mobilenet_v2" in text.stdout and "measured 20" in text.stdout
+
+
+# ---- #28 item 3: a table is validated when it is loaded, by every command ----------------------
+def _broken(table_file: Path, folder: Path, how: str) -> Path:
+    import json
+    import math
+
+    d = json.loads(table_file.read_text())
+    key = next(iter(d["entries"]))
+    if how in ("nan", "inf", "zero", "negative", "missing"):
+        value = {"nan": math.nan, "inf": math.inf, "zero": 0.0, "negative": -0.01}.get(how)
+        if value is None:
+            del d["entries"][key]["relative"]
+        else:
+            d["entries"][key]["relative"] = value
+    elif how == "empty":
+        d["entries"] = {}
+    elif how == "format9":
+        d["format"] = 9
+    elif how == "format_text":
+        d["format"] = "two"
+    elif how == "reference":
+        d["reference"]["ms"] = -1.0
+    elif how == "no_reference":
+        d["reference"] = None
+    elif how == "calibration":
+        d["calibration"]["scale"] = math.nan
+    elif how == "calibration_zero":
+        d["calibration"]["scale"] = 0.0
+    out = folder / f"{how}.json"
+    out.write_text(json.dumps(d))  # json writes NaN / Infinity, as a hand-edited or broken file may hold
+    return out
+
+
+BROKEN = [
+    ("nan", "have no finite positive relative"), ("inf", "have no finite positive relative"),
+    ("zero", "have no finite positive relative"), ("negative", "have no finite positive relative"),
+    ("missing", "have no finite positive relative"), ("empty", "holds no entries"),
+    ("format9", "is a format 9 latency table, newer than this mnas reads"),
+    ("format_text", "unknown latency table format 'two'"),
+    ("reference", "the reference's latency is -1.0, not a positive number of ms"),
+    ("no_reference", "without its reference latency"),
+    ("calibration", "calibration scale is nan, not a finite number"),
+    ("calibration_zero", "calibration scale is 0.0, not positive"),
+]
+
+
+@pytest.mark.parametrize("how, message", BROKEN)
+def test_a_broken_table_is_refused_when_loaded(table_file: Path, tmp_path: Path, how: str, message: str) -> None:
+    from mnas.errors import UserError
+
+    bad = _broken(table_file, tmp_path, how)
+    with pytest.raises(UserError, match="rebuild it with `mnas latency build-lut`") as err:
+        LatencyTable.load(bad)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["validate-lut", "refine-lut"])
+@pytest.mark.parametrize("how", ["nan", "format9", "calibration"])
+def test_every_command_refuses_a_broken_table_before_work(table_file: Path, tmp_path: Path, command: str,
+                                                          how: str) -> None:
+    """In a fresh process: one line, exit 2, no plot written, the table untouched."""
+    bad = _broken(table_file, tmp_path, how)
+    before = bad.read_bytes()
+    t = time.monotonic()
+    line = one_line(mnas("latency", command, str(bad), env={"MNAS_CACHE_DIR": str(tmp_path / "cache")}))
+    assert dict(BROKEN)[how] in line and "nan%" not in line
+    assert time.monotonic() - t < 30
+    assert bad.read_bytes() == before and not list(tmp_path.glob("*.png"))
+
+
+def test_validate_checks_its_plot_path_before_measuring(table_file: Path, tmp_path: Path, capsys,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "file").write_text("x")
+    t = time.monotonic()
+    line = one_line(mnas_here(capsys, "latency", "validate-lut", str(table_file), "--samples", "2",
+                              "--plot", str(tmp_path / "file" / "plot.png")))
+    assert "is a file, not a folder" in line and time.monotonic() - t < 5
+    (tmp_path / "dir.png").mkdir()
+    line = one_line(mnas_here(capsys, "latency", "validate-lut", str(table_file), "--plot", str(tmp_path / "dir.png")))
+    assert "is a folder" in line
+    line = one_line(mnas_here(capsys, "latency", "validate-lut", str(table_file), "--plot", str(table_file)))
+    assert "is the file this command reads" in line
+
+
+def test_validate_and_refine_in_an_unwritable_folder_are_one_line(table_file: Path, tmp_path: Path, capsys,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """(os.access is what a non-root user would be told; the tests may run as root.)"""
+    import shutil
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    lut = Path(shutil.copy(table_file, folder / "t.json"))
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == folder else real(p, mode, *a, **k))
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path / "cache"))
+    line = one_line(mnas_here(capsys, "latency", "refine-lut", str(lut)))
+    assert f"its folder {folder} is not writable" in line
+    line = one_line(mnas_here(capsys, "latency", "validate-lut", str(lut), "--samples", "2"))
+    assert "cannot be written" in line and str(folder) in line

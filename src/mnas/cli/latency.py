@@ -28,6 +28,7 @@ from mnas.latency.tables.plot import scatter
 from mnas.latency.tables.predict import LatencyTable
 from mnas.latency.tables.validate import validate_lut
 from mnas.latency.target import Target
+from mnas.paths import output_file
 from mnas.space import SearchSpace
 
 app = typer.Typer(help="Measure latency on real runtimes; build and validate lookup tables.",
@@ -265,6 +266,9 @@ def refine_lut_cmd(
         raise UserError(f"--pack-size must be >= 1 (got {pack_size})")
     if lut.is_file() and not os.access(lut, os.W_OK):
         raise UserError(f"cannot write {lut}: the table is updated in place; make it writable or refine a copy")
+    if lut.is_file() and not os.access(lut.parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot refine {lut}: its folder {lut.parent} is not writable (the table is saved beside "
+                        "itself and renamed over it); make the folder writable or refine a copy elsewhere")
     tab = refine_lut(lut, processes, pack_size=pack_size)
     run, c = tab.build["refined"][-1], tab.calibration
     typer.echo(f"refined {lut}: {run['units']} layers timed in more processes ({run['packs']} packs, "
@@ -288,11 +292,11 @@ def validate_lut_cmd(
     if samples < 2:
         raise UserError(f"--samples must be >= 2 (got {samples})")
     tab = LatencyTable.load(lut)
+    plot = output_file(plot or lut.with_suffix(".validation.png"), "--plot", force=True, inputs=[lut])
     covered, total = tab.coverage()
     if covered < total:
         typer.echo(f"warning: the table holds {covered} of the {total} layer configurations of its space; "
                    "architectures with missing layers are predicted by a MACs regression", err=True)
-    plot = plot or lut.with_suffix(".validation.png")
     with terminate_as_exit():
         v = validate_lut(tab, samples, seed=seed, processes=processes, fresh=fresh)
     scatter(v, plot, title=f"LUT {tab.target.label}")
@@ -303,6 +307,8 @@ def validate_lut_cmd(
     typer.echo(f"{v.n} architectures on {tab.target.label}: MAPE {v.mape:.2f}%  RMSE {v.rmse_ms:.3f} ms  "
                f"Kendall tau {v.kendall_tau:.3f}  within 5% {v.within_5:.0f}%  within 10% {v.within_10:.0f}%  "
                f"predict {v.predict_us:.0f} us/arch; {verdict} the bar (MAPE<=3%, tau>=0.95, 100% within 10%)")
+    if v.skipped:
+        typer.echo(f"  {v.skipped} architectures left out: no finite positive measurement or prediction", err=True)
     if v.regressed_archs:
         typer.echo(f"  {v.regressed_archs} of {v.n} architectures had layers missing from the table", err=True)
     typer.echo(f"scatter plot: {plot}")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from mnas.latency.tables.validate import Validation
+from mnas.paths import write_via
 
 
 def scatter(v: Validation, path: str | os.PathLike[str], title: str = "") -> Path:
@@ -27,6 +28,8 @@ def scatter(v: Validation, path: str | os.PathLike[str], title: str = "") -> Pat
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        write_via(out, lambda tmp: fig.savefig(tmp, dpi=120))
+    finally:
+        plt.close(fig)
     return out

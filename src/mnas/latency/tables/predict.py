@@ -19,6 +19,7 @@ refining one is `mnas.latency.tables.build`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from collections.abc import Sequence
@@ -154,6 +155,7 @@ class LatencyTable:
             raise UserError(f"{p} is a directory, not a latency table; pass the table's JSON file")
         try:
             d = json.loads(p.read_text())
+            check_table_dict(d, p)
             ref = d.get("reference")
             reference = ReferenceLatency.from_dict(ref) if ref else None
             return cls(target=Target.from_dict(d["target"]), entries=_merge_aliases(d["entries"], reference),
@@ -172,6 +174,65 @@ class LatencyTable:
         if not self.space:
             raise UserError("this latency table does not record its search space; pass --space")
         return SearchSpace.from_dict(self.space)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_table_dict(d: Any, p: Path) -> None:
+    """Everything a prediction reads, checked when a table is loaded (so every command and the
+    search refuse a bad table before any work): a known format, finite positive entries, a sane
+    reference and calibration. One line (UserError) naming the first problem and the fix."""
+    rebuild = "rebuild it with `mnas latency build-lut`"
+    if not isinstance(d, dict) or "entries" not in d or "target" not in d:
+        raise UserError(f"{p} is not a latency table written by `mnas latency build-lut` (no entries or target)")
+    fmt = d.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt not in (1, FORMAT_VERSION):
+        if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT_VERSION:
+            raise UserError(f"{p} is a format {fmt} latency table, newer than this mnas reads (formats 1-"
+                            f"{FORMAT_VERSION}); upgrade mnas or {rebuild}")
+        raise UserError(f"{p} has an unknown latency table format {fmt!r} (this mnas reads 1-{FORMAT_VERSION}); "
+                        f"{rebuild}")
+    ref = d.get("reference")
+    if fmt == FORMAT_VERSION:
+        if not isinstance(ref, dict):
+            raise UserError(f"{p} is a format {fmt} table without its reference latency; {rebuild}")
+        ms = ref.get("ms")
+        if not _finite(ms) or ms <= 0:
+            raise UserError(f"{p}: the reference's latency is {ms!r}, not a positive number of ms; {rebuild}")
+        if not isinstance(ref.get("target"), dict) or not isinstance(ref.get("name"), str):
+            raise UserError(f"{p}: the reference record lacks its name or target; {rebuild}")
+    elif ref is not None:
+        raise UserError(f"{p} is a format 1 (absolute) table with a reference; {rebuild}")
+    entries = d["entries"]
+    if not isinstance(entries, dict) or not entries:
+        raise UserError(f"{p} holds no entries; {rebuild}")
+    field_name = "relative" if fmt == FORMAT_VERSION else "median_ms"
+    bad = []
+    for key, e in entries.items():
+        v = e.get(field_name) if isinstance(e, dict) else None
+        if not isinstance(e, dict) or not isinstance(e.get("unit"), dict) or not _finite(v) or v <= 0:
+            bad.append((key, "no layer" if isinstance(e, dict) and not isinstance(e.get("unit"), dict) else v))
+    if bad:
+        key, v = bad[0]
+        raise UserError(f"{p}: {len(bad)} of its {len(entries)} entries have no finite positive {field_name} "
+                        f"(e.g. {key}: {v!r}); {rebuild}, or refine a good copy")
+    cal = d.get("calibration")
+    if cal is not None:
+        if not isinstance(cal, dict):
+            raise UserError(f"{p}: its calibration is not a table of numbers; {rebuild}")
+        for name in ("scale", "per_unit", "offset"):
+            if not _finite(cal.get(name)):
+                raise UserError(f"{p}: calibration {name} is {cal.get(name)!r}, not a finite number; {rebuild}")
+        if cal["scale"] <= 0:
+            raise UserError(f"{p}: calibration scale is {cal['scale']!r}, not positive; {rebuild}")
+        for name in ("per_se_unit", "per_shortcut_unit"):
+            if name in cal and not _finite(cal[name]):
+                raise UserError(f"{p}: calibration {name} is {cal[name]!r}, not a finite number; {rebuild}")
+        scales = cal.get("family_scales")
+        if scales is not None and (not isinstance(scales, dict) or not all(_finite(v) for v in scales.values())):
+            raise UserError(f"{p}: calibration family_scales are not finite numbers ({scales!r}); {rebuild}")
 
 
 def _merge_aliases(entries: dict[str, dict[str, Any]], ref: ReferenceLatency | None) -> dict[str, dict[str, Any]]:

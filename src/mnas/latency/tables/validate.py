@@ -46,6 +46,7 @@ class Validation:
     reference_ms: float | None = None
     coverage: tuple[int, int] = (0, 0)  # (units of the space in the table, units of the space)
     regressed_archs: int = 0  # architectures with units predicted by the regression
+    skipped: int = 0  # architectures left out: no finite positive prediction or measurement
 
     @property
     def meets_bar(self) -> bool:
@@ -93,11 +94,26 @@ def validate_lut(table: LatencyTable, samples: int = 100, *, seed: int = 777, pr
     res = measure_many(archs, table.target, processes=processes, cache=cache, protocol=protocol, fresh=fresh,
                        reference=ref.architecture() if ref is not None else None, on_result=on_result)
     if ref is not None:  # ground truth in the table's terms: relative x the table's reference latency
-        measured = [float(r.relative or 0.0) * ref.ms for r in res]
+        measured = [float(r.relative) * ref.ms if r.relative is not None else float("nan") for r in res]
     else:
-        measured = [r.median_ms for r in res]
-    v = Validation(n=len(archs), predict_us=predict_us, predicted_ms=predicted, measured_ms=measured,
-                   arch_ids=[a.id for a in archs], measured_relative=[float(r.relative or 0.0) for r in res],
+        measured = [float(r.median_ms) for r in res]
+    # a sample is judged only where both figures are finite and positive (a failed measurement or
+    # prediction is left out and counted, never turned into a number)
+    keep = [i for i, (p, m) in enumerate(zip(predicted, measured, strict=True))
+            if math.isfinite(p) and math.isfinite(m) and p > 0 and m > 0]
+    if len(keep) < 2:
+        raise UserError(f"cannot judge this table: only {len(keep)} of the {len(archs)} architectures have a finite "
+                        "positive prediction and measurement (2 are needed); check the table and the target, "
+                        "or validate with more --samples")
+    predicted = [predicted[i] for i in keep]
+    measured = [measured[i] for i in keep]
+    scores = evaluate(predicted, measured)
+    if not math.isfinite(scores["kendall_tau"]):
+        raise UserError(f"cannot judge this table: its {len(keep)} predictions or measurements are all equal, so no "
+                        "ranking can be compared; validate with more --samples")
+    v = Validation(n=len(keep), predict_us=predict_us, predicted_ms=predicted, measured_ms=measured,
+                   arch_ids=[archs[i].id for i in keep],
+                   measured_relative=[float(res[i].relative) for i in keep] if ref is not None else [],
                    reference_ms=ref.ms if ref is not None else None, coverage=table.coverage(sp),
-                   regressed_archs=regressed, **evaluate(predicted, measured))
+                   regressed_archs=regressed, skipped=len(archs) - len(keep), **scores)
     return v
