@@ -113,3 +113,68 @@ def test_cli_best_exports_onnx_and_arch(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["best", str(run_dir), "--max-latency", "1"])
     assert exit_info.value.code == 2 and "no finished trial runs within 1 ms" in capsys.readouterr().err
+
+
+def test_one_latency_scale_per_report(tmp_path):
+    """#28 item 8: the reference was measured again (2.511 ms) after the search resolved
+    T = 1.0 x mobilenet_v2 = 2.830 ms; the report (the real CLI, in a fresh process) shows every
+    figure on the run's scale: mobilenet_v2 at exactly T, the other zoo models and the trials at
+    their relative figure x 2.830 ms."""
+    import os
+    import subprocess
+    import sys
+
+    from mnas import zoo
+    from mnas.latency.measure.cache import LatencyCache
+    from mnas.latency.measure.measuring import reference_arch
+    from mnas.latency.measure.result import LatencyResult, ReferenceLatency
+
+    config = parse_config({**CONFIG, "reward": {"target": "1.0 x mobilenet_v2", "target_ms": 2.830, "preset": "hard"}})
+    target = config.primary.to_target()
+    name, ref_arch = reference_arch("mobilenet_v2", target)
+    cache_dir = tmp_path / "cache"
+    previous = os.environ.get("MNAS_CACHE_DIR")
+    os.environ["MNAS_CACHE_DIR"] = str(cache_dir)
+    try:
+        cache = LatencyCache()  # the file the CLI opens under MNAS_CACHE_DIR
+    finally:
+        if previous is None:
+            del os.environ["MNAS_CACHE_DIR"]
+        else:
+            os.environ["MNAS_CACHE_DIR"] = previous
+    now = 1.8e9
+    cache.put_reference(ReferenceLatency(name, ref_arch.id, 2.511, 0.01, now, 3, True, target, ref_arch.to_json(), 3, 0.01))
+    relative = {"mnasnet_a1": 1.2, "mnasnet_b1": 1.1, "mnasnet_small": 0.4, "mobilenet_v2": 1.004}
+    for model, rel in relative.items():
+        arch = zoo.get(model).for_resolution(target.resolution)
+        cache.put(arch.id, LatencyResult(rel * 2.511, rel * 2.5, rel * 2.6, 0.01, 60, 3, 0.0, target,
+                                         [rel * 2.511] * 3, [now] * 3, arch.id, relative=rel,
+                                         per_process_relative=[rel] * 3, reference=name, reference_id=ref_arch.id,
+                                         reference_ms=2.511, reference_measured_at=now))
+    reward = make_reward(config)
+    space = SearchSpace.cifar()
+    rng = random.Random(0)
+    run = tmp_path / "run"
+    with Store.create(run, config.model_dump(mode="json")) as store:
+        batch = [Trial(-1, space.sample(rng), strategy="random") for _ in range(2)]
+        store.add_trials(batch, dump_state({}), 0)
+        for trial, rel in zip(batch, (0.9, 1.05), strict=True):
+            # the first measured while the old reference figure held, the second after it changed
+            trial.status, trial.accuracy, trial.relative = "done", 0.3 + rel / 10, rel
+            trial.latency_ms = rel * (2.830 if rel < 1 else 2.511)
+            trial.reward = reward(trial.accuracy, trial.latency_ms)
+            store.save_result(trial)
+        store.commit_tell([t.trial_id for t in batch], dump_state({}), 0)
+    proc = subprocess.run([sys.executable, "-m", "mnas", "report", str(run)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "MNAS_CACHE_DIR": str(cache_dir)})
+    assert proc.returncode == 0, proc.stderr
+    text = (run / "report.md").read_text()
+    assert "T = 1.0 x mobilenet_v2 = 2.830 ms" in text
+    assert "relative to mobilenet_v2 = 2.830 ms (the run's, from T; measured again since: 2.511 ms" in text
+    zoo_rows = dict(re.findall(r"^\| (\w+) \| ([0-9.]+) \| [^|]+ \|$", text, flags=re.M))
+    assert zoo_rows["mobilenet_v2"] == "2.830"  # exactly T / 1.0, not 1.004 x anything
+    assert zoo_rows["mnasnet_a1"] == f"{1.2 * 2.830:.3f}" and zoo_rows["mnasnet_small"] == f"{0.4 * 2.830:.3f}"
+    front = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in text.splitlines()
+             if re.match(r"^\| [01] \| 0\.", line)}
+    assert front == {"0": f"{0.9 * 2.830:.3f}", "1": f"{1.05 * 2.830:.3f}"}
+    assert "2.511" not in text.replace("measured again since: 2.511 ms", "")

@@ -18,8 +18,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import statistics
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from matplotlib.ticker import MaxNLocator
 from mnas import zoo
 from mnas.arch_strings import to_timm_string
 from mnas.errors import UserError
+from mnas.latency.model import parse_multiple
 from mnas.paths import write_bytes, write_text
 from mnas.profile import profile
 from mnas.reward import pareto_indices
@@ -90,7 +92,59 @@ def load_run(run_dir: str | Path) -> Run:
         trials = store.trials()
         refs = store.references()
         rungs = store.rungs()
+    scale = run_scale(config, [*trials, *refs])
+    if scale is not None:
+        trials, refs = _rescaled(trials, scale), _rescaled(refs, scale)
     return Run(run_dir, config, trials, refs, rungs, make_accuracy_model(config).top)
+
+
+# -- one latency scale per run -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Scale:
+    """The one reference latency every ms figure of a run on its first target is made of
+    (ms = relative x `ms`). `how`: "T" (the reward's T resolved as "F x name" when the search
+    started: `ms` = T / F), or "trials" (the reference latency the run's trials were scaled with)."""
+
+    name: str
+    ms: float
+    how: str
+
+
+def run_scale(config: SearchConfig, trials: list[Trial]) -> Scale | None:
+    """The reference latency the search resolved on its first target: T / F where T was given as
+    "F x <the target's reference>", else the one its trials were measured with (the median of
+    latency / relative); None where neither is known (no relative figures stored)."""
+    primary = config.primary
+    r = config.reward
+    if r.target and r.target_ms:
+        try:
+            factor, name = parse_multiple(r.target)
+        except UserError:
+            factor, name = 0.0, ""
+        if factor > 0 and name == primary.reference:
+            return Scale(name, r.target_ms / factor, "T")
+    implied = sorted(float(t.latency_ms) / float(t.relative) for t in trials
+                     if t.latency_ms is not None and t.relative is not None and t.relative > 0
+                     and math.isfinite(t.latency_ms) and math.isfinite(t.relative))
+    if implied:
+        return Scale(str(primary.reference), statistics.median(implied), "trials")
+    return None
+
+
+def _rescaled(trials: list[Trial], scale: Scale) -> list[Trial]:
+    """Each trial's first-target latency as its relative figure x the run's reference latency (a
+    trial measured after the reference was re-measured keeps the run's scale)."""
+    out = []
+    for t in trials:
+        if t.latency_ms is not None and t.relative is not None and t.relative > 0 and math.isfinite(t.relative):
+            t = replace(t, latency_ms=t.relative * scale.ms)
+        out.append(t)
+    return out
+
+
+def target_scale(run: Run, target: LatencyConfig) -> Scale | None:
+    """The run's scale on `target` (only the first target's is stored with the run)."""
+    return run_scale(run.config, [*run.trials, *run.references]) if target is run.config.primary else None
 
 
 def accuracy(t: Trial) -> float:
@@ -220,8 +274,11 @@ def trust_lines(run: Run) -> list[str]:
 
 
 # -- zoo references ----------------------------------------------------------------------------
-def references(target: LatencyConfig, names: tuple[str, ...] = REFERENCE_MODELS) -> list[Reference]:
-    """Zoo models on one target, through its `LatencyModel` (a table, or cached measurements)."""
+def references(target: LatencyConfig, names: tuple[str, ...] = REFERENCE_MODELS,
+               scale: Scale | None = None) -> list[Reference]:
+    """Zoo models on one target, through its `LatencyModel` (a table, or cached measurements);
+    with the run's `scale`, each is its relative figure x the run's reference latency, and the
+    reference network itself is exactly that latency (so it sits at exactly T / F)."""
     try:
         model = target.to_model()
     except Exception as exc:  # e.g. the table was moved away since the search
@@ -229,22 +286,32 @@ def references(target: LatencyConfig, names: tuple[str, ...] = REFERENCE_MODELS)
     out = []
     for name in names:
         try:
+            if scale is not None and name == scale.name:
+                out.append(Reference(name, scale.ms, "the run's reference"))
+                continue
             est = model.estimate(zoo.get(name))
-            out.append(Reference(name, est.ms, est.how))
+            ms = est.relative * scale.ms if scale is not None and est.relative is not None else est.ms
+            out.append(Reference(name, ms, est.how))
         except Exception as exc:  # e.g. a table without this model's layers
             out.append(Reference(name, None, f"error: {' '.join(str(exc).split())[:200]}"))
     return out
 
 
-def reference_line(target: LatencyConfig) -> str:
+def reference_line(target: LatencyConfig, scale: Scale | None = None) -> str:
     """'mobilenet_v2 = 3.512 ms (2026-11-30 08:35 UTC, spread 1.2% over 3 processes)': what relative
-    latencies are relative to."""
+    latencies are relative to: the run's `scale` where given (with a note where the reference has
+    been measured again since), else the reference's latency on record."""
     try:
         ref = target.to_model().reference_latency()
     except Exception as exc:
+        if scale is not None:
+            return f"{scale.name} = {scale.ms:.3f} ms (the run's)"
         return f"reference {target.reference}: unavailable ({' '.join(str(exc).split())[:120]})"
     unstable = "" if ref.stable else "; unstable: `mnas latency reference --fresh` with this target measures it again"
-    return f"{ref.name} = {ref.ms:.3f} ms ({ref.date}, {ref.spread_text()}{unstable})"
+    if scale is None or math.isclose(scale.ms, ref.ms, rel_tol=1e-9):
+        return f"{ref.name} = {ref.ms:.3f} ms ({ref.date}, {ref.spread_text()}{unstable})"
+    return (f"{scale.name} = {scale.ms:.3f} ms (the run's, {'from T' if scale.how == 'T' else 'as its trials were measured'}; "
+            f"measured again since: {ref.ms:.3f} ms on {ref.date}, every figure here keeps the run's)")
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -393,7 +460,8 @@ def render_markdown(run: Run, refs: dict[str, list[Reference]]) -> str:
         "",
         f"- space: `{c.space}`; strategy: `{c.strategy.name}`; seed {c.seed}",
         f"- reward: T = {t_text} on {target_label(c.primary)}, {rule}",
-        "- latency targets: " + "; ".join(f"{target_label(t)}, relative to {reference_line(t)}" for t in c.latency),
+        "- latency targets: " + "; ".join(f"{target_label(t)}, relative to {reference_line(t, target_scale(run, t))}"
+                                          for t in c.latency),
         f"- accuracy: {c.data.dataset} (train subset {c.data.train_subset or 'all'}, held-out val {c.data.val_size}), "
         + proxy + (f"; {climbed}" if climbed else ""),
         f"- trials: {counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['running']} unfinished, "
@@ -453,7 +521,7 @@ class ReportFiles:
 def write_report(run_dir: str | Path, *, zoo: bool = True) -> ReportFiles:
     """Draw the three plots and write report.md into the run directory."""
     run = load_run(run_dir)
-    refs = {t.label: references(t) for t in run.config.latency} if zoo else {}
+    refs = {t.label: references(t, scale=target_scale(run, t)) for t in run.config.latency} if zoo else {}
     out = run.run_dir
     files = ReportFiles(
         plot_pareto(run, refs, out / "pareto.png"),
