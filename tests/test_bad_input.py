@@ -213,3 +213,145 @@ def test_search_config_values_that_cannot_work(proxy, needle, tmp_path, capsys):
     line = one_line_error(["search", "--config", str(f), "--out", str(tmp_path / "run")], capsys)
     assert needle in line and str(f) in line
     assert not (tmp_path / "run").exists()
+
+
+# ---- one validation for a setting, wherever it is written (#28) ------------------------------------
+def _config_commands(f: Path, tmp_path: Path) -> list[list[str]]:
+    """Every command that reads a search config file."""
+    return [["search", "--config", str(f), "--out", str(tmp_path / "run")],
+            ["store", "recover", str(tmp_path / "no_run"), "--config", str(f)]]
+
+
+@pytest.mark.parametrize("command", [0, 1], ids=["search", "store-recover"])
+@pytest.mark.parametrize("text,needle", [
+    ("latency: {threads: 1000}", "latency.threads: 1000 is more than the"),
+    ("latency: {reference: resnet50}", "latency.0.reference: unknown zoo model 'resnet50'"),
+    ("latency: {reference: none}", "latency.0.reference: a search times every candidate against a reference"),
+    ("latency: {resolution: 100000}", "latency.0.resolution: resolution must lie in 8..1024"),
+    ("proxy: {epochs: .inf}", "proxy.epochs: inf is not a finite number"),
+    ("proxy: {lr: .inf}", "proxy.lr: inf is not a finite number"),
+    ("proxy: {lr: .nan}", "proxy.lr: nan is not a finite number"),
+    ("reward: {target_ms: 2, alpha: -1e308}", "reward.alpha: Input should be greater than or equal to -1"),
+    ("reward: {target_ms: 2, beta: -5}", "reward.beta: Input should be greater than or equal to -1"),
+    ("reward: {target_ms: .inf}", "reward.target_ms: inf is not a finite number"),
+    ("proxy: {batch_size: true}", "proxy.batch_size: true is a boolean, not a number"),
+    ("budget: {trials: '8'}", "budget.trials: '8' is text, not a number"),
+    ("reward: {target_ms: 2, target: 1.0 x mobilenet_v2}", "reward: give target_ms or target, not both"),
+    ("proxy: {epochs: 1}\nproxy: {epochs: 2}", "YAML syntax error at line 3, column 1: key 'proxy' appears twice"),
+    ("proxy: {epochs: 1, epochs: 2}", "key 'epochs' appears twice"),
+])
+def test_config_values_get_the_flags_bounds(text, needle, command, tmp_path, capsys):
+    f = tmp_path / "s.yaml"
+    f.write_text(text if text.startswith("reward") else "reward: {target_ms: 2}\n" + text)
+    line = one_line_error(_config_commands(f, tmp_path)[command], capsys)
+    assert needle in line and str(f) in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_numbers_stay_numbers(tmp_path):
+    """1.0 is a whole number for an int, an int is a float, and 1e-3 (YAML 1.2) is a number."""
+    from mnas.search.config import load_config
+
+    f = tmp_path / "s.yaml"
+    f.write_text("reward: {target_ms: 2, alpha: -7e-2}\nproxy: {batch_size: 8.0, epochs: 2, lr: 1e-3}\n")
+    c = load_config(f)
+    assert c.proxy.batch_size == 8 and c.proxy.epochs == 2.0 and c.proxy.lr == 0.001 and c.reward.alpha == -0.07
+
+
+@pytest.mark.parametrize("command", [0, 1], ids=["search", "store-recover"])
+def test_config_that_is_not_utf8(command, tmp_path, capsys):
+    f = tmp_path / "s.yaml"
+    f.write_bytes("reward: {target_ms: 2}\n# caf\u00e9\n".encode("latin-1"))
+    line = one_line_error(_config_commands(f, tmp_path)[command], capsys)
+    assert "is not UTF-8 text" in line and str(f) in line
+
+
+SPACE_COMMANDS = [("space", "info"), ("arch", "sample", "--seed", "3")]
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"kernels": [3, 3, 3]}, "kernels: 3 is listed twice"),
+    ({"ops": ["mbconv6", {"op": "mbconv", "expand": 6}]}, "is listed twice"),
+    ({"skips": ["none", "none"]}, "skips: 'none' is listed twice"),
+    ({"layer_deltas": [0, 1, 0]}, "layer_deltas: 0 is listed twice"),
+])
+@pytest.mark.parametrize("command", SPACE_COMMANDS)
+def test_space_choices_are_listed_once(change, needle, command, tmp_path, capsys):
+    d = SearchSpace.cifar().to_dict()
+    d.update(change)
+    f = tmp_path / "space.yaml"
+    f.write_text(yaml.safe_dump(d))
+    assert needle in one_line_error([*command, "--space", str(f)], capsys)
+
+
+@pytest.mark.parametrize("suffix", ["yaml", "json"])
+@pytest.mark.parametrize("command", SPACE_COMMANDS)
+def test_space_files_with_a_key_twice(suffix, command, tmp_path, capsys):
+    text = json.dumps(SearchSpace.cifar().to_dict())
+    text = text.replace('"kernels": [3, 5]', '"kernels": [3, 5], "kernels": [7]')
+    assert text.count('"kernels"') == 2
+    f = tmp_path / f"space.{suffix}"
+    f.write_text(text)
+    assert "key 'kernels' appears twice" in one_line_error([*command, "--space", str(f)], capsys)
+
+
+@pytest.mark.parametrize("command", SPACE_COMMANDS)
+def test_space_file_that_is_not_utf8(command, tmp_path, capsys):
+    f = tmp_path / "space.yaml"
+    f.write_bytes(yaml.safe_dump(SearchSpace.cifar().to_dict()).encode() + "# \u00e9\n".encode("latin-1"))
+    assert "is not UTF-8 text" in one_line_error([*command, "--space", str(f)], capsys)
+
+
+def test_architecture_json_with_a_key_twice(tmp_path, capsys):
+    text = zoo.get("mnasnet_a1").to_json()
+    text = text.replace('"stem_filters": 32', '"stem_filters": 32, "stem_filters": 16')
+    f = tmp_path / "arch.json"
+    f.write_text(text)
+    assert "key 'stem_filters' appears twice" in one_line_error(["arch", "show", str(f)], capsys)
+    assert "key 'stem_filters' appears twice" in one_line_error(["arch", "show", text], capsys)
+
+
+def _arch_commands(arch: str, tmp_path: Path) -> list[list[str]]:
+    """Commands that take an architecture (checked before any work)."""
+    return [["arch", "show", arch], ["train", arch, "--out", str(tmp_path / "run")],
+            ["latency", "measure", arch]]
+
+
+@pytest.mark.parametrize("command", [0, 1, 2], ids=["arch-show", "train", "latency-measure"])
+@pytest.mark.parametrize("digit", ["\uff13", "\u0663", "\u09e9"])  # full-width, Arabic-Indic, Bengali 3
+def test_architecture_strings_take_ascii_digits_only(digit, command, tmp_path, capsys):
+    text = ",".join(A1[:2] + [A1[2].replace("k3", f"k{digit}").replace("k5", f"k{digit}")] + A1[3:])
+    line = one_line_error(_arch_commands(text, tmp_path)[command], capsys)
+    assert "unknown or malformed token" in line and not (tmp_path / "run").exists()
+
+
+# ---- paths and strings (#28) ----------------------------------------------------------------------
+def _long_tf_string() -> str:
+    from mnas.arch_strings import to_tf_string
+
+    space = SearchSpace.default()
+    for seed in range(200):
+        text = to_tf_string(space.sample(seed))
+        if len(text) > 255 and "/" not in text:
+            return text
+    raise AssertionError("no sampled architecture has a TF string over 255 characters")
+
+
+def test_a_long_architecture_string_is_read_not_looked_up(capsys):
+    text = _long_tf_string()
+    code, out, err = run(["arch", "show", text], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("argv", [
+    ["arch", "show", "x" * 300],
+    ["arch", "show", "x" * 300 + ".json"],
+    ["space", "info", "--space", "s" * 300 + ".yaml"],
+    ["search", "--config", "c" * 300 + ".yaml", "--out", "run"],
+    ["train", "mnasnet_small", "--out", "o" * 300],
+    ["report", "r" * 300],
+])
+def test_over_long_names_are_one_line(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(argv, capsys)
+    assert "too long" in line and "internal error" not in line

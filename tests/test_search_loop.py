@@ -260,3 +260,33 @@ def test_the_factory_is_the_one_place_that_reads_the_kind(tmp_path):
     config = _config(tmp_path)
     assert accuracy_model(config).kind == "train"
     assert random.Random(0).random() < 1  # the module imports random for the strategies' sake
+
+
+class FailsEveryTrial(StandInAccuracy):
+    """Every candidate fails: with one error text (a config problem), or one per network."""
+
+    def __init__(self, config, same: bool = True) -> None:
+        super().__init__(config)
+        self.same = same
+
+    def evaluate(self, arch, rung, *, seed, state=None) -> RungResult:
+        error = "train: CUDA is not available" if self.same else f"train: diverged on {arch.id}"
+        return RungResult(None, error, 0.0, self._rungs[rung])
+
+
+def test_a_search_whose_first_trials_all_fail_alike_stops_with_that_error(tmp_path, data_root):
+    config = _config(tmp_path, trials=12, batch=2, references={"models": []})
+    with pytest.raises(search_loop.UserError) as err:
+        _search(tmp_path, config, model=FailsEveryTrial(config))
+    assert f"the first {search_loop.FAIL_FAST} trials all failed with the same error" in str(err.value)
+    assert "train: CUDA is not available" in str(err.value) and "\n" not in str(err.value)
+    with Store.open(tmp_path / "run") as store:
+        assert store.counts()["failed"] == search_loop.FAIL_FAST  # stopped there, the trials kept
+    with pytest.raises(search_loop.UserError, match="all failed with the same error"):  # and a resume agrees
+        resume_search(tmp_path / "run", show_progress=False, latency=[StandInLatency()], accuracy=FailsEveryTrial(config))
+
+
+def test_first_trials_failing_for_different_reasons_do_not_stop_the_search(tmp_path, data_root):
+    config = _config(tmp_path, trials=6, batch=2, references={"models": []})
+    outcome, _ = _search(tmp_path, config, model=FailsEveryTrial(config, same=False))
+    assert outcome.counts["failed"] == 6

@@ -50,6 +50,12 @@ REPEAT_PATIENCE = 20
 #: different rungs are never ranked as equals (a reward is at most ~1.1), as Optuna's TPE ranks a
 #: pruned trial below every complete one.
 RUNG_GAP = 10.0
+#: A search whose first FAIL_FAST finished candidates (or all of its budget, when smaller; repeats
+#: and references aside) all failed with the same error stops there with that error (exit code 2):
+#: the same failure for different networks is a problem of the config or the machine, and every
+#: further trial would fail the same way. One success among them, or two different errors, and the
+#: search goes on. Checked after each told batch, so a resume finds the same store and stops again.
+FAIL_FAST = 4
 #: Where candidates' states between rungs live, inside the run folder.
 STATES_DIR = "rung_states"
 
@@ -266,6 +272,7 @@ class SearchRun:
         self.last_step = max((t.step for t in everything), default=-1)
         self.first_of = store.first_of()  # arch id -> the trial that evaluated it
         self.idle = _idle_steps(everything)
+        self.first_checked = False  # check_first_failures has seen its FAIL_FAST trials
         self.progress = SearchProgress(config.budget.trials, len(finished), enabled=show_progress)
         self.hooks = Hooks(self.on_start, self.on_phase, self.on_result, decide=self.decide,
                            start_rung=self.start_rung, state_path=self.state_path, accuracy=parts.accuracy,
@@ -285,6 +292,7 @@ class SearchRun:
                         batch = self.ask()
                     self.evaluate(batch)
                     self.tell(batch)
+                    self.check_first_failures()
                 self.evaluate([])  # references still unfinished (a search of zero new asks)
         finally:
             self.store.set_meta("elapsed_s", self.elapsed())
@@ -304,6 +312,22 @@ class SearchRun:
         if self.idle >= REPEAT_PATIENCE:
             return "repeats"
         return None
+
+    def check_first_failures(self) -> None:
+        """Stop the search (UserError) when its first candidates all failed for one reason (FAIL_FAST)."""
+        if self.first_checked:
+            return
+        n = min(FAIL_FAST, self.config.budget.trials)
+        first = [t for t in self.store.trials(("done", "failed")) if not t.is_repeat and not t.is_reference]
+        first = sorted(first, key=lambda t: t.trial_id)[:n]
+        if len(first) < n:
+            return
+        self.first_checked = True
+        errors = {" ".join((t.error or "").split()) for t in first}
+        if not any(t.ok for t in first) and len(errors) == 1:
+            error = errors.pop()[:500] or "no error text"
+            raise UserError(f"the first {n} trials all failed with the same error, so every trial would: {error} "
+                            f"(fix the config and start a new search; the trials are in {self.store.run_dir})")
 
     def ask(self) -> list[Trial]:
         """The strategy's next batch, stored with its post-ask state (repeats marked)."""
