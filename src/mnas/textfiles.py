@@ -59,7 +59,7 @@ _UniqueKeyLoader.add_implicit_resolver(
 def load_yaml(text: str, source: str) -> Any:
     """YAML (JSON included) as plain data, duplicate keys refused; problems name `source`."""
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -12,8 +12,8 @@ than 0``), so every section is a strict model and `load_config` turns pydantic's
 from __future__ import annotations
 
 import math
-import typing
 import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,13 +25,12 @@ from mnas.errors import UserError
 from mnas.latency.backends.base import get_backend
 from mnas.latency.backends.registry import backend_names
 from mnas.latency.measure.measuring import cores
-from mnas.latency.measure.protocol import DEFAULT_REFERENCE
-from mnas.latency.measure.protocol import PROCESSES
+from mnas.latency.measure.protocol import DEFAULT_REFERENCE, PROCESSES
 from mnas.latency.model import LatencyModel, latency_model, parse_multiple
 from mnas.latency.target import Target
 from mnas.reward import Reward
-from mnas.textfiles import load_yaml, read_text
 from mnas.run_options import DEFAULT_DATASET, DEFAULT_VAL_SIZE
+from mnas.textfiles import load_yaml, read_text
 from mnas.train.settings import ProxyConfig, StrictModel
 
 __all__ = [
