@@ -134,3 +134,26 @@ def test_measured_latency_applies_the_resolution_and_travels(cache: LatencyCache
 def test_measured_latency_refuses_nonsense() -> None:
     with pytest.raises(UserError, match="processes must be >= 1"):
         MeasuredLatency(ORT32, processes=0, cache=None)
+
+
+def test_a_measured_model_keeps_one_reference_scale(tmp_path) -> None:
+    """#28 item 8: the reference measured again after a model resolved T (here 4.0 -> 3.0 ms)
+    changes neither T nor the model's estimates (relative x the pinned 4.0 ms); a new model
+    (a new run) uses the new figure. Nothing is measured: everything is in the cache."""
+    from mnas.latency.measure.result import LatencyResult
+
+    cache = LatencyCache(tmp_path / "lat.sqlite")
+    ref_arch = zoo.get("mobilenet_v2").for_resolution(32)
+    cache.put_reference(REF)
+    arch = zoo.get("mnasnet_a1").for_resolution(32)
+    cache.put(arch.id, LatencyResult(1.2 * 4.0, 4.7, 4.9, 0.01, 60, 3, 0.0, ORT32, [4.8] * 3, [1.8e9] * 3, arch.id,
+                                     relative=1.2, per_process_relative=[1.2] * 3, reference="mobilenet_v2",
+                                     reference_id=ref_arch.id, reference_ms=4.0, reference_measured_at=1.8e9))
+    model = MeasuredLatency(ORT32, cache=cache)
+    assert target_ms("1.0 x mobilenet_v2", model) == 4.0
+    cache.put_reference(ReferenceLatency(**{**REF.__dict__, "ms": 3.0, "measured_at": 1.9e9}))
+    assert model.estimate(arch) == Estimate(1.2 * 4.0, 1.2, "cached")
+    assert model.reference_latency().ms == model.reference_latency("mobilenet_v2").ms == 4.0
+    assert pickle.loads(pickle.dumps(model)).estimate(arch).ms == 1.2 * 4.0  # a worker keeps the scale
+    fresh = MeasuredLatency(ORT32, cache=cache)
+    assert fresh.estimate(arch).ms == 1.2 * 3.0 and target_ms("1.0 x mobilenet_v2", fresh) == 3.0

@@ -69,6 +69,12 @@ class MeasuredLatency:
         self.cache = resolve_cache(cache)  # a LatencyCache or None: picklable for Ray
         self.protocol = protocol
         self.fresh = fresh
+        self._reference: ReferenceLatency | None = None  # pinned at first use: one scale per model
+
+    def _pinned(self) -> ReferenceLatency:
+        if self._reference is None:
+            self._reference = reference_latency(self.target, self.reference, cache=self.cache, protocol=self.protocol)
+        return self._reference
 
     def results(self, archs: Sequence[Architecture]) -> list[LatencyResult]:
         """The full measurements (spread, stability, raw ms) of the networks that run at the
@@ -78,7 +84,13 @@ class MeasuredLatency:
                             protocol=self.protocol, reference=self.reference)
 
     def estimate_many(self, archs: Sequence[Architecture]) -> list[Estimate]:
-        return [Estimate(r.median_ms, r.relative, "cached" if r.cached else "measured") for r in self.results(archs)]
+        """ms = relative x the reference latency this model pinned at its first use (a reference
+        measured again meanwhile does not change the scale of a model's estimates, nor of T
+        resolved with it: `target_ms`)."""
+        results = self.results(archs)
+        ref = self._pinned() if any(r.relative is not None for r in results) else None
+        return [Estimate(r.relative * ref.ms if ref is not None and r.relative is not None else r.median_ms,
+                         r.relative, "cached" if r.cached else "measured") for r in results]
 
     def estimate(self, arch: Architecture) -> Estimate:
         return self.estimate_many([arch])[0]
@@ -87,8 +99,12 @@ class MeasuredLatency:
         return self.estimate(arch).ms
 
     def reference_latency(self, name: str | None = None) -> ReferenceLatency:
-        """The reference's latency on this target (measured once with the full protocol, cached)."""
-        return reference_latency(self.target, name or self.reference, cache=self.cache, protocol=self.protocol)
+        """The reference's latency on this target (measured once with the full protocol, cached);
+        this model's own reference is pinned at its first use, like the scale of its estimates."""
+        if name is None or name == self.reference or (
+                reference_arch(name, self.target)[1].id == reference_arch(self.reference, self.target)[1].id):
+            return self._pinned()
+        return reference_latency(self.target, name, cache=self.cache, protocol=self.protocol)
 
 
 class TableLatency:
