@@ -300,3 +300,15 @@ def test_validate_and_refine_in_an_unwritable_folder_are_one_line(table_file: Pa
     assert f"its folder {folder} is not writable" in line
     line = one_line(mnas_here(capsys, "latency", "validate-lut", str(lut), "--samples", "2"))
     assert "cannot be written" in line and str(folder) in line
+
+
+@pytest.mark.slow
+def test_a_search_refuses_a_broken_table_before_work(table_file: Path, tmp_path: Path) -> None:
+    """A search whose latency target is a broken table stops with the table's one line (fresh process)."""
+    bad = _broken(table_file, tmp_path, "nan")
+    config = tmp_path / "search.yaml"
+    config.write_text(f"space: mnasnet_cifar\ndata: {{dataset: cifar10_subset}}\nlatency: {{lut: {bad}}}\n"
+                      "reward: {target_ms: 5.0}\nbudget: {trials: 2}\n")
+    line = one_line(mnas("search", "--config", str(config), "--out", str(tmp_path / "run"),
+                         env={"MNAS_CACHE_DIR": str(tmp_path / "cache")}))
+    assert "have no finite positive relative" in line and not (tmp_path / "run" / "trials.sqlite").exists()
