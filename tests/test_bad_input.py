@@ -355,3 +355,11 @@ def test_over_long_names_are_one_line(argv, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     line = one_line_error(argv, capsys)
     assert "too long" in line and "internal error" not in line
+
+
+def test_a_reference_may_be_an_architecture_string(tmp_path):
+    from mnas.search.config import load_config
+
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"reward": {"target_ms": 2}, "latency": {"reference": ",".join(A1)}}))
+    assert load_config(f).primary.reference == ",".join(A1)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mnas.errors import UserError
 from mnas.latency.measure.cache import LatencyCache
 from mnas.search.config import load_config
 from mnas.search.evaluation import latency_parts
@@ -113,12 +114,14 @@ def test_repeated_architecture_is_measured_once(tmp_path, data_root):
 
 def test_failing_candidates_are_stored_and_told(tmp_path, data_root):
     """A learning rate of 1e6 makes every candidate diverge (NaN): each is stored as failed with
-    its error, the strategy is told, and the search runs to its budget."""
+    its error and the strategy is told; the first trials failing alike (here, the whole budget of
+    3) stop the search with that error (FAIL_FAST), a UserError: exit code 2."""
     config = load_config(write_config(tmp_path, proxy={"lr": 1.0e6, "epochs": 2, "max_steps": 8},
                                       budget={"trials": 3, "batch_size": 2}))
-    outcome = start_search(config, tmp_path / "run", show_progress=False)
-    assert outcome.counts["failed"] == 3 and outcome.best is None
+    with pytest.raises(UserError, match="the first 3 trials all failed with the same error.*diverged"):
+        start_search(config, tmp_path / "run", show_progress=False)
     with Store.open(tmp_path / "run") as store:
+        assert store.counts()["failed"] == 3
         trials = store.trials()
         assert store.untold() == []
         state = load_state(store.checkpoint().state)

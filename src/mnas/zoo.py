@@ -100,6 +100,11 @@ def resolution(name: str) -> int:
 _ARCH_TEXT = re.compile(r"\s*(\{|(ds|ir|cn|stem)_|r[0-9]+_k)")
 
 
+def is_arch_text(text: str) -> bool:
+    """The text reads as an architecture (JSON or a timm/TF block string), not as a name or path."""
+    return bool(_ARCH_TEXT.match(text))
+
+
 def resolve(text: str, width_mult: float = 1.0) -> tuple[Architecture, str]:
     """A zoo name, an architecture file (JSON / YAML / a training checkpoint) or an arch string.
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from mnas import zoo
+from mnas.arch_strings import parse_arch
 from mnas.architecture import check_resolution
 from mnas.errors import UserError
 from mnas.latency.backends.base import get_backend
@@ -113,7 +114,7 @@ class LatencyConfig(StrictModel):
     benchmark_binary: str | None = None  # android: TFLite benchmark_model built for the phone
     processes: int = Field(default=PROCESSES, gt=0)
     lut: str | None = None  # a lookup table file: predict instead of measuring
-    reference: str = "mobilenet_v2"  # the network every measurement is timed against (a zoo name)
+    reference: str = "mobilenet_v2"  # the network every measurement is timed against (a zoo name or arch string)
     host: str | None = None  # Ray: the node the target device sits on (default: the driver's)
 
     @field_validator("name")
@@ -139,8 +140,8 @@ class LatencyConfig(StrictModel):
         if value.strip().lower() == "none":
             raise ValueError("a search times every candidate against a reference network; 'none' is not possible "
                              f"here: give a zoo name (e.g. {DEFAULT_REFERENCE})")
-        try:
-            zoo.entry(value)
+        try:  # a zoo name, or an architecture string (as the latency commands' --reference)
+            parse_arch(value) if zoo.is_arch_text(value) else zoo.entry(value)
         except UserError as exc:
             raise ValueError(str(exc)) from None
         return value
