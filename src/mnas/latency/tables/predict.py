@@ -180,6 +180,10 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _positive(x: Any) -> bool:
+    return _finite(x) and x > 0
+
+
 def check_table_dict(d: Any, p: Path) -> None:
     """Everything a prediction reads, checked when a table is loaded (so every command and the
     search refuse a bad table before any work): a known format, finite positive entries, a sane
@@ -199,7 +203,7 @@ def check_table_dict(d: Any, p: Path) -> None:
         if not isinstance(ref, dict):
             raise UserError(f"{p} is a format {fmt} table without its reference latency; {rebuild}")
         ms = ref.get("ms")
-        if not _finite(ms) or ms <= 0:
+        if not _positive(ms):
             raise UserError(f"{p}: the reference's latency is {ms!r}, not a positive number of ms; {rebuild}")
         if not isinstance(ref.get("target"), dict) or not isinstance(ref.get("name"), str):
             raise UserError(f"{p}: the reference record lacks its name or target; {rebuild}")
@@ -212,7 +216,7 @@ def check_table_dict(d: Any, p: Path) -> None:
     bad = []
     for key, e in entries.items():
         v = e.get(field_name) if isinstance(e, dict) else None
-        if not isinstance(e, dict) or not isinstance(e.get("unit"), dict) or not _finite(v) or v <= 0:
+        if not isinstance(e, dict) or not isinstance(e.get("unit"), dict) or not _positive(v):
             bad.append((key, "no layer" if isinstance(e, dict) and not isinstance(e.get("unit"), dict) else v))
     if bad:
         key, v = bad[0]

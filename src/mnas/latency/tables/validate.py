@@ -113,7 +113,7 @@ def validate_lut(table: LatencyTable, samples: int = 100, *, seed: int = 777, pr
                         "ranking can be compared; validate with more --samples")
     v = Validation(n=len(keep), predict_us=predict_us, predicted_ms=predicted, measured_ms=measured,
                    arch_ids=[archs[i].id for i in keep],
-                   measured_relative=[float(res[i].relative) for i in keep] if ref is not None else [],
+                   measured_relative=[float(res[i].relative or 0.0) for i in keep] if ref is not None else [],
                    reference_ms=ref.ms if ref is not None else None, coverage=table.coverage(sp),
                    regressed_archs=regressed, skipped=len(archs) - len(keep), **scores)
     return v
