@@ -350,6 +350,12 @@ def test_a_long_architecture_string_is_read_not_looked_up(capsys):
     ["search", "--config", "c" * 300 + ".yaml", "--out", "run"],
     ["train", "mnasnet_small", "--out", "o" * 300],
     ["report", "r" * 300],
+    ["best", "b" * 300],
+    ["store", "check", "s" * 300],
+    ["search", "--resume", "r" * 300],
+    ["train", "--resume", "r" * 300],
+    ["supernet", "train", "--out", "o" * 300, "--epochs", "1"],
+    ["latency", "measure", "m" * 300],
 ])
 def test_over_long_names_are_one_line(argv, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -363,3 +369,9 @@ def test_a_reference_may_be_an_architecture_string(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump({"reward": {"target_ms": 2}, "latency": {"reference": ",".join(A1)}}))
     assert load_config(f).primary.reference == ",".join(A1)
+
+
+def test_architecture_file_that_is_not_utf8(tmp_path, capsys):
+    f = tmp_path / "arch.yaml"
+    f.write_bytes(("# caf\u00e9\n" + ",".join(A1)).encode("latin-1"))
+    assert "is not UTF-8 text" in one_line_error(["arch", "show", str(f)], capsys)
