@@ -22,7 +22,7 @@ from mnas.train.engine import parse_device
 from mnas.train.fit import TrainingInterrupted, fit
 from mnas.train.proxy import train_proxy
 from mnas.train.recipes import get_recipe, proxy_recipe, recipe_for, run_recipe
-from mnas.train.settings import FitConfig, ProxyConfig
+from mnas.train.settings import FitConfig, ProxyConfig, SupernetSettings
 
 # A tiny network in the CIFAR skeleton (stride-1 stem): trains at a few hundred images/s on 1 core.
 TINY = Architecture(
@@ -218,6 +218,25 @@ def test_the_training_config_is_strict_and_shares_the_cli_defaults():
     defaults = FitConfig(arch_name="x").model_dump()
     new_run = RunOptions().new_run()
     assert {k: defaults[k] for k in new_run} == new_run
+
+
+def test_supernet_settings_are_a_strict_part_of_the_config_and_old_checkpoints_still_read():
+    config = FitConfig(arch_name="supernet:s", supernet=SupernetSettings(rule="spos", num_random=0))
+    again = FitConfig.from_saved({**config.model_dump(), "batch_size": 64})  # what a checkpoint records
+    assert again.supernet == config.supernet and again.batch_size == 64
+    with pytest.raises(ValidationError, match="num_randm"):
+        SupernetSettings(num_randm=3)
+    with pytest.raises(UserError, match="unknown sampling rule 'fair'"):
+        FitConfig(arch_name="x", supernet={"rule": "fair"})
+    with pytest.raises(UserError, match="num_random must be 0 to"):
+        SupernetSettings(num_random=99)
+    # written before FitConfig.supernet: the settings sat in "extra" ({} for mnas train)
+    old = {"arch_name": "supernet:s", "epochs": 3, "extra": {"rule": "spos", "num_random": 1, "eval_bn_batches": 2,
+                                                             "space": {"name": "s"}}}
+    legacy = FitConfig.from_saved(old)
+    assert legacy.supernet == SupernetSettings(rule="spos", num_random=1, eval_bn_batches=2, space={"name": "s"})
+    assert FitConfig.model_validate(old) == legacy
+    assert FitConfig.from_saved({"arch_name": "x", "extra": {}}).supernet is None
 
 
 @pytest.mark.slow

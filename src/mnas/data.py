@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from mnas.errors import UserError
+from mnas.run_options import DEFAULT_DATASET, DEFAULT_VAL_SIZE
 
 # Debian's `dataset-fashion-mnist` package installs the idx files here (a documented system place).
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -419,9 +420,9 @@ def _check_image_files(paths: list[str]) -> None:
 
 
 def load_dataset(
-    name: str = "cifar10",
+    name: str = DEFAULT_DATASET,
     data_root: str | Path | None = None,
-    val_size: float | int = 0.1,
+    val_size: float | int = DEFAULT_VAL_SIZE,
     train_subset: int | None = None,
     seed: int = 0,
     resolution: int | None = None,

@@ -28,6 +28,8 @@ DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 #: Supernet scoring: training batches that re-estimate BN per candidate, held-out images scored.
 DEFAULT_BN_BATCHES = 8
 DEFAULT_SCORE_IMAGES = 2000
+#: How a supernet training step samples its paths (`mnas.supernet.sampling.step_paths`).
+SUPERNET_RULES = ("sandwich", "spos")
 #: Random paths per sandwich step at most: each is one more forward and backward per step
 #: (BigNAS and Once-for-All use 2 to 4).
 MAX_NUM_RANDOM = 16

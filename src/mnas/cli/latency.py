@@ -21,7 +21,7 @@ from mnas.latency.backends.base import get_backend
 from mnas.latency.backends.registry import backend_names
 from mnas.latency.measure.lifetime import terminate_as_exit
 from mnas.latency.measure.measuring import check_threads, measure_many, reference_latency
-from mnas.latency.measure.protocol import DEFAULT_REFERENCE, Protocol
+from mnas.latency.measure.protocol import DEFAULT_REFERENCE, PROCESSES, Protocol
 from mnas.latency.measure.result import LatencyResult, ReferenceLatency
 from mnas.latency.tables.build import build_lut, check_output, check_tables, refine_lut
 from mnas.latency.tables.plot import scatter
@@ -37,7 +37,7 @@ app = typer.Typer(help="Measure latency on real runtimes; build and validate loo
 _BACKEND = typer.Option("litert", "--backend", "-b", help=" | ".join(backend_names()))
 _THREADS = typer.Option(1, "--threads", "-t", help="runtime threads (at most the cores here)")
 _FORCE_THREADS = typer.Option(False, "--force-threads", help="allow more threads than cores")
-_PROCESSES = typer.Option(3, "--processes", "-p", help="separate measuring processes (>= 3)")
+_PROCESSES = typer.Option(PROCESSES, "--processes", "-p", help=f"separate measuring processes (>= {PROCESSES})")
 _REFERENCE = typer.Option(DEFAULT_REFERENCE, "--reference",
                           help="network timed in alternation with the candidate (zoo name or arch); 'none': absolute only")
 
@@ -62,7 +62,7 @@ def _target(backend: str, threads: int, resolution: int, force_threads: bool, nu
 
 def _processes(processes: int) -> int:
     if processes < 1:
-        raise UserError(f"--processes must be >= 1 (got {processes}); the protocol asks for 3")
+        raise UserError(f"--processes must be >= 1 (got {processes}); the protocol asks for {PROCESSES}")
     return processes
 
 

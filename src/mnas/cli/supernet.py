@@ -49,11 +49,11 @@ def train_cmd(
     """Train a supernet of a space: checkpoints every epoch, Ctrl-C and --resume, torchrun for several GPUs."""
     from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
     from mnas.space import SearchSpace
-    from mnas.supernet.fit import SupernetSettings, fit_supernet
+    from mnas.supernet.fit import fit_supernet
     from mnas.train.checkpoint import read_checkpoint
     from mnas.train.fit import TrainingInterrupted
     from mnas.train.recipes import RECIPES
-    from mnas.train.settings import FitConfig
+    from mnas.train.settings import FitConfig, SupernetSettings
 
     opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
                       seed, None, device)
@@ -67,13 +67,13 @@ def train_cmd(
             Path(resume) / "checkpoint.pt").is_file() else None
         if saved is None:
             raise UserError(f"nothing to resume: {Path(resume) / 'checkpoint.pt'} does not exist")
-        extra = dict(saved.get("extra") or {})
+        run = dict(saved.get("supernet") or saved.get("extra") or {})  # "extra": checkpoints before FitConfig.supernet
         for name, value in (("rule", rule), ("num_random", num_random)):
-            if value is not None and value != extra.get(name):
-                raise UserError(f"--{name.replace('_', '-')} {value} contradicts the run's {extra.get(name)}; drop it")
+            if value is not None and value != run.get(name):
+                raise UserError(f"--{name.replace('_', '-')} {value} contradicts the run's {run.get(name)}; drop it")
         settings, notes = opts.resumed(saved, str(Path(resume) / "checkpoint.pt"))
-        config = FitConfig(**{k: v for k, v in settings.items() if k in FitConfig.model_fields})
-        sp = SearchSpace.from_dict(extra["space"], source=f"{resume}/checkpoint.pt")
+        config = FitConfig.from_saved(settings)
+        sp = SearchSpace.from_dict(run["space"], source=f"{resume}/checkpoint.pt")
         run_dir = writable_dir(resume, "supernet folder")
     else:
         if out is None:
@@ -83,8 +83,7 @@ def train_cmd(
         sp = SearchSpace.load(space or "mnasnet_cifar")
         settings_obj = SupernetSettings(rule=rule or "sandwich", num_random=2 if num_random is None else num_random)
         run_dir = writable_dir(out, "supernet folder")
-        config = FitConfig(arch_name=f"supernet:{sp.name}", width_mult=1.0,
-                           extra={"rule": settings_obj.rule, "num_random": settings_obj.num_random}, **opts.new_run())
+        config = FitConfig(arch_name=f"supernet:{sp.name}", width_mult=1.0, supernet=settings_obj, **opts.new_run())
     dataset = load_dataset(config.data, data_root=config.data_root, val_size=config.val_size,
                            train_subset=config.train_subset, seed=config.seed)
     for note in notes:

@@ -63,7 +63,7 @@ def train_cmd(
                             "--init-from-supernet")
         path = checkpoint_path(resume)
         saved, notes = opts.resumed(dict(read_checkpoint(path).get("config") or {}), str(path))
-        config = FitConfig(**{k: v for k, v in saved.items() if k in FitConfig.model_fields and k != "extra"})
+        config = FitConfig.from_saved({k: v for k, v in saved.items() if k not in ("extra", "supernet")})
         out = writable_dir(out or path.parent, "run folder")
         arch_obj = zoo.resolve(str(path))[0]
     else:

@@ -25,7 +25,7 @@ from mnas.architecture import Architecture
 from mnas.errors import UserError
 from mnas.latency.measure.cache import DEFAULT, resolve_cache
 from mnas.latency.measure.measuring import measure_many, reference_arch, reference_latency
-from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE
+from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, PROCESSES
 from mnas.latency.measure.protocol import Protocol as MeasureProtocol
 from mnas.latency.measure.result import LatencyResult, ReferenceLatency
 from mnas.latency.tables.predict import LatencyTable
@@ -59,10 +59,10 @@ class MeasuredLatency:
     """Measured on this machine; `estimate_many` times a whole batch in one measuring session
     (up to `protocol.items_per_process` candidates per process, against the same reference)."""
 
-    def __init__(self, target: Target, processes: int = 3, reference: str | Architecture = DEFAULT_REFERENCE,
+    def __init__(self, target: Target, processes: int = PROCESSES, reference: str | Architecture = DEFAULT_REFERENCE,
                  cache: Any = DEFAULT, protocol: MeasureProtocol = DEFAULT_PROTOCOL, fresh: bool = False) -> None:
         if processes < 1:
-            raise UserError(f"latency processes must be >= 1 (got {processes}); the protocol asks for 3")
+            raise UserError(f"latency processes must be >= 1 (got {processes}); the protocol asks for {PROCESSES}")
         self.target = target
         self.processes = processes
         self.reference = reference
@@ -148,7 +148,7 @@ class TableLatency:
         return ref
 
 
-def latency_model(target: Target, *, lut: str | os.PathLike[str] | None = None, processes: int = 3,
+def latency_model(target: Target, *, lut: str | os.PathLike[str] | None = None, processes: int = PROCESSES,
                   reference: str = DEFAULT_REFERENCE, cache: Any = DEFAULT,
                   protocol: MeasureProtocol = DEFAULT_PROTOCOL) -> LatencyModel:
     """The model a config names: a table when `lut` is given (checked against `target`), else

@@ -34,7 +34,7 @@ from mnas.search.config import DataConfig, SearchConfig
 from mnas.space import SearchSpace
 from mnas.train.engine import resolve_device
 from mnas.train.proxy import TrainResult, proxy_rungs, train_proxy, train_rung
-from mnas.train.settings import FitConfig, ProxyConfig
+from mnas.train.settings import FitConfig, ProxyConfig, SupernetSettings
 
 ERROR_CHARS = 500
 
@@ -273,16 +273,17 @@ def train_supernet_for(config: SearchConfig, data: DatasetSplits) -> None:
     """`proxy.train_if_missing`: the search's supernet, trained with the proxy's epochs and batch
     size on the search's data (the recipe for the resolution: `recipe` left to `run_recipe`),
     before the first trial."""
-    from mnas.supernet.fit import SupernetSettings, fit_supernet
+    from mnas.supernet.fit import fit_supernet
 
     p = config.proxy
     assert p.path is not None
     fit_config = FitConfig(arch_name=f"supernet:{config.space}", data=config.data.dataset,
                            data_root=config.data.data_root, epochs=max(1, math.ceil(p.epochs)),
                            batch_size=p.batch_size, train_subset=config.data.train_subset,
-                           val_size=config.data.val_size, seed=config.seed, device=p.device, extra={"rule": p.rule})
-    settings = SupernetSettings(rule=p.rule, eval_bn_batches=p.bn_batches)  # scored as the search will score
-    fit_supernet(SearchSpace.load(config.space), data, fit_config, p.path, settings=settings, progress=True,
+                           val_size=config.data.val_size, seed=config.seed, device=p.device,
+                           # each epoch's largest path scored as the search will score
+                           supernet=SupernetSettings(rule=p.rule, eval_bn_batches=p.bn_batches))
+    fit_supernet(SearchSpace.load(config.space), data, fit_config, p.path, progress=True,
                  resume=(Path(p.path) / "checkpoint.pt").is_file())
 
 

@@ -7,40 +7,22 @@ pipeline, held-out split, optimiser, progress bar, checkpoints, Ctrl-C, `--resum
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mnas.data import DatasetSplits
 from mnas.errors import UserError
-from mnas.run_options import MAX_NUM_RANDOM
 from mnas.space import SearchSpace
 from mnas.supernet import stopping
 from mnas.supernet.io import load_supernet, save_supernet
 from mnas.supernet.network import Supernet
-from mnas.supernet.sampling import RULES
 from mnas.supernet.score import score_one, scoring_data
 from mnas.supernet.step import SupernetStep
 from mnas.supernet.training import supernet_param_groups
 from mnas.train.engine import Engine, SpeedOptions
 from mnas.train.fit import Trainee, TraineeFactory, fit_trainee
 from mnas.train.recipes import Recipe
-from mnas.train.settings import FitConfig
-
-
-@dataclass(frozen=True)
-class SupernetSettings:
-    """How paths are sampled per step, and how each epoch's largest path is scored."""
-
-    rule: str = "sandwich"
-    num_random: int = 2
-    eval_bn_batches: int = 4
-
-    def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise UserError(f"unknown sampling rule {self.rule!r}; choose one of {', '.join(RULES)}")
-        if not 0 <= self.num_random <= MAX_NUM_RANDOM or self.eval_bn_batches < 1:
-            raise UserError(f"num_random must be 0 to {MAX_NUM_RANDOM} (got {self.num_random}) and eval_bn_batches >= 1")
+from mnas.train.settings import FitConfig, SupernetSettings
 
 
 def _trainee(space: SearchSpace, data: DatasetSplits, config: FitConfig, settings: SupernetSettings) -> TraineeFactory:
@@ -81,11 +63,10 @@ def fit_supernet(space: SearchSpace, data: DatasetSplits, config: FitConfig, out
                  settings: SupernetSettings | None = None, resume: bool = False, progress: bool = True,
                  stop_after_steps: int | None = None, checkpoint_every_s: float = 120.0,
                  speed: SpeedOptions | None = None) -> dict[str, Any]:
-    """Train a supernet of `space` on `data` into `out` (checkpoint.pt for resume, supernet.pt)."""
-    known = SupernetSettings.__dataclass_fields__
-    settings = settings or SupernetSettings(**{k: v for k, v in config.extra.items() if k in known})
-    config.extra = {**config.extra, "rule": settings.rule, "num_random": settings.num_random,
-                    "eval_bn_batches": settings.eval_bn_batches, "space": space.to_dict()}
+    """Train a supernet of `space` on `data` into `out` (checkpoint.pt for resume, supernet.pt).
+    `settings` (default: `config.supernet`, else the defaults) go into the config with the space."""
+    settings = (settings or config.supernet or SupernetSettings()).model_copy(update={"space": space.to_dict()})
+    config = config.model_copy(update={"supernet": settings})
     with stopping.interruptible() as signalled:
         summary = fit_trainee(_trainee(space, data, config, settings), data, config, out, resume=resume,
                               progress=progress, stop_after_steps=stop_after_steps,
@@ -96,4 +77,4 @@ def fit_supernet(space: SearchSpace, data: DatasetSplits, config: FitConfig, out
             **({"signalled": True} if signalled[0] else {})}
 
 
-__all__ = ["SupernetSettings", "fit_supernet", "load_supernet"]
+__all__ = ["fit_supernet", "load_supernet"]

@@ -10,10 +10,11 @@ import random
 
 from mnas.architecture import Architecture
 from mnas.data import mix_seed
+from mnas.run_options import SUPERNET_RULES
 from mnas.space import SearchSpace
 from mnas.supernet.network import Supernet
 
-RULES = ("sandwich", "spos")
+RULES = SUPERNET_RULES
 _PATH_TAG = 0x5A7  # keeps these draws apart from other users of mix_seed(seed, step, ...)
 
 

@@ -32,6 +32,7 @@ from mnas.data import BatchLoader, DatasetSplits
 from mnas.errors import UserError
 from mnas.export import quiet_converters
 from mnas.model import ConvBnAct
+from mnas.run_options import DEFAULT_BN_BATCHES, DEFAULT_SCORE_IMAGES
 from mnas.supernet import stopping
 from mnas.supernet.extract import extract
 from mnas.supernet.network import Supernet
@@ -100,8 +101,8 @@ class ScoringData:
         return self._arrays
 
 
-def scoring_data(data: DatasetSplits, *, bn_batches: int = 8, bn_batch_size: int = 128, images: int = 2000,
-                 batch_size: int = 500, seed: int = 0, device: torch.device | str = "cpu",
+def scoring_data(data: DatasetSplits, *, bn_batches: int = DEFAULT_BN_BATCHES, bn_batch_size: int = 128,
+                 images: int = DEFAULT_SCORE_IMAGES, batch_size: int = 500, seed: int = 0, device: torch.device | str = "cpu",
                  channels_last: bool | None = None) -> ScoringData:
     """Load the BN batches (a seeded shuffle of `data.train`) and the first `images` of `data.val`."""
     if bn_batches < 1 or bn_batch_size < 2:
@@ -194,7 +195,8 @@ def score_one(supernet: Supernet, arch: Architecture, sd: ScoringData, *, fold_b
 
 
 def score(supernet: Supernet, archs: Sequence[Architecture], data: DatasetSplits | ScoringData, *,
-          bn_batches: int = 8, bn_batch_size: int = 128, images: int = 2000, batch_size: int = 500, seed: int = 0,
+          bn_batches: int = DEFAULT_BN_BATCHES, bn_batch_size: int = 128, images: int = DEFAULT_SCORE_IMAGES,
+          batch_size: int = 500, seed: int = 0,
           fold_bn: bool = True, backend: str = "torch",
           on_result: Callable[[int, Architecture, float, float], None] | None = None) -> list[float]:
     """Held-out top-1 (fractions) of many candidates, loading the data once.

@@ -1,5 +1,5 @@
 """The training configs, strict pydantic models: `FitConfig` (full training, `mnas train`, and
-supernet training, `mnas supernet train`) and `ProxyConfig` (the short proxy training a search gives
+supernet training, `mnas supernet train`, with its `SupernetSettings`) and `ProxyConfig` (the short proxy training a search gives
 each candidate).
 
 They belong to the training side (`mnas.train` reads them; `mnas.train.recipes` turns each into a
@@ -25,6 +25,8 @@ from mnas.run_options import (
     DEFAULT_SEED,
     DEFAULT_SKELETON,
     DEFAULT_VAL_SIZE,
+    MAX_NUM_RANDOM,
+    SUPERNET_RULES,
     check_device,
 )
 
@@ -44,6 +46,31 @@ def _valid_device(value: str) -> str:
         raise ValueError(str(exc)) from None
 
 
+class SupernetSettings(StrictModel):
+    """Supernet training (`mnas.supernet.fit`): how paths are sampled per step, how each epoch's
+    largest path is scored, and the space (its dict; `fit_supernet` fills it in, `--resume` reads it)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+    rule: str = "sandwich"
+    num_random: int = 2
+    eval_bn_batches: int = 4
+    space: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SupernetSettings:
+        # UserError is not a ValueError: pydantic lets it through as the one line the CLI shows
+        if self.rule not in SUPERNET_RULES:
+            raise UserError(f"unknown sampling rule {self.rule!r}; choose one of {', '.join(SUPERNET_RULES)}")
+        if not 0 <= self.num_random <= MAX_NUM_RANDOM or self.eval_bn_batches < 1:
+            raise UserError(f"num_random must be 0 to {MAX_NUM_RANDOM} (got {self.num_random}) and eval_bn_batches >= 1")
+        return self
+
+
+#: Where checkpoints written before `FitConfig.supernet` kept the supernet settings.
+_LEGACY_EXTRA = "extra"
+
+
 class FitConfig(StrictModel):
     """A full training run (`mnas.train.fit`, `mnas.supernet.fit`): everything needed to rebuild
     it; stored in the checkpoint under "config"."""
@@ -61,7 +88,25 @@ class FitConfig(StrictModel):
     width_mult: float = 1.0
     device: str = DEFAULT_DEVICE
     compile: bool = False
-    extra: dict[str, Any] = Field(default_factory=dict)  # supernet training: rule, num_random, space
+    supernet: SupernetSettings | None = None  # supernet training only (mnas supernet train, train_if_missing)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_extra(cls, data: Any) -> Any:
+        """A checkpoint written before `supernet` kept its settings in `extra` (rule, num_random,
+        eval_bn_batches, space; {} for `mnas train`): read them as `supernet`."""
+        if isinstance(data, dict) and _LEGACY_EXTRA in data:
+            data = dict(data)
+            extra = data.pop(_LEGACY_EXTRA) or {}
+            if extra and data.get("supernet") is None and isinstance(extra, dict):
+                data["supernet"] = {k: v for k, v in extra.items() if k in SupernetSettings.model_fields}
+        return data
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> FitConfig:
+        """The config a checkpoint records (its "config", maybe with --resume's changes applied),
+        old ones included; keys that are no setting are left out."""
+        return cls.model_validate({k: v for k, v in saved.items() if k in cls.model_fields or k == _LEGACY_EXTRA})
 
     @field_validator("device")
     @classmethod

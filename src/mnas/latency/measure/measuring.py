@@ -23,7 +23,7 @@ from mnas.latency.backends.base import Backend, ModelFile, get_backend
 from mnas.latency.measure.cache import DEFAULT, resolve_cache
 from mnas.latency.measure.exporter import arch_file, export_module, exporter, pool_size
 from mnas.latency.measure.lifetime import terminate_as_exit
-from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, Protocol
+from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, PROCESSES, Protocol
 from mnas.latency.measure.result import LatencyResult, ReferenceLatency, closest, consensus, summarise
 from mnas.latency.measure.sample import ProcessSample
 from mnas.latency.target import Target
@@ -135,7 +135,7 @@ def measure_rounds(files: dict[int, ModelFile], reference: Path | None, target: 
         p += 1
 
 
-def measure_many(items: Sequence[Architecture | nn.Module], target: Target, *, processes: int = 3,
+def measure_many(items: Sequence[Architecture | nn.Module], target: Target, *, processes: int = PROCESSES,
                  fresh: bool = False, cache: Any = DEFAULT, protocol: Protocol = DEFAULT_PROTOCOL,
                  reference: str | Architecture | None = DEFAULT_REFERENCE,
                  on_result: Callable[[int, LatencyResult], None] | None = None) -> list[LatencyResult]:
@@ -144,7 +144,7 @@ def measure_many(items: Sequence[Architecture | nn.Module], target: Target, *, p
     Architectures are measured as given (`MeasuredLatency` applies `for_resolution` first), looked
     up in and stored to the cache; modules are always measured."""
     if processes < 1:
-        raise UserError(f"processes must be >= 1 (got {processes}); the protocol asks for 3")
+        raise UserError(f"processes must be >= 1 (got {processes}); the protocol asks for {PROCESSES}")
     backend = get_backend(target.backend)
     db = resolve_cache(cache)
     ref: ReferenceLatency | None = None
@@ -187,7 +187,7 @@ def measure_many(items: Sequence[Architecture | nn.Module], target: Target, *, p
     return [r for r in results if r is not None]
 
 
-def measure(item: Architecture | nn.Module, target: Target | None = None, *, processes: int = 3,
+def measure(item: Architecture | nn.Module, target: Target | None = None, *, processes: int = PROCESSES,
             fresh: bool = False, cache: Any = DEFAULT, protocol: Protocol = DEFAULT_PROTOCOL,
             reference: str | Architecture | None = DEFAULT_REFERENCE) -> LatencyResult:
     """Latency of one architecture or module on `target` (default: LiteRT, 1 thread, 224)."""
@@ -196,12 +196,13 @@ def measure(item: Architecture | nn.Module, target: Target | None = None, *, pro
 
 
 def reference_latency(target: Target, reference: str | Architecture = DEFAULT_REFERENCE, *,
-                      cache: Any = DEFAULT, processes: int = 3, protocol: Protocol = DEFAULT_PROTOCOL,
+                      cache: Any = DEFAULT, processes: int = PROCESSES, protocol: Protocol = DEFAULT_PROTOCOL,
                       fresh: bool = False, name: str | None = None) -> ReferenceLatency:
     """The reference network's absolute latency on `target`: measured once with the full protocol
     (>= 3 processes, the fastest-processes consensus), then read from the cache."""
-    if processes < 3:
-        raise UserError(f"the reference latency is measured with the full protocol: processes >= 3 (got {processes})")
+    if processes < PROCESSES:
+        raise UserError(f"the reference latency is measured with the full protocol: processes >= {PROCESSES} "
+                        f"(got {processes})")
     label, arch = reference_arch(reference, target)
     label = name or label
     db = resolve_cache(cache)

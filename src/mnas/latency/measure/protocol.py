@@ -7,7 +7,7 @@ calls flagged (process CPU time / wall time < 0.9) and re-timed. One process tim
 `items_per_process` candidates against the same reference, so a batch of a search costs a few
 processes, not a few per candidate.
 
-Every candidate is timed in >= 3 separate processes, round-robin over the candidates. Its result:
+Every candidate is timed in >= `PROCESSES` (3) separate processes, round-robin over the candidates. Its result:
 - `relative`: the median of the per-process ratios candidate / reference, over the `processes`
   per-process ratios lying closest together; they must agree within `max_relative_spread`. The
   ratio cancels slow periods of the machine (a neighbour on a shared host slows a whole process by
@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from mnas.errors import UserError
 
 DEFAULT_REFERENCE = "mobilenet_v2"
+#: The separate processes every candidate is timed in: the protocol's count (the reference's own
+#: latency needs at least this many; fewer is a quick look, not the protocol).
+PROCESSES = 3
 
 
 @dataclass(frozen=True)

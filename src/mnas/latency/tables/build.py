@@ -36,7 +36,7 @@ from mnas.latency.measure.cache import DEFAULT, resolve_cache
 from mnas.latency.measure.exporter import Exporter, Job, arch_file, exporter, pool_size
 from mnas.latency.measure.lifetime import terminate_as_exit
 from mnas.latency.measure.measuring import measure_cpus, measure_many, measure_rounds, reference_arch, reference_latency
-from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, Protocol
+from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, PROCESSES, Protocol
 from mnas.latency.measure.result import ReferenceLatency, closest
 from mnas.latency.tables.calibration import apply, fit_calibration
 from mnas.latency.tables.predict import LatencyTable, add_processes, pool_entry
@@ -108,7 +108,7 @@ def _resume(partial: Path, key: dict[str, Any]) -> tuple[dict[str, dict[str, Any
     return prev.entries, float(prev.build.get("seconds", 0.0))
 
 
-def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *, processes: int = 3,
+def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *, processes: int = PROCESSES,
               calibration: int = 64, pack_size: int | None = None, seed: int = 0, cache: Any = DEFAULT,
               protocol: Protocol = DEFAULT_PROTOCOL, progress: bool = True, units: Sequence[Unit] | None = None,
               reference: str | Architecture = DEFAULT_REFERENCE, force: bool = False,
@@ -117,7 +117,7 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
     fit the calibration, save to `out`. `export_workers`: background converters (default: one
     per core for slow converters, none otherwise)."""
     if processes < 1:
-        raise UserError(f"processes must be >= 1 (got {processes}); the protocol asks for 3")
+        raise UserError(f"processes must be >= 1 (got {processes}); the protocol asks for {PROCESSES}")
     if pack_size is not None and pack_size < 1:
         raise UserError(f"--pack-size must be >= 1 (got {pack_size})")
     if calibration < 0:
@@ -307,7 +307,7 @@ def refine_lut(path: str | os.PathLike[str], processes: int = 6, *, pack_size: i
                 bar.advance(task, len(pack))
         if archs:
             ctask = bar.add_task("calibration", total=len(archs))
-            res = measure_many(archs, target, processes=int(table.build.get("processes", 3)), cache=db,
+            res = measure_many(archs, target, processes=int(table.build.get("processes", PROCESSES)), cache=db,
                                protocol=protocol, reference=ref_arch,
                                on_result=lambda i, r: bar.advance(ctask, 1))
             calibrate(table, archs, [float(r.relative or 0.0) for r in res])

@@ -17,7 +17,7 @@ from mnas.architecture import Architecture
 from mnas.errors import UserError
 from mnas.latency.measure.cache import DEFAULT
 from mnas.latency.measure.measuring import measure_many
-from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, Protocol
+from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, PROCESSES, Protocol
 from mnas.latency.tables.predict import LatencyTable
 from mnas.space import SearchSpace
 
@@ -71,7 +71,7 @@ def evaluate(predicted: Sequence[float], measured: Sequence[float]) -> dict[str,
     }
 
 
-def validate_lut(table: LatencyTable, samples: int = 100, *, seed: int = 777, processes: int = 3,
+def validate_lut(table: LatencyTable, samples: int = 100, *, seed: int = 777, processes: int = PROCESSES,
                  cache: Any = DEFAULT, protocol: Protocol = DEFAULT_PROTOCOL, space: SearchSpace | None = None,
                  fresh: bool = False,
                  on_result: Callable[[int, Any], None] | None = None) -> Validation:
