@@ -236,6 +236,7 @@ def _config_commands(f: Path, tmp_path: Path) -> list[list[str]]:
     ("reward: {target_ms: .inf}", "reward.target_ms: inf is not a finite number"),
     ("proxy: {batch_size: true}", "proxy.batch_size: true is a boolean, not a number"),
     ("budget: {trials: '8'}", "budget.trials: '8' is text, not a number"),
+    ("strategy: {name: evolution, knobs: {population: true}}", "strategy.knobs.population: true is a boolean"),
     ("reward: {target_ms: 2, target: 1.0 x mobilenet_v2}", "reward: give target_ms or target, not both"),
     ("proxy: {epochs: 1}\nproxy: {epochs: 2}", "YAML syntax error at line 3, column 1: key 'proxy' appears twice"),
     ("proxy: {epochs: 1, epochs: 2}", "key 'epochs' appears twice"),

@@ -332,9 +332,12 @@ def parse_config(data: Any, source: str = "config", base_dir: Path | None = None
         config = SearchConfig.model_validate(data)
     except ValidationError as exc:
         raise UserError(_format_errors(source, exc)) from None
-    from mnas.strategies import check_knobs  # lazy: the strategies bring torch (PPO's controller)
+    from mnas.strategies import check_knobs, knobs_model  # lazy: the strategies bring torch (PPO's controller)
 
     try:
+        problem = _number_problem(knobs_model(config.strategy.name), config.strategy.knobs, ("strategy", "knobs"))
+        if problem:
+            raise UserError(problem)
         check_knobs(config.strategy.name, config.strategy.knobs)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
