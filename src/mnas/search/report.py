@@ -240,7 +240,8 @@ def verdict(run: Run, ref: TrainedReference, target: LatencyConfig | None = None
 def trust_lines(run: Run) -> list[str]:
     """The report's "How far to trust the ranking" section."""
     lines = ["", "## How far to trust the ranking", ""]
-    for a in rung_agreement(run.rungs):
+    references = {t.trial_id for t in run.references}
+    for a in rung_agreement([r for r in run.rungs if r.trial_id not in references]):  # the candidates only
         lines.append(f"- rung {a.low} vs rung {a.high}: Kendall tau {_fmt(a.tau, '.2f')} over the {a.pairs} candidates "
                      "promoted past rung {0} (1: the early rung ranks them as the later one does)".format(a.low))
     floor = noise_floor(run.references)
