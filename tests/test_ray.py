@@ -150,3 +150,21 @@ def test_latency_parts_merge_in_the_configs_order_and_fail_together():
     broken = {**there, "error": "latency: worker died", "latencies": None, "latency_ms": None, "relative": None}
     failed = merge_latency([here, broken], ["cpu", "phone"])
     assert failed["error"] == "latency: worker died" and failed["latencies"] is None and failed["latency_ms"] is None
+
+
+def test_rungs_run_as_ray_tasks_and_continue_from_their_state(tmp_path, ray_cluster):
+    """Successive halving on Ray: each rung a task, promoted candidates continuing from the state
+    their previous rung left, every decision stored as Optuna's pruner takes it."""
+    from mnas.search.rungs import RungScheduler
+
+    config = load_config(write_config(tmp_path, executor={"name": "ray", "cpus_per_trial": 1},
+                                      proxy={"steps": [2, 4, 6], "keep": 0.5, "max_steps": None, "batch_size": 25},
+                                      budget={"trials": 4, "batch_size": 4}))
+    outcome = start_search(config, tmp_path / "run", show_progress=False)
+    with Store.open(tmp_path / "run") as store:
+        trials, records = store.trials(), store.rungs()
+    assert outcome.counts["done"] == 4 and all(not t.worker.endswith(f":{os.getpid()}") for t in trials)
+    assert {t.rung for t in trials} >= {0, 2} and len(records) > len(trials)
+    fresh = RungScheduler([2, 4, 6], 0.5)
+    assert all(fresh.decide(r.trial_id, r.rung, r.reward) == r.promoted for r in records)
+    assert not any((tmp_path / "run" / "rung_states").glob("*.pt"))
