@@ -33,7 +33,7 @@ from mnas.errors import UserError
 from mnas.search.config import DataConfig, SearchConfig
 from mnas.space import SearchSpace
 from mnas.train.engine import resolve_device
-from mnas.train.proxy import TrainResult, proxy_rungs, train_proxy, train_rung
+from mnas.train.proxy import TrainResult, proxy_rungs, train_rung
 from mnas.train.settings import FitConfig, ProxyConfig, SupernetSettings
 
 ERROR_CHARS = 500
@@ -102,12 +102,6 @@ class AccuracyModel(ABC):
         """True when a higher rung continues from the lower one's state (it writes `state`)."""
         return False
 
-    def evaluate_top(self, arch: Architecture, *, seed: int) -> RungResult:
-        """`arch` at the top rung, reached straight through (no early stopping)."""
-        result = self.evaluate(arch, len(self.rungs) - 1, seed=seed)
-        result.rung = len(self.rungs) - 1
-        return result
-
 
 class TrainedAccuracy(AccuracyModel):
     """The paper's proxy: stand-alone training on the training split, scored on the held-out split."""
@@ -140,11 +134,6 @@ class TrainedAccuracy(AccuracyModel):
 
     def can_continue(self) -> bool:
         return True
-
-    def evaluate_top(self, arch: Architecture, *, seed: int) -> RungResult:
-        start = time.time()
-        result = train_proxy(arch, dataset(self.config.data), self.proxy, seed=seed)
-        return self._result(result, start, len(self.rungs) - 1)
 
     def _result(self, result: TrainResult, start: float, rung: int) -> RungResult:
         accuracy = result.val_acc if result.ok and math.isfinite(result.val_acc) else None

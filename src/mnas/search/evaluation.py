@@ -16,7 +16,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from functools import lru_cache
 from pathlib import Path
@@ -31,10 +31,9 @@ from mnas.search import accuracy
 from mnas.search.accuracy import RungResult, short_error
 from mnas.search.config import LatencyConfig, SearchConfig
 from mnas.search.hooks import Hooks
-from mnas.search.rungs import climb, done_future
+from mnas.search.rungs import SubmitFn, climb, done_future
 from mnas.search.trial import Trial
 
-PhaseCallback = Callable[[str], None]
 Part = dict[str, Any]
 
 
@@ -111,26 +110,6 @@ def rung_part(config_json: str, arch_json: str, rung: int, seed: int, state: str
     return result
 
 
-def accuracy_parts(archs: Sequence[Architecture], config: SearchConfig,
-                   on_each: Callable[[int], None] | None = None) -> list[Part]:
-    """Held-out accuracy of every candidate at the accuracy model's top rung, reached straight
-    through (no early stopping), in this process: {accuracy, error, seconds, worker}."""
-    model = accuracy.accuracy_model(config)
-    if config.proxy.threads is not None:
-        torch.set_num_threads(config.proxy.threads)
-    parts = []
-    for i, arch in enumerate(archs):
-        if on_each is not None:
-            on_each(i)
-        try:
-            result = model.evaluate_top(arch, seed=config.seed)
-        except Exception as exc:  # a model must not raise; if one does, the trial fails
-            result = RungResult(None, "accuracy: " + short_error(exc), 0.0, 0)
-        parts.append({"accuracy": result.accuracy, "error": result.error, "seconds": result.seconds,
-                      "worker": worker_name()})
-    return parts
-
-
 def combine(trial: Trial, latency: Part, result: RungResult | None) -> Trial:
     """Fill `trial` from its latency and its last accuracy rung: done when both worked, else
     failed with the first error. `result` is None when accuracy was skipped (latency failed)."""
@@ -147,9 +126,6 @@ def combine(trial: Trial, latency: Part, result: RungResult | None) -> Trial:
     trial.error = "; ".join(errors) if errors else None
     trial.finished_at = time.time()
     return trial
-
-
-SubmitFn = Callable[[Trial, int], "Future[RungResult]"]
 
 
 def evaluate_batch(trials: Sequence[Trial], config: SearchConfig, hooks: Hooks, *,
@@ -207,18 +183,6 @@ def evaluate_batch(trials: Sequence[Trial], config: SearchConfig, hooks: Hooks, 
 
 def seed_of(trial: Trial, config: SearchConfig) -> int:
     return trial.seed if trial.seed is not None else config.seed
-
-
-def evaluate(arch: Architecture, config: SearchConfig, *, trial: Trial | None = None,
-             on_phase: PhaseCallback | None = None) -> Trial:
-    """Latency and accuracy (straight to the top rung) of one architecture, as a finished `Trial`
-    (the reward is the caller's)."""
-    trial = trial if trial is not None else Trial(trial_id=-1, arch=arch)
-    out: list[Trial] = []
-    hooks = Hooks(lambda t: None, (lambda t, phase: on_phase(phase)) if on_phase else (lambda t, phase: None),
-                  out.append)
-    evaluate_batch([trial], config, hooks)
-    return out[0]
 
 
 def to_wire(arch: Architecture, config: SearchConfig) -> tuple[str, str]:

@@ -333,12 +333,13 @@ def _front_axes(ax: Axes, run: Run, target: LatencyConfig, refs: list[Reference]
     if stopped:
         ax.scatter([float(latency(t, target, run.config) or 0.0) for t in stopped], [accuracy(t) for t in stopped],
                    marker="x", color="lightgray", s=12, label="stopped at a lower rung (not comparable)")
-    for trained in trained_references(run, target):
+    ours = trained_references(run, target)
+    for trained in ours:
         ax.scatter([trained.latency_ms], [trained.accuracy], marker="*", s=140, color="tab:orange",
                    edgecolors="black", linewidths=0.5, zorder=5)
         ax.annotate(trained.name, (trained.latency_ms, trained.accuracy), textcoords="offset points", xytext=(5, -10),
                     fontsize=7)
-    if trained_references(run, target):
+    if ours:
         ax.scatter([], [], marker="*", s=140, color="tab:orange", edgecolors="black", label="references (same proxy)")
     if with_target:
         t_ms = run.config.reward.target_ms or 0.0
@@ -352,7 +353,7 @@ def _front_axes(ax: Axes, run: Run, target: LatencyConfig, refs: list[Reference]
                     ha="right", fontsize=7, color="dimgray")
         placed = True
     xs_all = ([float(latency(t, target, run.config) or 0.0) for t in done] + [r.latency_ms for r in refs if r.latency_ms]
-              + [r.latency_ms for r in trained_references(run, target)])
+              + [r.latency_ms for r in ours])
     if xs_all and max(xs_all) > 20 * min(xs_all):
         ax.set_xscale("log")  # zoo models can be far slower than a small-target search
     ax.set_xlabel(f"latency (ms) on {target_label(target)}")

@@ -67,7 +67,7 @@ def noise_floor(references: Sequence[Trial]) -> NoiseFloor | None:
     """The seed-to-seed spread of the reference trained with several seeds (None if none was)."""
     by_name: dict[str, list[float]] = {}
     for t in references:
-        if t.ok or (t.status == "done" and t.accuracy is not None):
+        if t.status == "done" and t.accuracy is not None:
             by_name.setdefault(str(t.reference), []).append(float(t.accuracy or 0.0))
     several = [(name, accs) for name, accs in by_name.items() if len(accs) > 1]
     if not several:
