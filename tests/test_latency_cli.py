@@ -64,23 +64,28 @@ def table_file(tmp_path_factory) -> Path:
      "unknown backend 'tensorrt'; choose one of litert, onnxruntime, torch, android"),
     (("measure", "mnasnet_a1", "-b", "onnxruntime", "--threads", "1000"),
      f"--threads 1000 is more than the {CORES} cores here; use at most {CORES} (or --force-threads to measure anyway)"),
-    (("measure", "mnasnet_a1", "-b", "onnxruntime", "-r", "0"), "--resolution must be >= 8 (got 0)"),
-    (("measure", "mnasnet_a1", "-b", "onnxruntime", "--processes", "0"), "--processes must be >= 1 (got 0)"),
+    (("measure", "mnasnet_a1", "-b", "onnxruntime", "-r", "0"), "--resolution must lie in 8..1024 (got 0)"),
+    (("measure", "mnasnet_a1", "-b", "onnxruntime", "--processes", "0"), "--processes must lie in 1..64 (got 0)"),
     (("measure", "mnasnet_a1", "-b", "onnxruntime", "--threads", "0"), "--threads must be >= 1 (got 0)"),
     (("reference", "-b", "onnxruntime", "--threads", str(CORES + 1)), f"--threads {CORES + 1} is more than"),
-    (("build-lut", "-b", "onnxruntime", "-r", "0", "--out", "{tmp}/t.json"), "--resolution must be >= 8 (got 0)"),
+    (("build-lut", "-b", "onnxruntime", "-r", "0", "--out", "{tmp}/t.json"), "--resolution must lie in 8..1024 (got 0)"),
     (("build-lut", "-b", "onnxruntime", "--threads", str(CORES + 1), "--out", "{tmp}/t.json"),
      f"--threads {CORES + 1} is more than"),
     (("build-lut", "-b", "android", "--out", "{tmp}/t.json"), "latency tables cannot be built for the android backend"),
     (("build-lut", "--out", "{tmp}"), "is a directory; name the table's file"),
     (("build-lut", "--out", "{tmp}/file/t.json"), "is a file, not a folder"),
-    (("build-lut", "--processes", "0", "--out", "{tmp}/t.json"), "--processes must be >= 1"),
+    (("build-lut", "--processes", "0", "--out", "{tmp}/t.json"), "--processes must lie in 1..64"),
     (("validate-lut", "{tmp}"), "is a directory, not a latency table"),
     (("refine-lut", "{tmp}/missing.json"), "does not exist"),
-    (("refine-lut", "{tmp}/binary.json", "-p", "0"), "--processes must be >= 1 (got 0)"),
+    (("refine-lut", "{tmp}/binary.json", "-p", "0"), "--processes must lie in 1..64 (got 0)"),
     (("refine-lut", "{tmp}/binary.json"), "is not a latency table written by `mnas latency build-lut` (it is a binary file)"),
     (("validate-lut", "{tmp}/binary.json"), "is not a latency table written by `mnas latency build-lut` (it is a binary file)"),
     (("validate-lut", "{tmp}/missing.json"), "does not exist"),
+    (("measure", "mnasnet_a1", "-b", "onnxruntime", "-r", "100000"), "--resolution must lie in 8..1024 (got 100000)"),
+    (("measure", "mnasnet_a1", "-b", "onnxruntime", "--processes", "100000"), "--processes must lie in 1..64"),
+    (("build-lut", "--calibration", "1000000000", "--out", "{tmp}/t.json"), "--calibration must lie in 0..10000"),
+    (("build-lut", "--pack-size", "1000000000", "--out", "{tmp}/t.json"), "--pack-size must lie in 1..10000"),
+    (("refine-lut", "{tmp}/binary.json", "-p", "1000000"), "--processes must lie in 1..64 (got 1000000)"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path: Path, capsys, args, message: str) -> None:
     (tmp_path / "file").write_text("x")
@@ -102,11 +107,11 @@ def test_an_existing_table_is_never_overwritten(table_file: Path, capsys, extra)
     before = table_file.read_bytes()
     line = one_line(mnas_here(capsys, "latency", "build-lut", "-b", "onnxruntime", "--space", "mnasnet_cifar",
                               "--out", str(table_file), *extra))
-    assert ("--pack-size must be >= 1" in line) if extra else ("already exists; pass --force" in line)
+    assert ("--pack-size must lie in 1..10000" in line) if extra else ("already exists; pass --force" in line)
     assert table_file.read_bytes() == before
     line = one_line(mnas_here(capsys, "latency", "build-lut", "--out", str(table_file), "--force", *extra)) \
         if extra else None
-    assert line is None or "--pack-size must be >= 1" in line
+    assert line is None or "--pack-size must lie in 1..10000" in line
     assert table_file.read_bytes() == before
 
 

@@ -145,7 +145,7 @@ def test_refine_refuses_what_it_cannot_extend(built, tmp_path) -> None:
     (tmp_path / "abs.json").write_text(json.dumps({**d, "reference": None, "format": 1}))
     with pytest.raises(UserError, match="absolute .* table; build a new one"):
         refine_lut(tmp_path / "abs.json", 2, progress=False)
-    with pytest.raises(UserError, match="--processes must be >= 1"):
+    with pytest.raises(UserError, match="--processes must lie in 1..64"):
         refine_lut(out, 0, progress=False)
     assert LatencyTable.load(out).entries == table.entries
 
@@ -273,8 +273,9 @@ def test_force_overwrites_only_when_asked(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"pack_size": 0}, "--pack-size must be >= 1"), ({"pack_size": -3}, "--pack-size must be >= 1"),
-    ({"processes": 0}, "processes must be >= 1"), ({"calibration": -1}, "--calibration must be >= 0"),
+    ({"pack_size": 0}, "--pack-size must lie in 1..10000"), ({"pack_size": -3}, "--pack-size must lie in 1..10000"),
+    ({"processes": 0}, "processes must lie in 1..64"), ({"calibration": -1}, "--calibration must lie in 0..10000"),
+    ({"calibration": 10**9}, "--calibration must lie in 0..10000"), ({"processes": 10**6}, "processes must lie in 1..64"),
 ])
 def test_nonsense_options_are_refused(tmp_path, kwargs, message) -> None:
     good = tmp_path / "good.json"

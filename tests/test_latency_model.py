@@ -132,7 +132,7 @@ def test_measured_latency_applies_the_resolution_and_travels(cache: LatencyCache
 
 
 def test_measured_latency_refuses_nonsense() -> None:
-    with pytest.raises(UserError, match="processes must be >= 1"):
+    with pytest.raises(UserError, match="processes must lie in 1..64"):
         MeasuredLatency(ORT32, processes=0, cache=None)
 
 

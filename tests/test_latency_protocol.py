@@ -216,15 +216,17 @@ def test_target_fingerprint_and_errors() -> None:
         Target(backend="tensorrt")
     with pytest.raises(UserError):
         Target(threads=0)
-    with pytest.raises(UserError, match="resolution must be >= 8"):
+    with pytest.raises(UserError, match="resolution must lie in 8..1024"):
         Target(resolution=0)
+    with pytest.raises(UserError, match="batch must be <= 1024"):
+        Target(batch=10**6)
     with pytest.raises(UserError, match="only measured with --backend torch"):
         Target(backend="onnxruntime", device="cuda")
 
 
 @pytest.mark.parametrize("bad", [{"processes": 0}, {"processes": -1}])
 def test_bad_processes_is_a_user_error(bad) -> None:
-    with pytest.raises(UserError, match="processes must be >= 1"):
+    with pytest.raises(UserError, match="processes must lie in 1..64"):
         measure(_tiny(4), ORT32, cache=None, **bad)
 
 

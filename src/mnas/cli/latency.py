@@ -16,14 +16,15 @@ from typing import Any
 import typer
 
 from mnas import zoo
+from mnas.architecture import MAX_RESOLUTION, MIN_RESOLUTION, whole_number
 from mnas.errors import UserError
 from mnas.latency.backends.base import get_backend
 from mnas.latency.backends.registry import backend_names
 from mnas.latency.measure.lifetime import terminate_as_exit
 from mnas.latency.measure.measuring import check_threads, measure_many, reference_latency
-from mnas.latency.measure.protocol import DEFAULT_REFERENCE, PROCESSES, Protocol
+from mnas.latency.measure.protocol import DEFAULT_REFERENCE, PROCESSES, Protocol, check_processes
 from mnas.latency.measure.result import LatencyResult, ReferenceLatency
-from mnas.latency.tables.build import build_lut, check_output, check_tables, refine_lut
+from mnas.latency.tables.build import build_lut, check_output, check_sizes, check_tables, refine_lut
 from mnas.latency.tables.plot import scatter
 from mnas.latency.tables.predict import LatencyTable
 from mnas.latency.tables.validate import validate_lut
@@ -52,18 +53,23 @@ def _target(backend: str, threads: int, resolution: int, force_threads: bool, nu
     """The target, with the thread count checked against this machine's cores for local backends."""
     if threads < 1:
         raise UserError(f"--threads must be >= 1 (got {threads})")
-    if resolution < 8:
-        raise UserError(f"--resolution must be >= 8 (got {resolution})")
+    whole_number(resolution, "--resolution", MIN_RESOLUTION, MAX_RESOLUTION)
     if backend in backend_names() and get_backend(backend).local:
         check_threads(threads, force_threads)
     return Target(backend=backend, threads=threads, resolution=resolution, num_classes=num_classes,
                   device=device, channels_last=channels_last, serial=serial, benchmark_binary=binary)
 
 
+#: Counts a user sizes, bounded so a typo is one line instead of hours of measuring.
+MAX_COUNT = 10_000
+
+
+def _count(value: int, flag: str, low: int) -> int:
+    return whole_number(value, flag, low, MAX_COUNT)
+
+
 def _processes(processes: int) -> int:
-    if processes < 1:
-        raise UserError(f"--processes must be >= 1 (got {processes}); the protocol asks for {PROCESSES}")
-    return processes
+    return check_processes(processes, "--processes")
 
 
 def _reference(text: str) -> str | None:
@@ -232,11 +238,7 @@ def build_lut_cmd(
 ) -> None:
     """Measure every layer configuration of a space (resumable; progress and ETA shown)."""
     check_tables(target)
-    _processes(processes)
-    if pack_size is not None and pack_size < 1:
-        raise UserError(f"--pack-size must be >= 1 (got {pack_size})")
-    if calibration < 0:
-        raise UserError(f"--calibration must be >= 0 (got {calibration})")
+    check_sizes(processes, pack_size, calibration)
     if _reference(reference) is None:
         raise UserError("a latency table is built against a reference network; --reference none is not possible")
     check_output(out, force)
@@ -260,10 +262,7 @@ def refine_lut_cmd(
 ) -> None:
     """Time the table's layers in more processes (in new packs), pool them and refit the
     calibration: a sharper table for more build time (resumable: saved after every pack)."""
-    if processes < 1:
-        raise UserError(f"--processes must be >= 1 (got {processes})")
-    if pack_size is not None and pack_size < 1:
-        raise UserError(f"--pack-size must be >= 1 (got {pack_size})")
+    check_sizes(processes, pack_size)
     if lut.is_file() and not os.access(lut, os.W_OK):
         raise UserError(f"cannot write {lut}: the table is updated in place; make it writable or refine a copy")
     if lut.is_file() and not os.access(lut.parent, os.W_OK | os.X_OK):
@@ -289,8 +288,7 @@ def validate_lut_cmd(
     """Measure random architectures for real (against the table's reference) and compare with the
     table's predictions."""
     _processes(processes)
-    if samples < 2:
-        raise UserError(f"--samples must be >= 2 (got {samples})")
+    _count(samples, "--samples", 2)
     tab = LatencyTable.load(lut)
     plot = output_file(plot or lut.with_suffix(".validation.png"), "--plot", force=True, inputs=[lut])
     covered, total = tab.coverage()

@@ -18,14 +18,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 from mnas.architecture import Architecture
 from mnas.errors import UserError
 from mnas.latency.measure.cache import DEFAULT, resolve_cache
 from mnas.latency.measure.measuring import measure_many, reference_arch, reference_latency
-from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, PROCESSES
+from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, PROCESSES, check_processes
 from mnas.latency.measure.protocol import Protocol as MeasureProtocol
 from mnas.latency.measure.result import LatencyResult, ReferenceLatency
 from mnas.latency.tables.predict import LatencyTable
@@ -60,9 +60,9 @@ class MeasuredLatency:
     (up to `protocol.items_per_process` candidates per process, against the same reference)."""
 
     def __init__(self, target: Target, processes: int = PROCESSES, reference: str | Architecture = DEFAULT_REFERENCE,
-                 cache: Any = DEFAULT, protocol: MeasureProtocol = DEFAULT_PROTOCOL, fresh: bool = False) -> None:
-        if processes < 1:
-            raise UserError(f"latency processes must be >= 1 (got {processes}); the protocol asks for {PROCESSES}")
+                 cache: Any = DEFAULT, protocol: MeasureProtocol = DEFAULT_PROTOCOL, fresh: bool = False,
+                 reference_ms: float | None = None) -> None:
+        check_processes(processes, "latency processes")
         self.target = target
         self.processes = processes
         self.reference = reference
@@ -70,11 +70,17 @@ class MeasuredLatency:
         self.protocol = protocol
         self.fresh = fresh
         self._reference: ReferenceLatency | None = None  # pinned at first use: one scale per model
+        self.reference_ms = reference_ms  # a scale pinned by the caller (a search's, kept across resume)
 
     def _pinned(self) -> ReferenceLatency:
         if self._reference is None:
-            self._reference = reference_latency(self.target, self.reference, cache=self.cache, protocol=self.protocol)
+            ref = reference_latency(self.target, self.reference, cache=self.cache, protocol=self.protocol)
+            self._reference = ref if self.reference_ms is None else replace(ref, ms=self.reference_ms)
         return self._reference
+
+    def scale_ms(self) -> float:
+        """The reference latency this model's ms figures are made of (measured only if not pinned)."""
+        return self.reference_ms if self.reference_ms is not None else self._pinned().ms
 
     def results(self, archs: Sequence[Architecture]) -> list[LatencyResult]:
         """The full measurements (spread, stability, raw ms) of the networks that run at the
@@ -88,8 +94,8 @@ class MeasuredLatency:
         measured again meanwhile does not change the scale of a model's estimates, nor of T
         resolved with it: `target_ms`)."""
         results = self.results(archs)
-        ref = self._pinned() if any(r.relative is not None for r in results) else None
-        return [Estimate(r.relative * ref.ms if ref is not None and r.relative is not None else r.median_ms,
+        scale = self.scale_ms() if any(r.relative is not None for r in results) else None
+        return [Estimate(r.relative * scale if scale is not None and r.relative is not None else r.median_ms,
                          r.relative, "cached" if r.cached else "measured") for r in results]
 
     def estimate(self, arch: Architecture) -> Estimate:
@@ -150,12 +156,13 @@ class TableLatency:
 
 def latency_model(target: Target, *, lut: str | os.PathLike[str] | None = None, processes: int = PROCESSES,
                   reference: str = DEFAULT_REFERENCE, cache: Any = DEFAULT,
-                  protocol: MeasureProtocol = DEFAULT_PROTOCOL) -> LatencyModel:
+                  protocol: MeasureProtocol = DEFAULT_PROTOCOL, reference_ms: float | None = None) -> LatencyModel:
     """The model a config names: a table when `lut` is given (checked against `target`), else
-    measurements."""
+    measurements (scaled with `reference_ms` where the caller pinned it)."""
     if lut is not None:
         return TableLatency(lut, target)
-    return MeasuredLatency(target, processes=processes, reference=reference, cache=cache, protocol=protocol)
+    return MeasuredLatency(target, processes=processes, reference=reference, cache=cache, protocol=protocol,
+                           reference_ms=reference_ms)
 
 
 _MULTIPLE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:x|\*|×)\s*(\S+)\s*$")

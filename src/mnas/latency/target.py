@@ -15,12 +15,17 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from mnas.architecture import check_resolution
 from mnas.errors import UserError
 from mnas.latency.backends.registry import backend_module, backend_names, load_backend
 
 PRECISIONS = ("fp32",)
 DEVICES = ("cpu", "cuda")
 # Fields that decide which network runs and how; a lookup table is valid only for these.
+#: Bounds on what a user sizes: a batch or class count past these is a typo, not a target (a
+#: batch of 10^6 images would allocate without bound before the first measurement).
+MAX_BATCH = 1024
+MAX_CLASSES = 100_000
 SHAPE_FIELDS = ("backend", "threads", "resolution", "batch", "num_classes", "precision", "device", "channels_last")
 
 
@@ -44,9 +49,12 @@ class Target:
             raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(backend_names())}")
         if self.threads < 1:
             raise UserError(f"threads must be >= 1 (got {self.threads})")
-        if self.resolution < 8 or self.batch < 1 or self.num_classes < 1:
-            raise UserError(f"resolution must be >= 8 and batch, num_classes >= 1 (got resolution "
-                            f"{self.resolution}, batch {self.batch}, num_classes {self.num_classes})")
+        check_resolution(self.resolution)
+        if self.batch < 1 or self.num_classes < 1:
+            raise UserError(f"batch and num_classes must be >= 1 (got batch {self.batch}, num_classes {self.num_classes})")
+        if self.batch > MAX_BATCH or self.num_classes > MAX_CLASSES:
+            raise UserError(f"batch must be <= {MAX_BATCH} and num_classes <= {MAX_CLASSES:,} (got batch {self.batch}, "
+                            f"num_classes {self.num_classes})")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision {self.precision!r} is not supported; use {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:

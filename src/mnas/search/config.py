@@ -26,9 +26,9 @@ from mnas.errors import UserError
 from mnas.latency.backends.base import get_backend
 from mnas.latency.backends.registry import backend_names
 from mnas.latency.measure.measuring import cores
-from mnas.latency.measure.protocol import DEFAULT_REFERENCE, PROCESSES
+from mnas.latency.measure.protocol import DEFAULT_REFERENCE, MAX_PROCESSES, PROCESSES
 from mnas.latency.model import LatencyModel, latency_model, parse_multiple
-from mnas.latency.target import Target
+from mnas.latency.target import MAX_BATCH, MAX_CLASSES, Target
 from mnas.reward import Reward
 from mnas.run_options import DEFAULT_DATASET, DEFAULT_VAL_SIZE
 from mnas.textfiles import load_yaml, read_text
@@ -106,16 +106,20 @@ class LatencyConfig(StrictModel):
     backend: str = Field(default_factory=lambda: _TARGET_DEFAULTS.backend)
     threads: int = Field(default=1, gt=0)
     resolution: int | None = Field(default=None, gt=0)  # None: the dataset's resolution
-    batch: int = Field(default=1, gt=0)
-    num_classes: int | None = Field(default=None, gt=0)  # None: the dataset's class count
+    batch: int = Field(default=1, gt=0, le=MAX_BATCH)
+    num_classes: int | None = Field(default=None, gt=0, le=MAX_CLASSES)  # None: the dataset's class count
     precision: str = "fp32"
     device: str = "cpu"
     serial: str | None = None  # android: the phone's adb serial
     benchmark_binary: str | None = None  # android: TFLite benchmark_model built for the phone
-    processes: int = Field(default=PROCESSES, gt=0)
+    processes: int = Field(default=PROCESSES, gt=0, le=MAX_PROCESSES)
     lut: str | None = None  # a lookup table file: predict instead of measuring
     reference: str = "mobilenet_v2"  # the network every measurement is timed against (a zoo name or arch string)
     host: str | None = None  # Ray: the node the target device sits on (default: the driver's)
+    # The reference's latency every ms figure of the run is scaled with (ms = relative x this):
+    # pinned when the search starts and reused by a resume, so a reference measured again in
+    # between (another cache, --fresh) never mixes two scales in one run. Leave it out.
+    reference_ms: float | None = Field(default=None, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -172,7 +176,8 @@ class LatencyConfig(StrictModel):
 
     def to_model(self) -> LatencyModel:
         """The `LatencyModel` of this target: its table, or measurements against `reference`."""
-        return latency_model(self.to_target(), lut=self.lut, processes=self.processes, reference=self.reference)
+        return latency_model(self.to_target(), lut=self.lut, processes=self.processes, reference=self.reference,
+                             reference_ms=self.reference_ms)
 
     def to_target(self) -> Target:
         """The `Target` this section describes (resolution and classes must be resolved first)."""

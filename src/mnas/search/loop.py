@@ -29,7 +29,7 @@ from mnas import __version__, zoo
 from mnas.architecture import Architecture
 from mnas.data import DatasetSplits
 from mnas.errors import UserError
-from mnas.latency.model import LatencyModel, target_ms
+from mnas.latency.model import LatencyModel, MeasuredLatency, target_ms
 from mnas.latency.tables.predict import LatencyTable
 from mnas.reward import Reward, pareto_front
 from mnas.search import evaluation as ev
@@ -119,6 +119,7 @@ def prepare(config: SearchConfig, *, latency: Sequence[LatencyModel] | None = No
         assert config.reward.target is not None
         t_ms = target_ms(config.reward.target, models[0])
         config = config.model_copy(update={"reward": config.reward.model_copy(update={"target_ms": t_ms})})
+    config = config.model_copy(update={"latency": [pin_scale(t, m) for t, m in zip(config.latency, models, strict=True)]})
     reward = make_reward(config)
     model = accuracy or accuracy_model(config)
     model.check(data, space)
@@ -136,6 +137,16 @@ def check_tables(config: SearchConfig, models: Sequence[LatencyModel], space: Se
                 raise UserError(f"latency table {t.lut} holds {covered} of the {total} layers space {space.name!r} can "
                                 f"produce at {table.target.resolution} px; build it for this space with `mnas latency "
                                 f"build-lut --space {config.space}`")
+
+
+def pin_scale(t: LatencyConfig, model: LatencyModel) -> LatencyConfig:
+    """`t` with the reference latency its measurements are scaled with, pinned once (T was
+    resolved with the same figure): the store keeps it, so every worker and a resume use one
+    scale even if the reference is measured again meanwhile. Not for a table (its own
+    reference), a target on a Ray host (measured there) or a stand-in model."""
+    if t.reference_ms is not None or t.host is not None or not isinstance(model, MeasuredLatency):
+        return t
+    return t.model_copy(update={"reference_ms": model.scale_ms()})
 
 
 def _resolve_target(t: LatencyConfig, data: DatasetSplits) -> LatencyConfig:

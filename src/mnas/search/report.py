@@ -103,7 +103,8 @@ def load_run(run_dir: str | Path) -> Run:
 class Scale:
     """The one reference latency every ms figure of a run on its first target is made of
     (ms = relative x `ms`). `how`: "T" (the reward's T resolved as "F x name" when the search
-    started: `ms` = T / F), or "trials" (the reference latency the run's trials were scaled with)."""
+    started: `ms` = T / F), "pinned" (the figure the search stored with its config), or "trials"
+    (the reference latency the run's trials were scaled with)."""
 
     name: str
     ms: float
@@ -115,6 +116,8 @@ def run_scale(config: SearchConfig, trials: list[Trial]) -> Scale | None:
     "F x <the target's reference>", else the one its trials were measured with (the median of
     latency / relative); None where neither is known (no relative figures stored)."""
     primary = config.primary
+    if primary.reference_ms is not None:  # pinned when the search started (mnas.search.loop.pin_scale)
+        return Scale(str(primary.reference), primary.reference_ms, "pinned")
     r = config.reward
     if r.target and r.target_ms:
         try:
@@ -303,7 +306,7 @@ def reference_line(target: LatencyConfig, scale: Scale | None = None) -> str:
     latencies are relative to: the run's `scale` where given (with a note where the reference has
     been measured again since), else the reference's latency on record."""
     try:
-        ref = target.to_model().reference_latency()
+        ref = target.model_copy(update={"reference_ms": None}).to_model().reference_latency()  # as on record
     except Exception as exc:
         if scale is not None:
             return f"{scale.name} = {scale.ms:.3f} ms (the run's)"
@@ -311,7 +314,8 @@ def reference_line(target: LatencyConfig, scale: Scale | None = None) -> str:
     unstable = "" if ref.stable else "; unstable: `mnas latency reference --fresh` with this target measures it again"
     if scale is None or math.isclose(scale.ms, ref.ms, rel_tol=1e-9):
         return f"{ref.name} = {ref.ms:.3f} ms ({ref.date}, {ref.spread_text()}{unstable})"
-    return (f"{scale.name} = {scale.ms:.3f} ms (the run's, {'from T' if scale.how == 'T' else 'as its trials were measured'}; "
+    how = {"T": "from T", "pinned": "pinned when the search started"}.get(scale.how, "as its trials were measured")
+    return (f"{scale.name} = {scale.ms:.3f} ms (the run's, {how}; "
             f"measured again since: {ref.ms:.3f} ms on {ref.date}, every figure here keeps the run's)")
 
 

@@ -23,7 +23,7 @@ from mnas.latency.backends.base import Backend, ModelFile, get_backend
 from mnas.latency.measure.cache import DEFAULT, resolve_cache
 from mnas.latency.measure.exporter import arch_file, export_module, exporter, pool_size
 from mnas.latency.measure.lifetime import terminate_as_exit
-from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, PROCESSES, Protocol
+from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, PROCESSES, Protocol, check_processes
 from mnas.latency.measure.result import LatencyResult, ReferenceLatency, closest, consensus, summarise
 from mnas.latency.measure.sample import ProcessSample
 from mnas.latency.target import Target
@@ -143,8 +143,7 @@ def measure_many(items: Sequence[Architecture | nn.Module], target: Target, *, p
 
     Architectures are measured as given (`MeasuredLatency` applies `for_resolution` first), looked
     up in and stored to the cache; modules are always measured."""
-    if processes < 1:
-        raise UserError(f"processes must be >= 1 (got {processes}); the protocol asks for {PROCESSES}")
+    check_processes(processes)
     backend = get_backend(target.backend)
     db = resolve_cache(cache)
     ref: ReferenceLatency | None = None

@@ -33,6 +33,15 @@ DEFAULT_REFERENCE = "mobilenet_v2"
 #: The separate processes every candidate is timed in: the protocol's count (the reference's own
 #: latency needs at least this many; fewer is a quick look, not the protocol).
 PROCESSES = 3
+#: The most processes one measurement may ask for (each is a fresh interpreter, ~1 s to start).
+MAX_PROCESSES = 64
+
+
+def check_processes(processes: int, what: str = "processes") -> int:
+    """The one bound on a process count, wherever it is written (a flag, a config, a call)."""
+    if not 1 <= processes <= MAX_PROCESSES:
+        raise UserError(f"{what} must lie in 1..{MAX_PROCESSES} (got {processes}); the protocol asks for {PROCESSES}")
+    return processes
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from mnas.architecture import Architecture
+from mnas.architecture import Architecture, whole_number
 from mnas.errors import UserError
 from mnas.latency.backends.base import Backend, ModelFile, get_backend
 from mnas.latency.backends.registry import backend_names
@@ -36,7 +36,7 @@ from mnas.latency.measure.cache import DEFAULT, resolve_cache
 from mnas.latency.measure.exporter import Exporter, Job, arch_file, exporter, pool_size
 from mnas.latency.measure.lifetime import terminate_as_exit
 from mnas.latency.measure.measuring import measure_cpus, measure_many, measure_rounds, reference_arch, reference_latency
-from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, PROCESSES, Protocol
+from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, PROCESSES, Protocol, check_processes
 from mnas.latency.measure.result import ReferenceLatency, closest
 from mnas.latency.tables.calibration import apply, fit_calibration
 from mnas.latency.tables.predict import LatencyTable, add_processes, pool_entry
@@ -108,6 +108,19 @@ def _resume(partial: Path, key: dict[str, Any]) -> tuple[dict[str, dict[str, Any
     return prev.entries, float(prev.build.get("seconds", 0.0))
 
 
+#: The most layers per exported model, and calibration networks, a table build takes: a typo past
+#: these is one line instead of hours of measuring.
+MAX_COUNT = 10_000
+
+
+def check_sizes(processes: int, pack_size: int | None = None, calibration: int = 0) -> None:
+    """The bounds on a build's or refine's counts, wherever they come from (the CLI's flags)."""
+    check_processes(processes, "--processes")
+    if pack_size is not None:
+        whole_number(pack_size, "--pack-size", 1, MAX_COUNT)
+    whole_number(calibration, "--calibration", 0, MAX_COUNT)
+
+
 def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *, processes: int = PROCESSES,
               calibration: int = 64, pack_size: int | None = None, seed: int = 0, cache: Any = DEFAULT,
               protocol: Protocol = DEFAULT_PROTOCOL, progress: bool = True, units: Sequence[Unit] | None = None,
@@ -116,12 +129,7 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
     """Measure every unit the space can produce at the target's resolution against the reference,
     fit the calibration, save to `out`. `export_workers`: background converters (default: one
     per core for slow converters, none otherwise)."""
-    if processes < 1:
-        raise UserError(f"processes must be >= 1 (got {processes}); the protocol asks for {PROCESSES}")
-    if pack_size is not None and pack_size < 1:
-        raise UserError(f"--pack-size must be >= 1 (got {pack_size})")
-    if calibration < 0:
-        raise UserError(f"--calibration must be >= 0 (got {calibration})")
+    check_sizes(processes, pack_size, calibration)
     backend = check_tables(target.backend)
     reason = backend.unavailable()
     if reason:
@@ -255,10 +263,7 @@ def refine_lut(path: str | os.PathLike[str], processes: int = 6, *, pack_size: i
     table's calibration networks (measured once, then cached) and save. The table is saved after
     every pack, so an interrupted refine loses nothing and a second call goes on where it stopped.
     Measured on the onnxruntime table (docs/benchmarks/latency.md): see the refine rows there."""
-    if processes < 1:
-        raise UserError(f"--processes must be >= 1 (got {processes})")
-    if pack_size is not None and pack_size < 1:
-        raise UserError(f"--pack-size must be >= 1 (got {pack_size})")
+    check_sizes(processes, pack_size)
     out = Path(path)
     table = LatencyTable.load(out)
     ref = table.reference
