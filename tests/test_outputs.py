@@ -273,3 +273,43 @@ def test_sigterm_stops_supernet_training_within_a_second_or_two(tmp_path: Path, 
     assert json.loads(stdout)["status"] == "interrupted" and (out / "checkpoint.pt").is_file()
     assert elapsed < 6, elapsed  # the checkpoint save and the exit included
     assert "Traceback" not in stderr
+
+
+# ---- a full disk mid-work: one line with what was kept and the way on -------------------------------
+@pytest.mark.slow
+def test_a_full_disk_mid_search_keeps_the_trials_and_says_how_to_resume(tmp_path: Path, data_root: Path,
+                                                                        monkeypatch) -> None:
+    from test_search import write_config
+
+    monkeypatch.setenv("MNAS_DATA", str(data_root))
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path / "cache"))
+    config = write_config(tmp_path, budget={"trials": 6, "batch_size": 2})
+    # the same search once with room: its latencies are cached, so below only the run folder grows
+    assert mnas("search", "-c", str(config), "--out", str(tmp_path / "warm"), "-q").returncode == 0
+    run = tmp_path / "run"
+    line = one_line(mnas("search", "-c", str(config), "--out", str(run), "-q", limit_file_bytes=64 * 1024))
+    assert "is the disk full?" in line and f"continue with: mnas search --resume {run}" in line
+    r = mnas("search", "--resume", str(run), "-q")  # space again: it goes on and finishes
+    assert r.returncode == 0, r.stderr[-2000:]
+    with Store.open(run) as store:
+        assert len([t for t in store.trials() if t.status == "done"]) == 6
+
+
+@pytest.mark.slow
+def test_a_full_disk_mid_build_lut_says_the_same_command_goes_on(tmp_path: Path, monkeypatch) -> None:
+    import yaml
+
+    monkeypatch.setenv("MNAS_CACHE_DIR", str(tmp_path / "cache"))
+    space = {"name": "tiny", "base_filters": [8, 16], "base_layers": [1, 1], "strides": [1, 2], "ops": ["ds"],
+             "kernels": [3], "se_ratios": [0], "skips": ["identity"], "filter_multipliers": [1.0], "layer_deltas": [0],
+             "stem_filters": 8, "stem_stride": 1, "head_filters": 32, "resolution": 32}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    out = tmp_path / "lut.json"
+    # the reference measured once with room (the cache holds it), so below only the build's own files grow
+    assert mnas("latency", "reference", "-b", "onnxruntime", "-r", "32", "--num-classes", "10").returncode == 0
+    line = one_line(mnas("latency", "build-lut", "-b", "onnxruntime", "--space", str(tmp_path / "space.yaml"),
+                         "--num-classes", "10", "--calibration", "0", "-p", "1", "--out", str(out),
+                         limit_file_bytes=2048))
+    assert "could not write" in line and "File too large" in line
+    assert "no pack was finished; free some space and run the same command again" in line
+    assert not out.exists()

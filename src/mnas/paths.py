@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from mnas.errors import UserError
+from mnas.errors import UserError, WriteFailed
 
 #: Files a run needs to go on (resume, report, search): no output ever replaces them.
 RUN_FILES = frozenset({"checkpoint.pt", "trials.sqlite", "trials.sqlite-wal", "trials.sqlite-shm", "supernet.pt",
@@ -98,10 +98,10 @@ def _refuse_link(p: Path) -> None:
         raise UserError(f"{p} is a folder; it was not replaced")
 
 
-def _write_failed(p: Path, exc: OSError, existed: bool) -> UserError:
+def _write_failed(p: Path, exc: OSError, existed: bool) -> WriteFailed:
     why = exc.strerror or str(exc) or type(exc).__name__
     kept = "the previous file was kept" if existed else "nothing was written"
-    return UserError(f"could not write {p} ({why}); {kept}: free some space or choose another folder, then run again")
+    return WriteFailed(f"could not write {p} ({why}); {kept}")
 
 
 def _tmp_name(p: Path) -> Path:

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import typer
 
-from mnas.errors import Terminated, UserError
+from mnas.errors import Terminated, UserError, WriteFailed, kept, no_space
 
 app = typer.Typer(
     name="mnas",
@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, prog_name="mnas", standalone_mode=False)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        after = kept(exc) if isinstance(exc, WriteFailed) else None
+        print(f"error: {exc.short}; {after}" if isinstance(exc, WriteFailed) and after else f"error: {exc}",
+              file=sys.stderr)
         sys.exit(2)
     except Terminated:
         print("terminated", file=sys.stderr)
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
             print(_usage_line(exc), file=sys.stderr)
         sys.exit(2 if getattr(exc, "exit_code", 2) in (1, 2) else exc.exit_code)
     except OSError as exc:
+        if no_space(exc):
+            _no_space(exc)
         if exc.errno != errno.ENAMETOOLONG:
             _internal_error(exc)
         # Any command, any path: a component over the file system's limit (255 bytes on most).
@@ -110,8 +114,20 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # a bug, not a user mistake: still no traceback by default
+        if no_space(exc):  # SQLite's "database or disk is full"
+            _no_space(exc)
         _internal_error(exc)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _no_space(exc: BaseException) -> NoReturn:
+    """A full disk (or quota, or file size limit) mid-work: one line naming the file and saying
+    what the command kept and how to go on (`mnas.errors.keeps`)."""
+    name = getattr(exc, "filename", None)
+    where = f" (writing {name})" if name else ""
+    after = kept(exc) or "free some space and run the command again"
+    print(f"error: a write failed: {no_space(exc)}{where}; {after}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _internal_error(exc: BaseException) -> NoReturn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import typer
 
 from mnas import zoo
 from mnas.architecture import MAX_RESOLUTION, MIN_RESOLUTION, whole_number
-from mnas.errors import UserError
+from mnas.errors import UserError, keeps
 from mnas.latency.backends.base import get_backend
 from mnas.latency.backends.registry import backend_names
 from mnas.latency.measure.lifetime import terminate_as_exit
@@ -244,12 +245,20 @@ def build_lut_cmd(
     check_output(out, force)
     sp = SearchSpace.load(space)
     tgt = _target(target, threads, _resolution(resolution, sp.resolution), force_threads, num_classes=num_classes)
-    tab = build_lut(sp, tgt, out, processes=processes, calibration=calibration, pack_size=pack_size,
-                    reference=reference, force=force, protocol=Protocol(force_threads=force_threads))
+
+    def what_is_kept() -> str:
+        partial = out.with_name(out.name + ".partial")
+        kept = f"the packs measured before are kept in {partial}" if partial.is_file() else "no pack was finished"
+        return f"{kept}; free some space and run the same command again: it goes on where it stopped"
+
+    with keeps(what_is_kept):
+        tab = build_lut(sp, tgt, out, processes=processes, calibration=calibration, pack_size=pack_size,
+                        reference=reference, force=force, protocol=Protocol(force_threads=force_threads))
     b, c = tab.build, tab.calibration
+    fit = (f"calibration on {c['samples']} models, fit MAPE {c['fit_mape']:.1f}%" if c.get("samples")
+           and math.isfinite(c.get("fit_mape", math.nan)) else "no calibration (--calibration 0)")
     typer.echo(f"wrote {out}: {b['units']} entries for {tgt.label} in {b['seconds']:.0f} s "
-               f"(layers {b['layer_seconds']:.0f} s); calibration on {c.get('samples', 0)} models, "
-               f"fit MAPE {c.get('fit_mape', float('nan')):.1f}%")
+               f"(layers {b['layer_seconds']:.0f} s); {fit}")
     if tab.reference is not None:
         typer.echo(f"  relative to {_reference_line(tab.reference)}")
 
@@ -268,7 +277,8 @@ def refine_lut_cmd(
     if lut.is_file() and not os.access(lut.parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot refine {lut}: its folder {lut.parent} is not writable (the table is saved beside "
                         "itself and renamed over it); make the folder writable or refine a copy elsewhere")
-    tab = refine_lut(lut, processes, pack_size=pack_size)
+    with keeps(f"{lut} keeps every pack refined so far; free some space and run the same command again"):
+        tab = refine_lut(lut, processes, pack_size=pack_size)
     run, c = tab.build["refined"][-1], tab.calibration
     typer.echo(f"refined {lut}: {run['units']} layers timed in more processes ({run['packs']} packs, "
                f"{run['seconds']:.0f} s); calibration {c.get('model', '?')!r}, leave-one-out "

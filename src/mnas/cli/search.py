@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from mnas.arch_strings import to_timm_string
-from mnas.errors import UserError
+from mnas.errors import UserError, keeps
 from mnas.paths import output_file, writable_dir, write_text
 from mnas.search.config import SearchConfig
 from mnas.search.trial import Trial
@@ -48,12 +48,18 @@ def search(
         cfg = override_executor(load_config(config), executor, ray_address)
         run_dir = out or Path("runs") / f"{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         writable_dir(run_dir, "run folder (--out)", create=False)
+    def what_is_kept() -> str:
+        if (run_dir / "trials.sqlite").exists():
+            return f"finished trials are stored in {run_dir}; free some space, then continue with: mnas search --resume {run_dir}"
+        return "nothing was stored yet; free some space and start the search again"
+
     try:
-        if resume is not None:
-            outcome = resume_search(run_dir, executor_name=executor, ray_address=ray_address,
-                                    show_progress=not quiet)
-        else:
-            outcome = start_search(cfg, run_dir, show_progress=not quiet, config_path=str(config))
+        with keeps(what_is_kept):
+            if resume is not None:
+                outcome = resume_search(run_dir, executor_name=executor, ray_address=ray_address,
+                                        show_progress=not quiet)
+            else:
+                outcome = start_search(cfg, run_dir, show_progress=not quiet, config_path=str(config))
     except KeyboardInterrupt:
         if (run_dir / "trials.sqlite").exists():
             console.print(f"stopped; finished trials are stored. Continue with: "
