@@ -150,7 +150,8 @@ def stage_train(workers: int, steps: int) -> None:
     results.setdefault("steps", steps)
     if results["steps"] != steps:
         raise SystemExit(f"{RESULTS} was trained with --steps {results['steps']}; keep one recipe for every network")
-    jobs = [(net, seed) for net in results["networks"] for seed in SEEDS if f"{net['id']}/{seed}" not in results["runs"]]
+    # every network's first seed before any second one: a partial table already compares them all
+    jobs = [(net, seed) for seed in SEEDS for net in results["networks"] if f"{net['id']}/{seed}" not in results["runs"]]
     print(f"{len(jobs)} trainings to go", flush=True)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         todo = {pool.submit(train_one, config.model_dump_json(), net["arch"], seed, steps): (net, seed)
