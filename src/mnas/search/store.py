@@ -326,7 +326,10 @@ class Store:
     # -- meta --------------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
-        return default if not rows else json.loads(rows[0]["value"])
+        try:
+            return default if not rows else json.loads(rows[0]["value"])
+        except (TypeError, json.JSONDecodeError):
+            raise DamagedStoreError(damage_message(self.path, f"meta {key!r} is not JSON")) from None
 
     def set_meta(self, key: str, value: Any) -> None:
         with self._tx():
@@ -408,8 +411,10 @@ class Store:
             return []
         where, params = ("WHERE trial_id = ?", (trial_id,)) if trial_id is not None else ("", ())
         rows = self._rows(f"SELECT * FROM rungs {where} ORDER BY seq", params)
-        return [RungRecord(r["trial_id"], r["rung"], r["budget"], r["accuracy"], r["reward"], r["seconds"],
-                           bool(r["promoted"])) for r in rows]
+        try:
+            return [row_to_rung(r) for r in rows]
+        except UserError as exc:
+            raise DamagedStoreError(damage_message(self.path, str(exc))) from None
 
     def mark_running(self, trial_id: int, worker: str | None = None) -> None:
         """A trial was handed to a worker; counts the attempt."""
@@ -506,7 +511,10 @@ class Store:
         return int(self._rows("SELECT COUNT(*) FROM trials")[0][0])
 
     def _row_to_trial(self, row: sqlite3.Row) -> Trial:
-        return row_to_trial(row)
+        try:
+            return row_to_trial(row)
+        except UserError as exc:
+            raise DamagedStoreError(damage_message(self.path, f"trial {row['trial_id']!r}: {exc}")) from None
 
     def _insert_rows(self, rows: Iterable[dict[str, Any]]) -> None:
         """Insert trials rows as they are (every column present in this schema), in one transaction."""
@@ -520,6 +528,7 @@ class Store:
 
 def row_to_trial(row: sqlite3.Row | dict[str, Any]) -> Trial:
     """A trial from a row of the trials table (schema 1 rows have no logp / repeat_of)."""
+    check_row(row)
     keys = row.keys()
     return Trial(
         trial_id=row["trial_id"],
@@ -545,3 +554,70 @@ def row_to_trial(row: sqlite3.Row | dict[str, Any]) -> Trial:
         reference=row["reference"] if "reference" in keys else None,
         seed=row["seed"] if "seed" in keys else None,
     )
+
+
+#: The trials columns a row must hold as integers, as numbers and as text (None where the schema allows).
+ROW_INTEGERS = ("trial_id", "step", "repeat_of", "rung", "budget", "seed")
+ROW_NUMBERS = ("accuracy", "latency_ms", "reward", "seconds", "started_at", "finished_at", "logp", "relative")
+ROW_TEXTS = ("strategy", "arch", "tokens", "error", "worker", "latencies", "reference")
+ROW_REQUIRED = ("trial_id", "step", "strategy", "arch", "tokens", "status")
+
+
+def _type_problem(name: str, value: Any, kind: str) -> str | None:
+    """Why `value` is not a `kind` ("integer" | "number" | "text"); None when it is one."""
+    if kind == "text":
+        ok = isinstance(value, str)
+    else:
+        ok = isinstance(value, int if kind == "integer" else (int, float)) and not isinstance(value, bool)
+    return None if ok else f"{name} is {value!r}, not {'an' if kind == 'integer' else 'a'} {kind}"
+
+
+def _json(text: str, name: str) -> Any:
+    try:
+        return json.loads(text)  # as the readers parse it (NaN and Infinity allowed)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{name} {text[:80]!r} are not JSON ({exc})") from None
+
+
+def check_row(row: sqlite3.Row | dict[str, Any]) -> None:
+    """Refuse a trials row that does not read back as a trial, in one line (UserError): a value of
+    the wrong type, tokens or latencies that are not the JSON they should be, an unknown status.
+    SQLite stores whatever a column is given; this is what every reader of a store (`row_to_trial`)
+    and `mnas store check` run on every row, so the check calls damaged exactly what the readers
+    refuse. The architecture is checked by the reader of the run's space (`row_to_trial`)."""
+    keys = row.keys()
+    for name in ROW_REQUIRED:
+        if name not in keys or row[name] is None:
+            raise UserError(f"no {name}")
+    for names, kind in ((ROW_INTEGERS, "integer"), (ROW_NUMBERS, "number"), (ROW_TEXTS, "text")):
+        for name in names:
+            if name in keys and row[name] is not None:
+                problem = _type_problem(name, row[name], kind)
+                if problem:
+                    raise UserError(problem)
+    if row["status"] not in STATUSES:
+        raise UserError(f"status {row['status']!r} is not one of {', '.join(STATUSES)}")
+    tokens = _json(row["tokens"], "tokens")
+    if not isinstance(tokens, list) or any(_type_problem("token", t, "integer") for t in tokens):
+        raise UserError(f"tokens {row['tokens'][:80]!r} are not a list of integers")
+    if "latencies" in keys and row["latencies"]:
+        latencies = _json(row["latencies"], "latencies")
+        if not isinstance(latencies, dict) or any(_type_problem("latency", v, "number") for v in latencies.values()):
+            raise UserError(f"latencies {row['latencies'][:80]!r} are not a mapping of target names to numbers")
+
+
+def row_to_rung(row: sqlite3.Row | dict[str, Any]) -> RungRecord:
+    """A rung record from a row of the rungs table; a row of the wrong types is a UserError naming
+    it (the readers and `mnas store check` both read rung rows through here)."""
+    try:
+        for name, kind in (("trial_id", "integer"), ("rung", "integer"), ("budget", "integer"), ("accuracy", "number"),
+                           ("reward", "number"), ("seconds", "number"), ("promoted", "integer")):
+            problem = _type_problem(name, row[name], kind)
+            if problem:
+                raise UserError(problem)
+        if row["rung"] < 0 or row["promoted"] not in (0, 1):
+            raise UserError(f"rung {row['rung']!r} with promoted {row['promoted']!r} (a rung is >= 0, promoted 0 or 1)")
+    except UserError as exc:
+        raise UserError(f"rung row {row['seq']!r}: {exc}") from None
+    return RungRecord(row["trial_id"], row["rung"], row["budget"], row["accuracy"], row["reward"], row["seconds"],
+                      bool(row["promoted"]))
