@@ -212,3 +212,77 @@ def test_image_folder(tmp_path, raw_subset):
     assert x.shape == (8, 3, 32, 32) and set(y.tolist()) <= {0, 1}
     with pytest.raises(UserError, match="train/<class>"):
         load_dataset(f"imagefolder:{tmp_path}")
+
+
+# ---- the data agrees with itself and with the model (issue #28, item 6) ----------------------------
+def _npz(folder: Path, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "cifar10_uint8.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return folder
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"y_train": np.ones(60, np.int64)}, "every training label is 1 (60 images), one class"),
+    ({"y_train": np.arange(60) % 2 * 2}, "no training image has class 1"),
+    ({"y_test": np.full(10, 7)}, "the test labels have class(es) 7, which no training image has"),
+    ({"size": 96}, "the images are 96x96 but cifar10 is 32x32"),
+    ({"size": 2}, "the images are 2x2, smaller than the 8x8"),
+    ({"test_size": 28}, "the training images are 32x32 but the test images 28x28"),
+])
+def test_in_memory_data_must_agree_before_training(change, needle, tmp_path, raw_subset):
+    """Real CIFAR-10 pixels (cropped or tiled to the size under test) with one thing wrong each."""
+    size, test_size = change.get("size", 32), change.get("test_size", change.get("size", 32))
+
+    def images(n: int, side: int) -> np.ndarray:
+        x = raw_subset["x_train"][:n]
+        return np.ascontiguousarray(np.tile(x, (1, 3, 3, 1))[:, :side, :side] if side > 32 else x[:, :side, :side])
+
+    y_train = change.get("y_train", np.arange(60) % 3)
+    y_test = change.get("y_test", np.arange(10) % 3)
+    root = _npz(tmp_path, images(60, size), y_train, images(10, test_size), y_test)
+    with pytest.raises(UserError) as exc:
+        load_dataset("cifar10", data_root=root, val_size=6)
+    assert needle in str(exc.value) and "cifar10_uint8.npz" in str(exc.value)
+
+
+def test_a_size_the_caller_asks_for_is_accepted(tmp_path, raw_subset):
+    """96x96 images load when 96 is the resolution asked for (and say so), and only then."""
+    x = np.ascontiguousarray(np.tile(raw_subset["x_train"][:40], (1, 3, 3, 1)))
+    root = _npz(tmp_path, x, np.arange(40) % 4, x[:8], np.arange(8) % 4)
+    ds = load_dataset("cifar10", data_root=root, val_size=8, resolution=96)
+    assert ds.resolution == 96 and ds.num_classes == 4
+    x_b, _ = next(iter(BatchLoader(ds, ds.train, 8, train=True)))
+    assert x_b.shape == (8, 3, 96, 96)
+    with pytest.raises(UserError, match="resolution must lie in 8..1024"):
+        load_dataset("cifar10", data_root=root, resolution=4)
+
+
+def test_a_training_split_of_one_class_is_refused(tmp_path, raw_subset):
+    root = _npz(tmp_path, raw_subset["x_train"][:60], np.r_[np.zeros(59, np.int64), 1], raw_subset["x_train"][:4],
+                np.zeros(4, np.int64))
+    with pytest.raises(UserError, match="are all of class 0; use a larger --train-subset"):
+        load_dataset("cifar10", data_root=root, val_size=6, train_subset=5)
+
+
+def test_image_folder_images_too_small_are_refused(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(d / f"{i}.png")
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "train" / "b" / "tiny.png")
+    with pytest.raises(UserError, match=r"tiny.png is 2x2, smaller than the 8x8"):
+        load_dataset(f"imagefolder:{tmp_path}", val_size=2, resolution=32)
+
+
+def test_data_and_a_trained_model_must_agree(subset):
+    from mnas.data import check_fits
+
+    check_fits(subset, 10, 32, "the model m.pt")
+    with pytest.raises(UserError, match=r"the model m.pt has 2 classes but the data cifar10 .* has 10"):
+        check_fits(subset, 2, 32, "the model m.pt")
+    with pytest.raises(UserError, match="the model m.pt takes 224x224 images but the data .* is 32x32"):
+        check_fits(subset, 10, 224, "the model m.pt")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from mnas.architecture import MIN_RESOLUTION, check_resolution
 from mnas.errors import UserError
 from mnas.run_options import DEFAULT_DATASET, DEFAULT_VAL_SIZE
 
@@ -231,6 +232,60 @@ def _check_images(path: Path, x: np.ndarray, y: np.ndarray, channels: int, num_c
     check_labels(path, y, num_classes)
 
 
+def _size(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[2]}"
+
+
+def check_arrays(source: str | Path, arrays: tuple[np.ndarray, ...], name: str, size: int) -> int:
+    """The class count of an in-memory dataset, once its splits agree with each other and with the
+    size its networks expect (`size`: the dataset's own, or the one the caller asked for).
+
+    Refused before any training: train and test images of different sizes, non-square images,
+    images smaller than any network takes or of another size than `size` (a 96x96 file where
+    CIFAR-10's 32x32 is expected would train a network built for 32 px); fewer than 2 classes in
+    the training labels (all labels 1 would train "to 100%" on a 2-class model), a class number
+    below the largest that no training image has (an output that is never trained), and test
+    labels of classes the training labels lack. The class count is then max label + 1."""
+    x_tr, y_tr, x_te, y_te = arrays
+    if x_tr.shape[1:3] != x_te.shape[1:3]:
+        raise UserError(f"{source}: the training images are {_size(x_tr.shape)} but the test images "
+                        f"{_size(x_te.shape)}; both splits need images of one size")
+    if x_tr.shape[1] != x_tr.shape[2]:
+        raise UserError(f"{source}: the images are {_size(x_tr.shape)} (height x width); mnas trains on square "
+                        "images: crop or resize them to one square size")
+    side = int(x_tr.shape[1])
+    if side < MIN_RESOLUTION:
+        raise UserError(f"{source}: the images are {side}x{side}, smaller than the {MIN_RESOLUTION}x{MIN_RESOLUTION} "
+                        "any network here takes; use larger images")
+    if side != size:
+        raise UserError(f"{source}: the images are {side}x{side} but {name} is {size}x{size} (the size its networks "
+                        f"and recipes are built for); use the {size}x{size} {name} file")
+    present, counts = np.unique(y_tr, return_counts=True)
+    if len(present) < 2:
+        raise UserError(f"{source}: every training label is {int(present[0])} ({int(counts[0])} images), one class; "
+                        "classification needs at least 2: fix the labels")
+    num_classes = int(present.max()) + 1
+    absent = sorted(set(range(num_classes)) - {int(c) for c in present})
+    if absent:
+        shown = ", ".join(map(str, absent[:8])) + (", ..." if len(absent) > 8 else "")
+        raise UserError(f"{source}: the training labels go up to {num_classes - 1} but no training image has class "
+                        f"{shown}; an output with no image cannot be learned: number the classes 0..{len(present) - 1}")
+    unseen = np.unique(y_te[y_te >= num_classes])
+    if len(unseen):
+        shown = ", ".join(str(int(c)) for c in unseen[:8])
+        raise UserError(f"{source}: the test labels have class(es) {shown}, which no training image has (the training "
+                        f"labels hold classes 0..{num_classes - 1}); train and test need the same classes")
+    return num_classes
+
+
+def _check_train_split(source: str | Path, labels: np.ndarray) -> None:
+    """After the validation split and --train-subset: the images trained on still hold 2 classes."""
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise UserError(f"{source}: the {len(labels)} training image(s) left after the validation split and "
+                        f"--train-subset are all of class {int(present[0])}; use a larger --train-subset")
+
+
 def check_labels(path: Path | str, labels: np.ndarray, num_classes: int) -> None:
     """Labels must be whole numbers in 0..num_classes-1; the error counts the others and shows some."""
     y = np.asarray(labels)
@@ -341,21 +396,21 @@ def _load_fashion(root: Path) -> tuple[tuple[np.ndarray, ...], Path]:
 
 
 def _array_splits(
-    arrays: tuple[np.ndarray, ...], val_size: float | int, train_subset: int | None, seed: int
+    arrays: tuple[np.ndarray, ...], val_size: float | int, train_subset: int | None, seed: int, *,
+    source: str | Path, name: str, size: int,
 ) -> tuple[ArraySplit, ArraySplit, ArraySplit, int]:
     x_tr, y_tr, x_te, y_te = arrays
     y_tr = np.asarray(y_tr).astype(np.int64)  # labels were range-checked on load (check_labels)
     y_te = np.asarray(y_te).astype(np.int64)
+    num_classes = check_arrays(source, (x_tr, y_tr, x_te, y_te), name, size)
     tr_idx, val_idx = split_indices(y_tr, val_size, train_subset, seed)
+    _check_train_split(source, y_tr[tr_idx])
     images = torch.from_numpy(np.ascontiguousarray(x_tr))
     labels = torch.from_numpy(y_tr)
     tr_t, val_t = torch.from_numpy(tr_idx), torch.from_numpy(val_idx)
     train = ArraySplit(images[tr_t].contiguous(), labels[tr_t].contiguous(), tr_t)
     val = ArraySplit(images[val_t].contiguous(), labels[val_t].contiguous(), val_t)
     test = ArraySplit(torch.from_numpy(np.ascontiguousarray(x_te)), torch.from_numpy(y_te), torch.arange(len(y_te)))
-    num_classes = int(max(y_tr.max(), y_te.max())) + 1
-    if num_classes < 2:
-        raise UserError("the data holds a single class; classification needs at least 2")
     return train, val, test, num_classes
 
 
@@ -394,6 +449,7 @@ def _load_imagefolder(
     _check_image_files([p for p, _ in train_view.samples] + [p for p, _ in test_view.samples])
     labels = np.asarray(train_view.targets)
     tr_idx, val_idx = split_indices(labels, val_size, train_subset, seed)
+    _check_train_split(path, labels[tr_idx])
     return DatasetSplits(
         train=FolderSplit(train_view, eval_view, tr_idx),
         val=FolderSplit(train_view, eval_view, val_idx),
@@ -408,15 +464,19 @@ def _load_imagefolder(
 
 
 def _check_image_files(paths: list[str]) -> None:
-    """Every image opens (its header is read, not the pixels), before any training starts."""
+    """Every image opens (its header is read, not the pixels) and is at least MIN_RESOLUTION on each
+    side (a 2x2 image blown up to the input size holds nothing to learn), before any training."""
     from PIL import Image  # lazy: Pillow only for image folders
 
     for p in paths:
         try:
             with Image.open(p) as im:
-                im.size  # noqa: B018 - reading the header is the check
+                width, height = im.size
         except Exception as exc:  # Pillow raises UnidentifiedImageError, OSError, ValueError...
             raise UserError(f"image file {p} cannot be read ({type(exc).__name__}); remove or replace it") from None
+        if min(width, height) < MIN_RESOLUTION:
+            raise UserError(f"image file {p} is {width}x{height}, smaller than the {MIN_RESOLUTION}x{MIN_RESOLUTION} "
+                            "any network here takes; remove it or use larger images")
 
 
 def load_dataset(
@@ -430,23 +490,45 @@ def load_dataset(
     """Load a dataset with a fixed seeded validation split carved out of its training set.
 
     name: "cifar10" (the full file when present, else the 10k subset), "cifar10_subset",
-    "fashion_mnist", or "imagefolder:PATH" / a folder path. `resolution` only applies to ImageFolder
-    (default 224); in-memory sets keep their native size.
+    "fashion_mnist", or "imagefolder:PATH" / a folder path. `resolution`: the input size the caller
+    expects. An ImageFolder is resized to it (default 224); an in-memory set's images must have it
+    (default: the dataset's own, 32 or 28). Every split is checked to agree on class count and
+    image size before it is returned (`check_arrays`; `check_fits` against a trained model).
     """
     key = name.strip().lower().replace("-", "_")
     root = default_data_root(data_root)
+    if resolution is not None:
+        check_resolution(resolution)
     if key in ("cifar10", "cifar", "cifar10_subset", "cifar10_subset10k"):
         arrays, source = _load_cifar(root, prefer_subset=key.startswith("cifar10_subset"))
-        train, val, test, num_classes = _array_splits(arrays, val_size, train_subset, seed)
-        return DatasetSplits(train, val, test, num_classes, 32, "cifar10", CIFAR10_MEAN, CIFAR10_STD, str(source))
+        size = resolution or 32
+        train, val, test, num_classes = _array_splits(arrays, val_size, train_subset, seed, source=source,
+                                                      name="cifar10", size=size)
+        return DatasetSplits(train, val, test, num_classes, size, "cifar10", CIFAR10_MEAN, CIFAR10_STD, str(source))
     if key in ("fashion_mnist", "fashionmnist", "fmnist"):
         arrays, source = _load_fashion(root)
-        train, val, test, num_classes = _array_splits(arrays, val_size, train_subset, seed)
-        return DatasetSplits(train, val, test, num_classes, 28, "fashion_mnist", FASHION_MEAN, FASHION_STD, str(source))
+        size = resolution or 28
+        train, val, test, num_classes = _array_splits(arrays, val_size, train_subset, seed, source=source,
+                                                      name="fashion_mnist", size=size)
+        return DatasetSplits(train, val, test, num_classes, size, "fashion_mnist", FASHION_MEAN, FASHION_STD,
+                             str(source))
     if key.startswith("imagefolder:") or Path(name).expanduser().is_dir():
         folder = Path(name.split(":", 1)[1] if key.startswith("imagefolder:") else name).expanduser()
         return _load_imagefolder(folder, val_size, train_subset, seed, resolution or 224)
     raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def check_fits(data: DatasetSplits, num_classes: int, resolution: int, model: str) -> None:
+    """The data agrees with a model trained before (a checkpoint to resume or evaluate, a supernet):
+    the same class count and input size, else one line before any work. A model's class count
+    never adapts to the data, nor the data to the model."""
+    where = f"{data.name} ({data.source})" if data.source and data.source not in data.name else data.name
+    if int(num_classes) != data.num_classes:
+        raise UserError(f"{model} has {num_classes} classes but the data {where} has {data.num_classes}; "
+                        "use the dataset it was trained on")
+    if int(resolution) != data.resolution:
+        raise UserError(f"{model} takes {resolution}x{resolution} images but the data {where} is "
+                        f"{data.resolution}x{data.resolution}; use the dataset it was trained on")
 
 
 # --------------------------------------------------------------------------------------------

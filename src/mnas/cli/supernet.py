@@ -51,23 +51,31 @@ def train_cmd(
     from mnas.space import SearchSpace
     from mnas.supernet.fit import fit_supernet
     from mnas.train.checkpoint import read_checkpoint
-    from mnas.train.fit import TrainingInterrupted
+    from mnas.train.fit import RunWriteFailed, TrainingInterrupted
     from mnas.train.recipes import RECIPES
-    from mnas.train.settings import FitConfig, SupernetSettings
+    from mnas.train.settings import FitConfig, SupernetSettings, check_seed
 
     opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
                       seed, None, device)
     opts.check(tuple(RECIPES))
     check_num_random(num_random)
+    check_seed(seed)
     notes: list[str] = []
     if resume is not None:
         if space is not None or out is not None:
             raise UserError("--resume continues the supernet run in its folder; drop --space and --out")
-        saved = dict(read_checkpoint(Path(resume) / "checkpoint.pt").get("config") or {}) if (
-            Path(resume) / "checkpoint.pt").is_file() else None
-        if saved is None:
-            raise UserError(f"nothing to resume: {Path(resume) / 'checkpoint.pt'} does not exist")
+        ckpt_file = Path(resume) / "checkpoint.pt"
+        if not ckpt_file.is_file():
+            raise UserError(f"nothing to resume: {ckpt_file} does not exist")
+        ckpt = read_checkpoint(ckpt_file)
+        saved = dict(ckpt.get("config") or {})
         run = dict(saved.get("supernet") or saved.get("extra") or {})  # "extra": checkpoints before FitConfig.supernet
+        if "supernet" not in ckpt:
+            raise UserError(f"{resume} is a `mnas train` run (one network), not a supernet run; continue it with "
+                            f"`mnas train --resume {resume}`, or start a supernet with `mnas supernet train --out DIR`")
+        if not isinstance(run.get("space"), dict):
+            raise UserError(f"{ckpt_file} does not record the space its supernet was trained on; it is damaged: "
+                            "start the supernet again with --out DIR")
         for name, value in (("rule", rule), ("num_random", num_random)):
             if value is not None and value != run.get(name):
                 raise UserError(f"--{name.replace('_', '-')} {value} contradicts the run's {run.get(name)}; drop it")
@@ -94,6 +102,10 @@ def train_cmd(
         _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step}, as_json,
               [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas supernet train --resume {run_dir}"])
         raise typer.Exit(130) from None
+    except RunWriteFailed as exc:
+        then = (f"then continue with: mnas supernet train --resume {run_dir}" if exc.kept is not None
+                else "then run the same command again")
+        raise UserError(f"{exc}: free some space or make the folder writable, {then}") from None
     if summary.get("signalled"):  # the signal came while the last epoch was scored: training is complete
         _emit({"status": "interrupted", **summary}, as_json,
               [f"interrupted while scoring the last epoch; every epoch is trained and saved in {summary['supernet']} "
@@ -122,7 +134,7 @@ def eval_cmd(
     """Held-out top-1 of candidates with inherited weights (BN re-estimated on K training batches)."""
     import random
 
-    from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
+    from mnas.data import check_fits, load_dataset  # lazy: torch (see mnas.cli)
     from mnas.supernet import load_supernet, score
     from mnas.train.engine import resolve_device
 
@@ -146,9 +158,7 @@ def eval_cmd(
     data = load_dataset(cfg.get("data", DEFAULT_DATASET), data_root=str(data_root) if data_root else cfg.get("data_root"),
                         val_size=cfg.get("val_size", DEFAULT_VAL_SIZE), train_subset=cfg.get("train_subset"),
                         seed=cfg.get("seed", DEFAULT_SEED))
-    if (data.num_classes, data.resolution) != (net.num_classes, net.resolution):
-        raise UserError(f"the data ({data.num_classes} classes, {data.resolution} px) is not what {supernet} was trained "
-                        f"on ({net.num_classes} classes, {net.resolution} px)")
+    check_fits(data, net.num_classes, net.resolution, f"the supernet {supernet}")
     rows: list[dict[str, object]] = []
 
     def record(i: int, arch: object, acc: float, seconds: float) -> None:

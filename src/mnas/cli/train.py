@@ -10,7 +10,7 @@ import typer
 
 from mnas import zoo
 from mnas.architecture import Architecture
-from mnas.errors import UserError
+from mnas.errors import Terminated, UserError
 from mnas.paths import output_file, writable_dir
 from mnas.run_options import DEFAULT_DEVICE, RunOptions
 
@@ -47,15 +47,36 @@ def train_cmd(
     as_json: bool = typer.Option(False, "--json", help="No progress bar; print one JSON summary."),
 ) -> None:
     """Train a network fully with checkpoints every epoch; --resume continues exactly."""
+    try:
+        summary, dataset, run_dir = _train(arch, data, epochs, recipe, out, train_subset, val_size, batch_size, data_root,
+                                           resume, seed, width_mult, skeleton, device, init_from_supernet, compile_model,
+                                           test, as_json)
+    except Terminated:  # SIGTERM before training started (from then on `fit` saves and says so)
+        typer.echo("terminated before training started; no checkpoint was written or changed", err=True)
+        raise typer.Exit(TERMINATED_EXIT) from None
+    _report(summary, dataset, run_dir, as_json)
+
+
+#: 128 + SIGTERM, as a shell reports a process ended by it (Ctrl-C: 130).
+TERMINATED_EXIT = 143
+
+
+def _train(arch: str | None, data: str | None, epochs: int | None, recipe: str | None, out: Path | None,
+           train_subset: int | None, val_size: float | None, batch_size: int | None, data_root: Path | None,
+           resume: Path | None, seed: int | None, width_mult: float | None, skeleton: str | None, device: str | None,
+           init_from_supernet: Path | None, compile_model: bool, test: bool,
+           as_json: bool) -> tuple[dict[str, Any], str, Path]:
+    """Check everything, load the data, train: (summary, dataset name, run folder)."""
     from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
     from mnas.train.checkpoint import checkpoint_path, read_checkpoint
-    from mnas.train.fit import TrainingInterrupted, fit
+    from mnas.train.fit import RunWriteFailed, TrainingInterrupted, fit
     from mnas.train.recipes import RECIPES
-    from mnas.train.settings import FitConfig
+    from mnas.train.settings import FitConfig, check_seed
 
     opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
                       seed, skeleton, device)
     opts.check(tuple(RECIPES))
+    check_seed(seed)
     notes: list[str] = []
     if resume is not None:
         if arch is not None or width_mult is not None or init_from_supernet is not None:
@@ -86,13 +107,27 @@ def train_cmd(
     try:
         summary = fit(arch_obj, dataset, config, out, resume=resume is not None, progress=not as_json, evaluate_test=test,
                       init_state=init_state)
-    except TrainingInterrupted as exc:
-        _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step}, as_json,
-              [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas train --resume {out}"])
-        raise typer.Exit(130) from None
+    except TrainingInterrupted as exc:  # (a Terminated from before the first step goes up to train_cmd)
+        if exc.finished:
+            _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step, "trained": True},
+                  as_json, [f"interrupted during the test evaluation; every epoch is trained and saved in "
+                            f"{exc.checkpoint}: score it with mnas eval {out}"])
+        else:
+            _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step}, as_json,
+                  [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas train --resume {out}"])
+        raise typer.Exit(exc.exit_code) from None
+    except RunWriteFailed as exc:
+        then = (f"then continue with: mnas train --resume {out}" if exc.kept is not None
+                else "then run the same command again")
+        raise UserError(f"{exc}: free some space or make the folder writable, {then}") from None
+    return summary, dataset.name, out
+
+
+def _report(summary: dict[str, Any], dataset: str, out: Path, as_json: bool) -> None:
+    """The finished run, one line each (or one JSON object)."""
     test_text = f", test top-1 {summary['test_acc']:.4f}" if "test_acc" in summary else ""
     _emit({"status": "ok", **summary}, as_json, [
-        f"{summary['arch']} on {dataset.name}: val top-1 {summary.get('val_acc', float('nan')):.4f} "
+        f"{summary['arch']} on {dataset}: val top-1 {summary.get('val_acc', float('nan')):.4f} "
         f"({summary['val_images']} held-out train images){test_text} after {summary['epochs']} epochs "
         f"({summary['seconds']:.0f} s, {summary.get('images_per_s', 0):.0f} img/s)",
         f"checkpoint: {summary['checkpoint']}  (test top-1: mnas eval {out})",
@@ -116,7 +151,7 @@ def eval_cmd(
     split: str = typer.Option("test", "--split", help="test (default) or val."),
     data: str | None = typer.Option(None, "--data", help="Dataset (default: the one it was trained on)."),
     data_root: Path | None = typer.Option(None, "--data-root"),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Default: 500 on CUDA, 128 on CPU."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: 500 on CUDA, 128 on CPU."),
     device: str = typer.Option(DEFAULT_DEVICE, "--device"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:

@@ -7,7 +7,7 @@ run's config. `mnas.zoo` reads the architecture out of one through here as well.
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from torch import nn
 from mnas.architecture import Architecture
 from mnas.errors import UserError
 from mnas.model import build_model
+from mnas.paths import replace_when_done
 from mnas.safe_load import load_tensors
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -25,12 +26,14 @@ KINDS = ("arch", "supernet")  # what a checkpoint trains: one network, or a supe
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write `state` to a temp file, fsync, then rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write `state` whole beside `path`, fsync, then rename over it (`mnas.paths.replace_when_done`):
+    a crash, a signal or a full disk never leaves half a checkpoint, and the previous one is kept.
+    Serialised in memory first: torch.save reports a failed write as an opaque RuntimeError, a plain
+    file write as the OSError (ENOSPC, EFBIG) that becomes one line naming the path."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with replace_when_done(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -183,6 +183,73 @@ SaveFn = Callable[[int, int, EpochStats], None]
 ReadoutFn = Callable[[int, int, EpochStats], None]
 
 
+class StepGuard(Protocol):
+    """A signal watcher (`mnas.train.fit.SignalGuard`) whose handler raises (KeyboardInterrupt, or
+    `mnas.errors.Terminated`) inside `abortable()` only: there a long batch load or forward and
+    backward pass is cut within a second. Elsewhere (the optimiser update, saving, bookkeeping) a
+    signal is held until the next `abortable()` or the between-steps check, so weights, optimiser,
+    EMA, step count and files always agree."""
+
+    def abortable(self) -> contextlib.AbstractContextManager[None]: ...
+
+
+def _no_op(grad: torch.Tensor) -> None:
+    """A gradient hook that only runs Python: a signal handler waiting to run gets its turn (and
+    its exception goes up through `backward`). `backward` is one call into C++, which Python's
+    signal handlers cannot interrupt; on a CPU it can take seconds."""
+    return None
+
+
+@contextlib.contextmanager
+def _backward_checkpoints(model: nn.Module, limit: int = 32) -> Iterator[None]:
+    """Inside, the outputs of about `limit` modules spread over the network (the shallowest levels
+    that fit) carry `_no_op`, so a signal is honoured between their gradients on the way back."""
+    points: list[nn.Module] = []
+    level = list(model.children())
+    while level and len(points) + len(level) <= limit:
+        points += level
+        level = [c for m in level for c in m.children()]
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(_no_op)
+
+    handles = [m.register_forward_hook(hook) for m in points]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _Boundary:
+    """What a step changes inside `StepGuard.abortable()`: BatchNorm running statistics (updated on the
+    way forward) and the global RNG (dropout). Copied at every step boundary, so a step cut short
+    by a signal is undone and the checkpoint saved after it resumes exactly."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.buffers = [b for b in model.buffers()]
+        self.saved = [b.detach().clone() for b in self.buffers]
+        self.device = device if device.type == "cuda" else None
+        self.rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state(self.device) if self.device is not None else None
+
+    def take(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.saved, [b.detach() for b in self.buffers])
+        self.rng = torch.get_rng_state()
+        if self.device is not None:
+            self.cuda_rng = torch.cuda.get_rng_state(self.device)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            if self.buffers:
+                torch._foreach_copy_(self.buffers, self.saved)
+        torch.set_rng_state(self.rng)
+        if self.device is not None and self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+
+
 class Engine:
     """Model, optimiser, schedule and EMA on one device; runs epochs and evaluations."""
 
@@ -260,6 +327,7 @@ class Engine:
         save_due: Callable[[], bool] | None = None,
         save: SaveFn | None = None,
         readout_every: int = 10,
+        guard: StepGuard | None = None,
     ) -> tuple[EpochStats, int, str | None]:
         """Run one epoch (or its rest from `start_batch`). Returns (stats, batches done, stop reason).
 
@@ -267,6 +335,10 @@ class Engine:
         "interrupted" (from `should_stop`, checked between steps so state stays consistent).
         When `save_due()` says so between two steps, `save` gets the exact running statistics and
         the epoch goes on (a periodic checkpoint).
+
+        With a `guard` (one process: `mnas train`), a signal may also cut a step midway (its handler
+        raises inside `guard.abortable()`): the step is undone (`_Boundary`) and the epoch ends
+        "interrupted" after the last completed step, with the statistics up to it.
         """
         self.model.train()
         loader = self.loader(self.data.train, train=True, epoch=epoch)
@@ -282,46 +354,69 @@ class Engine:
             return EpochStats(base.loss_sum + values[0], base.correct + values[1], base.seen + values[2],
                               base.seconds + time.perf_counter() - t0)
 
+        abortable = guard.abortable if guard is not None else contextlib.nullcontext
+        boundary = _Boundary(self.model, self.device) if guard is not None else None
         batch = start_batch
         reason: str | None = None
         window_start = 0
-        for x, y in loader:
-            if max_steps is not None and self.step >= max_steps:
-                reason = "max_steps"
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                reason = "timeout"
-                break
-            if should_stop is not None and should_stop():
-                reason = "interrupted"
-                break
-            if save is not None and save_due is not None and batch > start_batch and save_due():
-                save(epoch, batch, running(stats.tolist()))
-            lr = self.lr_fn(self.step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, logits = self.step_fn(self.forward_model, x, y, self.step)
-            self.optimizer.step()
-            self.step += 1
-            if self.ema is not None:
-                self.ema.update(self.model, self.step)
-            with torch.no_grad():  # running sums stay on the device: no host sync per step
-                n = y.shape[0]
-                stats[0].add_(loss.float() * n)
-                stats[1].add_((logits.argmax(1) == y).sum())
-                stats[2].add_(n)
-            batch += 1
-            if (batch - window_start) >= readout_every or batch == loader.num_batches:
-                window_start = batch
-                readout.push(stats)
-                vals = readout.latest()
-                if vals is not None:
-                    if self._diverged(vals[0], vals[2]):
-                        reason = "diverged"
+        batches = iter(loader)
+        # On a CPU backward runs in this thread, where gradient hooks let a signal handler in; on CUDA
+        # it runs in autograd's device threads (no handler runs there) and takes little wall time.
+        cpu_backward = guard is not None and self.device.type == "cpu" and not self.speed.compile
+        checkpoints = _backward_checkpoints(self.model) if cpu_backward else contextlib.nullcontext()
+        try:
+            with checkpoints:
+                while True:
+                    with abortable():  # loading the batch, and below its forward and backward pass
+                        batch_xy = next(batches, None)
+                    if batch_xy is None:
                         break
-                    if on_readout is not None:
-                        on_readout(epoch, batch, running(vals))
+                    x, y = batch_xy
+                    if max_steps is not None and self.step >= max_steps:
+                        reason = "max_steps"
+                        break
+                    if deadline is not None and time.monotonic() > deadline:
+                        reason = "timeout"
+                        break
+                    if should_stop is not None and should_stop():
+                        reason = "interrupted"
+                        break
+                    if save is not None and save_due is not None and batch > start_batch and save_due():
+                        save(epoch, batch, running(stats.tolist()))
+                    with abortable():  # a signal here undoes the step (`_Boundary`); the update below is whole
+                        lr = self.lr_fn(self.step)
+                        for group in self.optimizer.param_groups:
+                            group["lr"] = lr
+                        self.optimizer.zero_grad(set_to_none=True)
+                        loss, logits = self.step_fn(self.forward_model, x, y, self.step)
+                    self.optimizer.step()
+                    self.step += 1
+                    if self.ema is not None:
+                        self.ema.update(self.model, self.step)
+                    with torch.no_grad():  # running sums stay on the device: no host sync per step
+                        n = y.shape[0]
+                        stats[0].add_(loss.float() * n)
+                        stats[1].add_((logits.argmax(1) == y).sum())
+                        stats[2].add_(n)
+                    batch += 1
+                    if boundary is not None:
+                        boundary.take()
+                    if (batch - window_start) >= readout_every or batch == loader.num_batches:
+                        window_start = batch
+                        readout.push(stats)
+                        vals = readout.latest()
+                        if vals is not None:
+                            if self._diverged(vals[0], vals[2]):
+                                reason = "diverged"
+                                break
+                            if on_readout is not None:
+                                on_readout(epoch, batch, running(vals))
+        except KeyboardInterrupt:  # Terminated too: only from inside `abortable()`, mid-step
+            if boundary is None:
+                raise
+            boundary.restore()
+            self.optimizer.zero_grad(set_to_none=True)
+            reason = "interrupted"
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         final = stats.tolist()
@@ -346,6 +441,12 @@ class Engine:
             self.eval_model(use_ema), self.data, split, self.device, batch_size=batch_size,
             amp=bool(self.speed.amp), channels_last=bool(self.speed.channels_last),
         )
+
+
+def check_batch_size(batch_size: int | None, what: str = "--batch-size") -> None:
+    """None takes the default; anything else must be a whole number >= 1 (0 is not "the default")."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise UserError(f"{what} {batch_size} must be a whole number of images, 1 or more (leave it out for the default)")
 
 
 def train_steps_per_epoch(data: DatasetSplits, batch_size: int) -> int:
@@ -414,7 +515,8 @@ def evaluate_model(
     Default batch: 500 on CUDA, 128 on CPU (bigger CPU batches spend their time page-faulting
     fresh activation buffers)."""
     device = torch.device(device)
-    batch_size = batch_size or (500 if device.type == "cuda" else 128)
+    check_batch_size(batch_size)
+    batch_size = batch_size if batch_size is not None else (500 if device.type == "cuda" else 128)
     was_training = model.training
     model.eval()
     loader = BatchLoader(data, split, batch_size, train=False, device=device, channels_last=channels_last)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mnas.data import load_dataset
+from mnas.data import check_fits, load_dataset
 from mnas.errors import UserError
 from mnas.run_options import DEFAULT_DATASET, DEFAULT_DEVICE, DEFAULT_SEED, DEFAULT_VAL_SIZE
 from mnas.train.checkpoint import load_checkpoint
-from mnas.train.engine import evaluate_model, resolve_device
+from mnas.train.engine import check_batch_size, evaluate_model, resolve_device
 
 
 def evaluate_checkpoint(
@@ -19,6 +19,7 @@ def evaluate_checkpoint(
     """Top-1 of a saved model on the test (or val) split of the dataset it was trained on."""
     if split not in ("test", "val"):
         raise UserError(f"split {split!r} must be test or val")
+    check_batch_size(batch_size)
     arch, model, meta = load_checkpoint(path)
     cfg = meta.get("config") or {}
     data = load_dataset(
@@ -26,8 +27,7 @@ def evaluate_checkpoint(
         val_size=cfg.get("val_size", DEFAULT_VAL_SIZE), train_subset=None, seed=cfg.get("seed", DEFAULT_SEED),
         resolution=meta.get("resolution"),
     )
-    if data.num_classes != meta["num_classes"]:
-        raise UserError(f"dataset {data.name} has {data.num_classes} classes but the model has {meta['num_classes']}")
+    check_fits(data, int(meta["num_classes"]), int(meta.get("resolution", data.resolution)), f"the model {meta['path']}")
     dev = resolve_device(device)
     model.to(dev)
     acc, loss = evaluate_model(model, data, getattr(data, split), dev, batch_size=batch_size)

@@ -3,6 +3,15 @@
 `fit` checkpoints to OUT/checkpoint.pt at every epoch end, every `checkpoint_every_s` seconds (an
 explicit check between steps) and on SIGINT/SIGTERM; metrics go to OUT/metrics.jsonl, the summary
 to OUT/summary.json. `resume=True` continues exactly: same batches, same RNG, same weights.
+
+Signals: in one process (`fit`, i.e. `mnas train`) SIGTERM and SIGINT are honoured within a second
+wherever the run is (`SignalGuard`): the handler raises, a step in progress is undone, and the
+checkpoint of the last completed step is written; the optimiser update and file writes finish
+first. Several processes (torchrun) and supernets stop between steps (`stop_on_signals`).
+
+Files: the run folder and its files are checked before the first step (`check_run_files`); every
+write replaces its file whole (`mnas.paths`), and a full disk is one line (`RunWriteFailed`) that
+says which checkpoint was kept.
 """
 
 from __future__ import annotations
@@ -22,8 +31,9 @@ import torch
 from torch import nn
 
 from mnas.architecture import Architecture
-from mnas.data import DatasetSplits
-from mnas.errors import UserError
+from mnas.data import DatasetSplits, check_fits
+from mnas.errors import Terminated, UserError
+from mnas.paths import writable_dir, write_text
 from mnas.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from mnas.train.distributed import Distributed, from_environment
 from mnas.train.engine import (
@@ -42,19 +52,58 @@ from mnas.train.progress import TrainProgress
 from mnas.train.recipes import Recipe, run_recipe
 from mnas.train.settings import FitConfig
 
-__all__ = ["FitConfig", "Trainee", "TraineeFactory", "TrainingInterrupted", "fit", "fit_trainee"]
+__all__ = ["FitConfig", "RunWriteFailed", "SignalGuard", "Trainee", "TraineeFactory", "TrainingInterrupted", "fit",
+           "fit_trainee"]
+
+METRICS_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.json"
 
 
 class TrainingInterrupted(Exception):
-    """Raised by `fit` after it saved a checkpoint because of SIGINT/SIGTERM or `stop_after_steps`."""
+    """Raised by `fit` after it saved a checkpoint because of SIGINT/SIGTERM or `stop_after_steps`.
 
-    def __init__(self, checkpoint: Path, step: int) -> None:
+    `signum`: the signal (None for `stop_after_steps`); `finished`: every epoch was trained and
+    saved already (the signal came during the final test evaluation)."""
+
+    def __init__(self, checkpoint: Path, step: int, signum: int | None = None, finished: bool = False) -> None:
         super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}")
         self.checkpoint = checkpoint
         self.step = step
+        self.signum = signum
+        self.finished = finished
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal, as a shell reports a process the signal ended: 143 for SIGTERM, else 130."""
+        return 128 + (self.signum if self.signum == signal.SIGTERM else signal.SIGINT)
+
+
+class RunWriteFailed(UserError):
+    """A run file could not be written (a full disk, a vanished folder): the run stops with the
+    last checkpoint on disk intact. The CLI adds the command that continues the run."""
+
+    def __init__(self, path: Path, why: str, kept: Path | None, step: int | None) -> None:
+        self.path, self.why, self.kept, self.step = path, why, kept, step
+        if kept is not None:
+            saved = f"the last checkpoint {kept}{f' (step {step})' if step is not None else ''} was kept"
+        else:
+            saved = "no checkpoint was written yet"
+        super().__init__(f"could not write {path} ({why}); {saved}")
+
+
+def _why(exc: BaseException, path: Path) -> str:
+    """The reason of a failed write: an OSError's text, or the one `mnas.paths` put in its line
+    ("could not write PATH (WHY); ...")."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    text, prefix = str(exc), f"could not write {path} ("
+    if text.startswith(prefix) and ");" in text[len(prefix):]:
+        return text[len(prefix):text.index(");", len(prefix))]
+    return text or type(exc).__name__
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """One line appended and fsynced (a crash mid-line leaves a line `trim_metrics` drops)."""
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
@@ -62,7 +111,8 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def trim_metrics(path: Path, completed_epochs: int) -> None:
-    """Keep only lines for epochs the checkpoint has (a crash may have written one more)."""
+    """Keep only lines for epochs the checkpoint has (metrics are written before the checkpoint, so
+    a crash between the two leaves one more; a line cut short by a full disk is dropped too)."""
     if not path.is_file():
         return
     keep = []
@@ -71,28 +121,85 @@ def trim_metrics(path: Path, completed_epochs: int) -> None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if rec.get("epoch", 0) <= completed_epochs:
+        if isinstance(rec, dict) and rec.get("epoch", 0) <= completed_epochs:
             keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep))
-    os.replace(tmp, path)
+    write_text(path, "".join(k + "\n" for k in keep))
+
+
+def check_run_files(out: Path) -> None:
+    """Before any step: the run folder can be written, and each file the run writes there
+    (checkpoint.pt, metrics.jsonl, summary.json) is not a folder or a link and can be written, so
+    a read-only folder or file is one line now, not after the first epoch."""
+    writable_dir(out, "run folder")
+    for name in (CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME):
+        p = out / name
+        if p.is_symlink():
+            raise UserError(f"{p} is a symbolic link (to {os.readlink(p)}); mnas does not write through links: "
+                            "remove the link or choose another --out")
+        if p.is_dir():
+            raise UserError(f"{p} is a folder where the run writes its {name}; remove it or choose another --out")
+        if p.exists() and not os.access(p, os.W_OK):
+            raise UserError(f"{p} is read-only; make it writable (chmod u+w) or choose another --out")
+
+
+class SignalGuard:
+    """SIGINT / SIGTERM during a run.
+
+    The handler records the signal (a flag the step loop reads between steps). With `abort` it
+    also raises (`Terminated` for SIGTERM, KeyboardInterrupt for SIGINT) while the run is inside
+    `abortable()`: loading a batch, a forward and backward pass, an evaluation, building the run,
+    so the signal is honoured within a second wherever the time goes. Outside (the optimiser update,
+    a checkpoint or metrics write, bookkeeping) it waits for the next `abortable()` or check, so the
+    state and the files always agree. It raises once: the save that follows is not cut short."""
+
+    def __init__(self, abort: bool) -> None:
+        self.abort = abort
+        self.signum: int | None = None
+        self._abortable = 0
+        self._raised = False
+
+    def __call__(self) -> bool:
+        """A signal arrived."""
+        return self.signum is not None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if self._abortable:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.abort and self.signum is not None and not self._raised:
+            self._raised = True
+            raise Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
+
+    @contextlib.contextmanager
+    def abortable(self) -> Iterator[None]:
+        """Inside, a signal raises at once (and one that came before raises on entry)."""
+        self._abortable += 1
+        try:
+            self._raise()  # after the count: a signal just before entering is not missed
+            yield
+        finally:
+            self._abortable -= 1
+
+    def stop_raising(self) -> None:
+        """From now on a signal only sets the flag (the run is already stopping)."""
+        self._raised = True
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[Callable[[], bool]]:
-    """SIGINT / SIGTERM set a flag the step loop checks, so the checkpoint is consistent."""
-    flag = {"stop": False}
-
-    def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-
+def stop_on_signals(abort: bool = False) -> Iterator[SignalGuard]:
+    """SIGINT / SIGTERM go to a `SignalGuard` inside (main thread only); the previous handlers are
+    restored afterwards."""
+    guard = SignalGuard(abort)
     installed: list[tuple[signal.Signals, Any]] = []
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError, OSError):
-                installed.append((sig, signal.signal(sig, handler)))
+                installed.append((sig, signal.signal(sig, guard.handler)))
     try:
-        yield lambda: flag["stop"]
+        yield guard
     finally:
         for sig, old in installed:
             signal.signal(sig, old)
@@ -125,7 +232,8 @@ class _Run:
                  dist: Distributed | None, ckpt: dict[str, Any] | None) -> None:
         self.data, self.config, self.recipe, self.out, self.dist = data, config, recipe, out, dist
         self.ckpt_path = out / CHECKPOINT_NAME
-        self.metrics_path = out / "metrics.jsonl"
+        self.metrics_path = out / METRICS_NAME
+        self.saved_step: int | None = int(ckpt["step"]) if ckpt is not None else None  # the checkpoint on disk
         self.device = device
         self.steps_per_epoch = train_steps_per_epoch(data, recipe.batch_size)
         seed_initial_weights(config.seed)  # the same initial weights on every rank
@@ -155,16 +263,44 @@ class _Run:
         e = self.engine
         rng = {"cpu": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
-        save_checkpoint({
-            **self.trainee.record, "num_classes": self.data.num_classes, "resolution": self.data.resolution,
-            "model": e.model.state_dict(), "ema": e.ema.state_dict() if e.ema else None,
-            "optimizer": e.optimizer.state_dict(), "epoch": epoch, "batch_in_epoch": batch,
-            "step": e.step, "recipe": asdict(self.recipe), "config": self.config_record, "rng": rng,
-            "running": asdict(running), "data": {**self.data.describe(), "mean": self.data.mean, "std": self.data.std},
-            "eval_ema": e.ema is not None, "mnas_checkpoint": 1,
-        }, self.ckpt_path)
+        try:
+            save_checkpoint({
+                **self.trainee.record, "num_classes": self.data.num_classes, "resolution": self.data.resolution,
+                "model": e.model.state_dict(), "ema": e.ema.state_dict() if e.ema else None,
+                "optimizer": e.optimizer.state_dict(), "epoch": epoch, "batch_in_epoch": batch,
+                "step": e.step, "recipe": asdict(self.recipe), "config": self.config_record, "rng": rng,
+                "running": asdict(running),
+                "data": {**self.data.describe(), "mean": self.data.mean, "std": self.data.std},
+                "eval_ema": e.ema is not None, "mnas_checkpoint": 1,
+            }, self.ckpt_path)
+        except UserError as exc:  # mnas.paths: a full disk, a vanished folder; the previous file is kept
+            raise self.write_failed(self.ckpt_path, exc) from None
+        self.saved_step = e.step
         if self.trainee.after_save is not None and batch == 0:  # epoch ends only
             self.trainee.after_save(e, self.out)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One line of metrics.jsonl (rank 0)."""
+        if not self.main:
+            return
+        try:
+            append_jsonl(self.metrics_path, record)
+        except OSError as exc:
+            raise self.write_failed(self.metrics_path, exc) from None
+
+    def write_failed(self, path: Path, exc: BaseException) -> RunWriteFailed:
+        kept = self.ckpt_path if self.saved_step is not None and self.ckpt_path.is_file() else None
+        return RunWriteFailed(path, _why(exc, path), kept, self.saved_step)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """summary.json, replaced whole (rank 0)."""
+        if not self.main:
+            return
+        path = self.out / SUMMARY_NAME
+        try:
+            write_text(path, json.dumps(summary, indent=2) + "\n")
+        except UserError as exc:
+            raise self.write_failed(path, exc) from None
 
     def restore(self, ckpt: dict[str, Any]) -> tuple[int, int, EpochStats]:
         """Load a checkpoint's state; returns (epoch, batch in epoch, running stats) to continue from."""
@@ -185,12 +321,7 @@ class _Run:
 
 
 def _check_resumable(ckpt: dict[str, Any], data: DatasetSplits, path: Path) -> None:
-    if int(ckpt["num_classes"]) != data.num_classes:
-        raise UserError(f"{path} was trained on {ckpt['num_classes']} classes but the data has {data.num_classes}; "
-                        "resume with the dataset the run started with")
-    if int(ckpt.get("resolution", data.resolution)) != data.resolution:
-        raise UserError(f"{path} was trained at {ckpt['resolution']} px but the data is {data.resolution} px; "
-                        "resume with the dataset the run started with")
+    check_fits(data, int(ckpt["num_classes"]), int(ckpt.get("resolution", data.resolution)), f"the run's model ({path})")
 
 
 def fit(
@@ -228,7 +359,8 @@ def fit(
         return Trainee(net, {"arch": run_arch.to_dict()})
 
     summary = fit_trainee(trainee, data, config, out, resume=resume, progress=progress, stop_after_steps=stop_after_steps,
-                          checkpoint_every_s=checkpoint_every_s, speed=speed, evaluate_test=evaluate_test)
+                          checkpoint_every_s=checkpoint_every_s, speed=speed, evaluate_test=evaluate_test,
+                          abort_steps=True)
     return {**summary, "arch": run_arch.name or run_arch.id, "arch_id": run_arch.id}
 
 
@@ -244,11 +376,13 @@ def fit_trainee(
     checkpoint_every_s: float = 120.0,
     speed: SpeedOptions | None = None,
     evaluate_test: bool = False,
+    abort_steps: bool = False,
 ) -> dict[str, Any]:
     """The training run behind `fit` for any `Trainee` (a network, or a supernet), one process or
     several under torchrun. `trainee(checkpoint or None, recipe)` is called after seeding, so
     initial weights follow the seed. The recipe is `run_recipe(config, data.resolution)`; its name
-    is what the checkpoint's config records."""
+    is what the checkpoint's config records. `abort_steps`: in one process, a signal cuts a step
+    midway (`SignalGuard`); else it is read between steps."""
     out = Path(out)
     recipe = run_recipe(config, data.resolution)
     config = config.model_copy(update={"recipe": recipe.name})
@@ -265,31 +399,42 @@ def fit_trainee(
         finished = _finished_summary(out, ckpt, config)
         if finished is not None:
             return finished
-    out.mkdir(parents=True, exist_ok=True)
     dist = from_environment(dev)
     if dist is not None:
         dev = dist.device
     try:
-        with fork_rng(dev):
-            run = _Run(trainee, data, config, out, recipe, dev, speed or SpeedOptions(compile=config.compile), dist, ckpt)
+        if dist is None or dist.main:
+            check_run_files(out)
+        aborting = abort_steps and dist is None
+        with fork_rng(dev), (stop_on_signals(abort=True) if aborting else contextlib.nullcontext()) as guard:
+            with guard.abortable() if guard is not None else contextlib.nullcontext():  # nothing written yet
+                run = _Run(trainee, data, config, out, recipe, dev, speed or SpeedOptions(compile=config.compile), dist,
+                           ckpt)
             epoch, batch_in_epoch, carry = 0, 0, EpochStats()
             if ckpt is not None:
                 epoch, batch_in_epoch, carry = run.restore(ckpt)
             elif run.main and run.metrics_path.exists():
                 run.metrics_path.unlink()
             t_run = time.perf_counter()
-            summary = _train_epochs(run, epoch, batch_in_epoch, carry, progress=progress and run.main,
+            summary = _train_epochs(run, epoch, batch_in_epoch, carry, guard, progress=progress and run.main,
                                     stop_after_steps=stop_after_steps, checkpoint_every_s=checkpoint_every_s)
-            if evaluate_test:
-                summary["test_acc"], summary["test_loss"] = run.engine.evaluate(data.test, use_ema=run.engine.ema is not None)
             summary = {
                 **summary, "epochs": config.epochs,
                 "seconds": time.perf_counter() - t_run, "checkpoint": str(run.ckpt_path), "metrics": str(run.metrics_path),
                 "recipe": recipe.name, "train_images": len(data.train), "val_images": len(data.val),
                 "test_images": len(data.test), **({"processes": dist.world} if dist else {}),
             }
-            if run.main:
-                (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            run.write_summary(summary)  # before the test evaluation: a signal during it loses nothing trained
+            if evaluate_test:
+                try:
+                    with guard.abortable() if guard is not None else contextlib.nullcontext():
+                        summary["test_acc"], summary["test_loss"] = run.engine.evaluate(
+                            data.test, use_ema=run.engine.ema is not None)
+                except KeyboardInterrupt:
+                    if guard is None:
+                        raise
+                    raise TrainingInterrupted(run.ckpt_path, run.engine.step, guard.signum, finished=True) from None
+                run.write_summary(summary)
             return summary
     finally:
         if dist is not None:
@@ -308,9 +453,13 @@ def _finished_summary(out: Path, ckpt: dict[str, Any], config: FitConfig) -> dic
                         f"evaluate it with `mnas eval {out}`, or train longer with --epochs N") from None
 
 
-def _train_epochs(run: _Run, epoch: int, batch_in_epoch: int, carry: EpochStats, *, progress: bool,
-                  stop_after_steps: int | None, checkpoint_every_s: float) -> dict[str, Any]:
-    """The epoch loop: train, evaluate on the held-out split, checkpoint, log; stop on a signal."""
+def _train_epochs(run: _Run, epoch: int, batch_in_epoch: int, carry: EpochStats, guard: SignalGuard | None, *,
+                  progress: bool, stop_after_steps: int | None, checkpoint_every_s: float) -> dict[str, Any]:
+    """The epoch loop: train, evaluate on the held-out split, log, checkpoint; stop on a signal.
+
+    `guard`: an aborting `SignalGuard` the caller installed (one process), else signals are read
+    between steps. Either way a signal ends in a checkpoint of the last completed step and
+    `TrainingInterrupted`."""
     engine, epochs = run.engine, run.config.epochs
     bar = TrainProgress(progress, epochs * run.steps_per_epoch, engine.step)
     last_save = time.monotonic()
@@ -321,14 +470,22 @@ def _train_epochs(run: _Run, epoch: int, batch_in_epoch: int, carry: EpochStats,
         run.save(ep, batch, running)
         last_save = time.monotonic()
 
+    def interrupted(ep: int, batch: int, running: EpochStats) -> TrainingInterrupted:
+        """Save where the run stands (a step boundary) and say so; a further signal cannot cut the save."""
+        signals.stop_raising()
+        run.save(ep, batch, running)
+        return TrainingInterrupted(run.ckpt_path, engine.step, signals.signum)
+
     def on_readout(ep: int, batch: int, st: EpochStats) -> None:
         bar.update(engine.step, ep, epochs, st, st.seen / st.seconds if st.seconds else None)
 
+    aborting = guard is not None and guard.abort
     try:
-        with stop_on_signals() as signalled:
+        with contextlib.nullcontext(guard) if guard is not None else stop_on_signals() as signals:
+            assert signals is not None
 
             def should_stop() -> bool:
-                stop = (stop_after_steps is not None and engine.step >= stop_after_steps) or signalled()
+                stop = (stop_after_steps is not None and engine.step >= stop_after_steps) or signals()
                 if run.dist is None:
                     return stop
                 # ranks must stop at the same step: agree every 10 steps (a signal may reach only some)
@@ -337,30 +494,35 @@ def _train_epochs(run: _Run, epoch: int, batch_in_epoch: int, carry: EpochStats,
             def save_due() -> bool:
                 return run.main and time.monotonic() - last_save > checkpoint_every_s
 
+            bar.update(engine.step, epoch, epochs)  # a first line as soon as training starts
             while epoch < epochs:
                 stats, done, reason = engine.train_epoch(
                     epoch, start_batch=batch_in_epoch, carry=carry, on_readout=on_readout, should_stop=should_stop,
-                    save_due=save_due, save=save,
+                    save_due=save_due, save=save, guard=signals if aborting else None,
                 )
                 if reason == "diverged":
                     good = run.ckpt_path if run.ckpt_path.exists() else "none"
                     raise UserError(f"training diverged at step {engine.step} (loss {stats.loss:.3g}); lower the learning "
                                     f"rate or use --recipe cifar; last good checkpoint: {good}")
                 if reason == "interrupted":
-                    save(epoch, done, stats)
-                    raise TrainingInterrupted(run.ckpt_path, engine.step)
-                val_acc, val_loss = run.evaluate() if run.main else (float("nan"), float("nan"))
+                    raise interrupted(epoch, done, stats)
+                try:
+                    with signals.abortable():
+                        val_acc, val_loss = run.evaluate() if run.main else (float("nan"), float("nan"))
+                except KeyboardInterrupt:  # the epoch is trained: saved at its last batch, scored on resume
+                    if not aborting:
+                        raise
+                    raise interrupted(epoch, done, stats) from None
                 record = {
                     "epoch": epoch + 1, "step": engine.step, "lr": run.lr_fn(max(0, engine.step - 1)),
                     "train_loss": stats.loss, "train_acc": stats.acc, "val_acc": val_acc, "val_loss": val_loss,
                     "images_per_s": stats.seen / stats.seconds if stats.seconds else 0.0,
                     "epoch_seconds": stats.seconds, "time": time.time(),
                 }
+                run.log(record)  # the line, then the checkpoint that covers it (resume trims a line too many)
                 epoch += 1
                 batch_in_epoch, carry = 0, EpochStats()
                 save(epoch, 0, carry)
-                if run.main:
-                    append_jsonl(run.metrics_path, record)
                 bar.update(engine.step, epoch - 1, epochs, stats, record["images_per_s"], val_acc)
                 summary = record
     finally:

@@ -69,7 +69,8 @@ class TrainProgress:
             parts.append(f"{ips:.0f} img/s")
         if val is not None:
             parts.append(f"val {val:.4f}")
-        parts.append(f"ETA {eta:.0f} s")
+        if eta == eta:  # not NaN: at least one step timed
+            parts.append(f"ETA {eta:.0f} s")
         self.plain.print("  ".join(parts), highlight=False)
 
     def close(self) -> None:

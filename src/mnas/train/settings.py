@@ -31,6 +31,15 @@ from mnas.run_options import (
 )
 
 MAX_PROXY_STEPS = 1_000_000  # a proxy rung above this is a typo, not a budget
+#: Seeds are 0..2**32-1: numpy's SeedSequence refuses negative ones and `mnas.data.mix_seed` keeps
+#: 32 bits, so a larger seed would silently draw the same numbers as a smaller one.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int | None, what: str = "--seed") -> None:
+    """A seed mnas can use as given (None: the default), else one line with the valid range."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise UserError(f"{what} {seed} is out of range; use a whole number from 0 to {MAX_SEED}")
 
 
 class StrictModel(BaseModel):
@@ -112,6 +121,12 @@ class FitConfig(StrictModel):
     @classmethod
     def _device(cls, value: str) -> str:
         return _valid_device(value)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int) -> int:
+        check_seed(value, "seed")  # a UserError: pydantic lets it through as the one line the CLI shows
+        return value
 
 
 class ProxyConfig(StrictModel):
