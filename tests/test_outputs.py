@@ -269,7 +269,7 @@ def test_sigterm_stops_supernet_training_within_a_second_or_two(tmp_path: Path, 
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr[-2000:]
+    assert proc.returncode == 143, stderr[-2000:]  # 128 + SIGTERM
     assert json.loads(stdout)["status"] == "interrupted" and (out / "checkpoint.pt").is_file()
     assert elapsed < 6, elapsed  # the checkpoint save and the exit included
     assert "Traceback" not in stderr
@@ -313,3 +313,27 @@ def test_a_full_disk_mid_build_lut_says_the_same_command_goes_on(tmp_path: Path,
     assert "could not write" in line and "File too large" in line
     assert "no pack was finished; free some space and run the same command again" in line
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_search_exits_143_with_the_resume_command(tmp_path: Path, data_root: Path, monkeypatch) -> None:
+    from test_search import write_config
+
+    monkeypatch.setenv("MNAS_DATA", str(data_root))
+    config = write_config(tmp_path, budget={"trials": 40, "batch_size": 2})
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mnas", "search", "-c", str(config), "--out", str(run), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "trials.sqlite").exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-2000:]  # 128 + SIGTERM, as the README says
+    said = " ".join((out + err).split())  # rich wraps long lines
+    assert f"Continue with: mnas search --resume {run}" in said and "Traceback" not in err

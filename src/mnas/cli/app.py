@@ -62,7 +62,13 @@ def _usage_line(exc: typer.TyperException) -> str:
     return f"error: {where}: {text} (see '{where} --help')"
 
 
+#: Set when SIGTERM arrived: typer turns any KeyboardInterrupt (Terminated included) into exit 130,
+#: and a command that stopped on a signal exits 130 too, so the exit code is corrected here.
+_TERMINATED = [False]
+
+
 def _terminate(signum: int, frame: object) -> None:
+    _TERMINATED[0] = True
     raise Terminated()
 
 
@@ -83,12 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc.short}; {after}" if isinstance(exc, WriteFailed) and after else f"error: {exc}",
               file=sys.stderr)
         sys.exit(2)
-    except Terminated:
-        print("terminated", file=sys.stderr)
-        sys.exit(143)
     except (typer.Abort, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        print("terminated" if _TERMINATED[0] else "interrupted", file=sys.stderr)
+        sys.exit(143 if _TERMINATED[0] else 130)  # 128 + SIGTERM / SIGINT
     except typer.TyperException as exc:
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         if no_space(exc):  # SQLite's "database or disk is full"
             _no_space(exc)
         _internal_error(exc)
-    sys.exit(result if isinstance(result, int) else 0)
+    code = result if isinstance(result, int) else 0
+    sys.exit(143 if code == 130 and _TERMINATED[0] else code)  # 128 + SIGTERM, not SIGINT's 130
 
 
 def _no_space(exc: BaseException) -> NoReturn:

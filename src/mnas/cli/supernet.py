@@ -101,7 +101,7 @@ def train_cmd(
     except TrainingInterrupted as exc:
         _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step}, as_json,
               [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas supernet train --resume {run_dir}"])
-        raise typer.Exit(130) from None
+        raise typer.Exit(exc.exit_code) from None
     except RunWriteFailed as exc:
         then = (f"then continue with: mnas supernet train --resume {run_dir}" if exc.kept is not None
                 else "then run the same command again")
