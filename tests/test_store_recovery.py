@@ -3,14 +3,22 @@
 Every command that reads a store (`mnas search --resume`, `mnas report`, `mnas best`) must say in
 one line that the file is damaged and leave it exactly as it was; `mnas store check` says what is
 readable and `mnas store recover` salvages every readable trial into a new run that reports work on.
+`mnas store check` calls damaged whatever a reader refuses (it runs their validation on every row),
+and neither a recovery nor a check killed with SIGKILL leaves anything that looks whole or lasts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -217,3 +225,207 @@ def test_recovery_of_an_intact_store_is_whole_and_resumable(intact, tmp_path) ->
         assert store.config == source.config
     with pytest.raises(UserError, match="not the damaged run itself"):
         recover_store(run_dir, run_dir)
+
+
+# -- what a reader refuses, the check calls damaged ------------------------------------------------
+def _copy(intact: tuple[Path, list[Trial]], tmp_path: Path, name: str, *sql: str) -> Path:
+    """A copy of the intact run, then `sql` run on it with plain sqlite3 (what a person or a bug may do)."""
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    (run_dir / DB_NAME).write_bytes((intact[0] / DB_NAME).read_bytes())
+    with closing(sqlite3.connect(run_dir / DB_NAME, isolation_level=None)) as conn:
+        for statement in sql:
+            conn.execute(statement)
+    return run_dir
+
+
+def _one_line(code: int, out: str, err: str, expect_code: int) -> str:
+    lines = [ln for ln in (out + err).splitlines() if ln.strip()]
+    assert code == expect_code and len(lines) == 1 and "Traceback" not in out + err, (code, out, err)
+    return lines[0]
+
+
+#: Edits a reader refuses: (the SQL, the command that refuses it, what `store check` says).
+REFUSED = {
+    "arch": (["UPDATE trials SET arch = '{\"blocks\": 3}' WHERE trial_id = 5"], "report",
+             "trial 5: not an architecture description"),
+    "arch-json": (["UPDATE trials SET arch = '{\"blocks\": [' WHERE trial_id = 5"], "report",
+                  "trial 5: malformed architecture JSON"),
+    "tokens": (["UPDATE trials SET tokens = 'not json' WHERE trial_id = 5"], "best", "trial 5: tokens 'not json' are not JSON"),
+    "accuracy": (["UPDATE trials SET accuracy = 'high' WHERE trial_id = 5"], "report",
+                 "trial 5: accuracy is 'high', not a number"),
+    "step": (["UPDATE trials SET step = 'x' WHERE trial_id = 7"], "report", "trial 7: step is 'x', not an integer"),
+    "status": (["PRAGMA ignore_check_constraints = ON", "UPDATE trials SET status = 'lost' WHERE trial_id = 5"], "best",
+               "trial 5: status 'lost' is not one of"),
+    "config": (["UPDATE meta SET value = '{\"space\": \"mnasnet_cifar\"}' WHERE key = 'config'"], "report",
+               "(stored config): reward"),
+    "meta": (["UPDATE meta SET value = '{\"space\": ' WHERE key = 'config'"], "best", "meta 'config' is not JSON"),
+    "schema": (["UPDATE meta SET value = '99' WHERE key = 'schema_version'"], "report", "store schema 99 (from a newer mnas)"),
+    "rung": (["INSERT INTO rungs (trial_id, rung, budget, accuracy, reward, seconds, promoted) "
+              "VALUES (5, 0, 10, 'high', 0.5, 1.0, 1)"], "report", "rung row 1: accuracy is 'high'"),
+    "state": (["UPDATE checkpoint SET state = x'00ff00ff'"], "resume", "the strategy state does not load"),
+}
+READERS = {"report": ["report", "{run}", "--no-zoo"], "best": ["best", "{run}"], "resume": ["search", "--resume", "{run}", "-q"]}
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED))
+def test_check_calls_damaged_what_a_reader_refuses(intact, tmp_path, capsys, kind: str) -> None:
+    sql, reader, needle = REFUSED[kind]
+    run_dir = _copy(intact, tmp_path, kind, *sql)
+    argv = [a.format(run=run_dir) for a in READERS[reader]]
+    refusal = _one_line(*_mnas(argv, capsys), expect_code=2)
+    code, out, err = _mnas(["store", "check", str(run_dir)], capsys)
+    line = _one_line(code, out, err, expect_code=1)
+    assert "DAMAGED" in line and needle in line, line
+    if kind == "schema":  # a newer mnas's store: read it with that one; recover refuses it too
+        assert "store schema 99" in refusal and "Read it with the mnas that wrote it" in line
+        new_run = tmp_path / "saved"
+        refusal = _one_line(*_mnas(["store", "recover", str(run_dir), "--out", str(new_run)], capsys), expect_code=2)
+        assert "newer mnas" in refusal and not new_run.exists() and list(tmp_path.iterdir()) == [run_dir]
+        return
+    assert f"mnas store recover {run_dir}" in line
+    assert needle in refusal or (kind == "state" and "strategy state" in refusal), refusal
+    assert ("is damaged" in refusal) == (kind not in ("config", "state")), refusal
+    # The recovery keeps everything a reader accepts; the check calls it intact and reports read it.
+    new_run = tmp_path / "saved"
+    argv = ["store", "recover", str(run_dir), "--out", str(new_run)]
+    if kind in ("config", "meta"):  # the stored config is gone: the recovery asks for the YAML
+        (tmp_path / "search.yaml").write_text(yaml.safe_dump(CONFIG))
+        argv += ["--config", str(tmp_path / "search.yaml")]
+    code, out, err = _mnas(argv, capsys)
+    assert code == 0, err
+    code, out, err = _mnas(["store", "check", str(new_run)], capsys)
+    assert "intact" in _one_line(code, out, err, expect_code=0)
+    code, out, err = _mnas(["report", str(new_run), "--no-zoo"], capsys)
+    assert code == 0, err
+    with Store.open(new_run) as store:
+        lost = 1 if kind in ("arch", "arch-json", "tokens", "accuracy", "step", "status") else 0
+        assert len(store.trials()) == TRIALS - lost and store.rungs() == []
+
+
+def test_recover_refuses_a_config_of_another_space(intact, tmp_path, capsys) -> None:
+    run_dir = _copy(intact, tmp_path, "run")
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({**CONFIG, "space": "mnasnet"}))
+    (tmp_path / "alias.yaml").write_text(yaml.safe_dump({**CONFIG, "space": "cifar"}))  # the same space, by alias
+    new_run = tmp_path / "saved"
+    argv = ["store", "recover", str(run_dir), "--out", str(new_run), "--config"]
+    line = _one_line(*_mnas([*argv, str(tmp_path / "other.yaml")], capsys), expect_code=2)
+    assert "space 'mnasnet'" in line and "'mnasnet_cifar'" in line and "leave --config out" in line
+    assert not new_run.exists()
+    code, out, err = _mnas([*argv, str(tmp_path / "alias.yaml")], capsys)
+    assert code == 0, err
+    with Store.open(new_run) as store:
+        assert store.config["space"] == "mnasnet_cifar"  # the stored config, readable, is the one kept
+
+
+def test_recover_checks_its_output_folder_first(intact, tmp_path, capsys) -> None:
+    run_dir = _copy(intact, tmp_path, "run")
+    before = _snapshot(run_dir)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    (tmp_path / "a-file").write_text("mine")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    for out, needle in (("", "--out is empty"), (str(tmp_path / "busy"), "is not empty"),
+                        (str(tmp_path / "a-file"), "is a file"), (str(tmp_path / "link"), "symbolic link"),
+                        (str(run_dir), "not the damaged run itself")):
+        line = _one_line(*_mnas(["store", "recover", str(run_dir), "--out", out], capsys), expect_code=2)
+        assert needle in line, line
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and not (tmp_path / "elsewhere").exists()
+    assert _snapshot(run_dir) == before
+    (tmp_path / "empty").mkdir()  # an empty folder is fine: it becomes the run
+    code, out, err = _mnas(["store", "recover", str(run_dir), "--out", str(tmp_path / "empty")], capsys)
+    assert code == 0 and (tmp_path / "empty" / DB_NAME).is_file(), err
+
+
+def test_rungs_are_recovered_with_the_state_they_belong_to(intact, tmp_path) -> None:
+    rows = [(t, 0, 10, 0.3 + t / 100, 0.3 + t / 100, 1.0, int(t % 2 == 0)) for t in range(6)]
+    run_dir = _copy(intact, tmp_path, "run", *[
+        f"INSERT INTO rungs (trial_id, rung, budget, accuracy, reward, seconds, promoted) VALUES {row!r}" for row in rows])
+    result = recover_store(run_dir, tmp_path / "saved")
+    assert result.resumable
+    with Store.open(tmp_path / "saved") as store, Store.open(run_dir) as source:
+        assert store.rungs() == source.rungs() and len(store.rungs()) == 6
+        assert store.trials() == source.trials()
+
+
+# -- SIGKILL: a recovery leaves no folder that looks whole, a check no copy that lasts ----------
+STALLED = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+
+    import mnas.search.salvage as salvage
+    import mnas.search.store as store
+
+    marker, where, argv = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+
+    def stall(*args, **kwargs):
+        marker.write_text("stalled")
+        time.sleep(600)
+
+    if where == "salvage":  # the store copied into the temporary folder, its rows not read yet
+        salvage._salvage_trials = stall
+    else:  # the new run half written
+        insert = store.Store._insert_rows
+
+        def stall_after(self, rows):
+            insert(self, rows)
+            stall()
+
+        store.Store._insert_rows = stall_after
+    from mnas.cli.app import main
+
+    main(argv)
+""")
+
+
+def _stalled(where: str, argv: list[str], tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The real CLI in a subprocess, stopped for good at `where` (then killed by the test)."""
+    marker = tmp_path / f"stalled-{where}"
+    proc = subprocess.Popen([sys.executable, "-c", STALLED, str(marker), where, *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert time.time() < deadline, "the stalled command never got there"
+        time.sleep(0.05)
+    return proc
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(9)  # SIGKILL: no finally, no handler
+    proc.wait(timeout=60)
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def test_check_killed_mid_salvage_leaves_a_copy_the_next_start_removes(intact, tmp_path) -> None:
+    run_dir = _copy(intact, tmp_path, "run")
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(systmp)}
+    proc = _stalled("salvage", ["store", "check", str(run_dir)], tmp_path, env)
+    copies = list(systmp.glob(f"mnas-salvage-{proc.pid}-*"))
+    assert len(copies) == 1 and (copies[0] / DB_NAME).is_file()
+    _kill(proc)
+    assert (copies[0] / DB_NAME).is_file()  # SIGKILL ran nothing: the copy is still there
+    done = subprocess.run([sys.executable, "-m", "mnas", "store", "check", str(run_dir)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "intact" in done.stdout, done.stderr
+    assert list(systmp.iterdir()) == []  # the stale copy went, and this check's own too
+
+
+def test_recover_killed_part_way_leaves_no_run(intact, tmp_path, capsys) -> None:
+    run_dir = _copy(intact, tmp_path, "run")
+    new_run = tmp_path / "saved"
+    proc = _stalled("insert", ["store", "recover", str(run_dir), "--out", str(new_run)], tmp_path, dict(os.environ))
+    partial = tmp_path / f".saved.partial-{proc.pid}"
+    assert (partial / DB_NAME).is_file() and not new_run.exists()
+    _kill(proc)
+    assert not new_run.exists() and partial.is_dir()
+    line = _one_line(*_mnas(["store", "check", str(new_run)], capsys), expect_code=2)
+    assert "holds no search run" in line
+    code, out, err = _mnas(["store", "recover", str(run_dir), "--out", str(new_run)], capsys)
+    assert code == 0, err
+    assert not partial.exists() and sorted(p.name for p in tmp_path.iterdir() if "stalled" not in p.name) == ["run", "saved"]
+    code, out, err = _mnas(["store", "check", str(new_run)], capsys)
+    assert code == 0 and "intact" in out and f"{TRIALS} trial(s) readable" in out

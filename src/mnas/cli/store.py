@@ -2,7 +2,8 @@
 
 A run store damaged on disk (truncated, zeroed, overwritten in places) makes `mnas search
 --resume`, `mnas report` and `mnas best` stop with one line and leave the file as it is; these
-commands say what is still readable and copy it into a new run.
+commands say what is still readable and copy it into a new run. `check` runs the readers' own
+validation on every row, so it calls damaged whatever one of them would refuse.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ store_app = typer.Typer(help="Check a run's trial store, or salvage a damaged on
 
 @store_app.command("check")
 def check(run_dir: Path = typer.Argument(..., help="A search run directory.")) -> None:
-    """Say whether RUN's trials.sqlite is intact and how many trials can be read (exit 1 if damaged)."""
+    """Say whether RUN's trials.sqlite is intact and how many trials can be read (exit 1 if damaged:
+    whatever `mnas report` or `mnas search --resume` would refuse)."""
     from mnas.search.salvage import salvage  # lazy: torch (see mnas.cli)
     from mnas.search.store import DB_NAME
 
@@ -31,8 +33,9 @@ def check(run_dir: Path = typer.Argument(..., help="A search run directory.")) -
         raise UserError(f"{run_dir} holds no search run (no {DB_NAME})")
     found = salvage(path)
     if found.damaged:
-        typer.echo(f"{path}: DAMAGED ({found.problems[0]}); {found.summary()}. "
-                   f"Salvage it with: mnas store recover {run_dir}")
+        how = ("Read it with the mnas that wrote it" if found.newer
+               else f"Salvage it with: mnas store recover {run_dir}")
+        typer.echo(f"{path}: DAMAGED ({'; '.join(found.reasons())}); {found.summary()}. {how}")
         raise typer.Exit(1)
     typer.echo(f"{path}: intact; {found.summary()}")
 
@@ -40,11 +43,14 @@ def check(run_dir: Path = typer.Argument(..., help="A search run directory.")) -
 @store_app.command("recover")
 def recover(
     run_dir: Path = typer.Argument(..., help="The run whose store is damaged (it is only read)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="New run directory (default RUN-recovered)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="New run directory (default RUN-recovered).",
+                                   show_default=False),  # a str: an empty --out is refused, not taken as "."
     config: Path | None = typer.Option(None, "--config", "-c",
-                                          help="The search YAML, used only when the stored config is unreadable."),
+                                       help="The search YAML, used only when the stored config is unreadable "
+                                            "(refused if it searches another space than the stored one)."),
 ) -> None:
-    """Copy every readable trial of RUN into a new run that `mnas report` and `mnas best` can read."""
+    """Copy every readable trial of RUN into a new run that `mnas report` and `mnas best` can read
+    (built beside NEW_RUN and renamed into place when complete)."""
     from mnas.search.salvage import recover_store  # lazy: torch (see mnas.cli)
     from mnas.search.store import DB_NAME
 

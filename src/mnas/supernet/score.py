@@ -15,7 +15,6 @@ is several times faster than eager torch on a small CPU; see docs/benchmarks/sup
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from mnas.run_options import DEFAULT_BN_BATCHES, DEFAULT_SCORE_IMAGES
 from mnas.supernet import stopping
 from mnas.supernet.extract import extract
 from mnas.supernet.network import Supernet
+from mnas.tempdirs import private_tempdir
 
 
 @torch.no_grad()
@@ -155,7 +155,7 @@ def onnx_session(model: nn.Module, resolution: int, threads: int | None = None) 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
-    with tempfile.TemporaryDirectory(prefix="mnas-score-") as tmp:
+    with private_tempdir("score") as tmp:
         path = Path(tmp) / "candidate.onnx"
         with quiet_converters(), torch.no_grad():
             torch.onnx.export(model.cpu().eval(), (torch.zeros(1, 3, resolution, resolution),), str(path),

@@ -17,7 +17,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from mnas.latency.measure.protocol import Protocol
 from mnas.latency.measure.sample import ProcessSample
 from mnas.latency.tables.units import Unit
 from mnas.latency.target import Target
+from mnas.tempdirs import private_tempdir
 
 if TYPE_CHECKING:  # keep worker processes free of torch unless the backend needs it
     from torch import nn
@@ -160,12 +160,12 @@ def run_worker(backend: Backend, files: Sequence[ModelFile], reference: Path | N
     """Time `files` in a fresh process (python -m mnas.latency.measure.worker), pinned to `cpus`. The
     worker dies with this process (parent-death signal) and keeps its files in a temporary folder
     of ours, removed on any exit."""
-    with tempfile.TemporaryDirectory(prefix="mnas-lat-") as tmp:
+    with private_tempdir("lat") as tmp:
         job, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job.write_text(json.dumps({
             "backend": {"name": backend.name, "module": backend.module}, "target": target.to_dict(),
             "protocol": asdict(protocol), "cpus": list(cpus), "files": [f.to_dict() for f in files],
-            "reference": str(reference) if reference is not None else None, "tmp": tmp,
+            "reference": str(reference) if reference is not None else None, "tmp": str(tmp),
             "parent": os.getpid()}))
         names = ", ".join(f.path.name for f in files[:3]) + (" ..." if len(files) > 3 else "")
         try:

@@ -11,7 +11,6 @@ protocol.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from mnas.latency.measure.protocol import DEFAULT_PROTOCOL, DEFAULT_REFERENCE, P
 from mnas.latency.measure.result import LatencyResult, ReferenceLatency, closest, consensus, summarise
 from mnas.latency.measure.sample import ProcessSample
 from mnas.latency.target import Target
+from mnas.tempdirs import private_tempdir
 
 if TYPE_CHECKING:  # torch only where models are built
     from torch import nn
@@ -166,7 +166,7 @@ def measure_many(items: Sequence[Architecture | nn.Module], target: Target, *, p
         reason = backend.unavailable()
         if reason:
             raise UserError(f"backend {target.backend} cannot run here: {reason}")
-        with terminate_as_exit(), tempfile.TemporaryDirectory(prefix="mnas-models-") as tmp:
+        with terminate_as_exit(), private_tempdir("models") as tmp:
             keep = db.models_dir if db is not None else Path(tmp)  # architectures' files are reused
             paths = _files(items, todo, target, backend, keep, Path(tmp))
             ref_file = _files([ref_arch], [0], target, backend, keep, Path(tmp))[0] if ref_arch is not None else None

@@ -19,7 +19,6 @@ import contextlib
 import os
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -43,6 +42,7 @@ from mnas.latency.tables.predict import LatencyTable, add_processes, pool_entry
 from mnas.latency.tables.units import Unit, space_units, unit_from_dict, unit_to_dict
 from mnas.latency.target import Target
 from mnas.space import SearchSpace
+from mnas.tempdirs import private_tempdir
 
 
 def calibrate(table: LatencyTable, archs: Sequence[Architecture], measured: Sequence[float]) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
     measuring = measure_cpus(target.threads, protocol.force_threads) if backend.local else []
     pack_processes: list[int] = []
     archs = calibration_archs(space, calibration, seed, target.resolution)
-    with terminate_as_exit(), tempfile.TemporaryDirectory(prefix="mnas-lut-") as tmp, \
+    with terminate_as_exit(), private_tempdir("lut") as tmp, \
             exporter(target, workers, measuring) as ex, _progress(progress) as bar:
         keep = db.models_dir if db is not None else Path(tmp)
         ref_file = Path(ex.arch(ref_arch, arch_file(ref_arch, target, keep, backend)).result())
@@ -293,7 +293,7 @@ def refine_lut(path: str | os.PathLike[str], processes: int = 6, *, pack_size: i
     measuring = measure_cpus(target.threads, protocol.force_threads) if backend.local else []
     t0 = time.time()
     timing = {"wait_s": 0.0, "export_cpu_s": 0.0, "measure_s": 0.0}
-    with terminate_as_exit(), tempfile.TemporaryDirectory(prefix="mnas-lut-") as tmp, \
+    with terminate_as_exit(), private_tempdir("lut") as tmp, \
             exporter(target, workers, measuring) as ex, _progress(progress) as bar:
         _, ref_arch = reference_arch(ref.architecture(), target)
         keep = db.models_dir if db is not None else Path(tmp)
