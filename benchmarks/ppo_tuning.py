@@ -3,8 +3,9 @@
 Writes docs/benchmarks/search_ppo_tuning.md: per variant, in how many settings it beats random
 search (one-sided Mann-Whitney U over the seeds' best rewards, p < 0.05) at one budget, its mean
 regret, and the settings it does not win. Same protocol, settings, seeds and sharing as
-`benchmarks/search_strategies.py` (both run `mnas.search.nb201`); cheaper, because it runs PPO and
-random only, to one budget, so several knob sets can be compared before a full rerun there.
+`benchmarks/search_strategies.py` (both run the real search loop over the table with
+`mnas.search.nb201.search`); cheaper, because it runs PPO and random only, to one budget, so
+several knob sets can be compared before a full rerun there.
 
     python benchmarks/ppo_tuning.py --budget 200 --seeds 20 --variant '{}' --variant '{"top_k": 8}'
     python benchmarks/ppo_tuning.py --budget 500 --at 200 --first-seed 20   # two budgets, fresh seeds
@@ -16,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import multiprocessing
-import os
 import statistics
 import time
 from pathlib import Path
@@ -31,13 +31,12 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "search_ppo_
 
 def _job(args: tuple[str, dict[str, Any], int, nb201.Setting, int]) -> list[tuple[int, ...]]:
     name, knobs, seed, setting, budget = args
-    return nb201.run_search(name, name, knobs, seed, setting, budget)["cells"]
+    return [tuple(c) for c in nb201.search(name, name, knobs, seed, setting, budget)["cells"]]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_table = Path(os.environ.get("MNAS_DATA", str(Path.home() / ".cache" / "mnas" / "data"))) / "nb201_hw.csv.gz"
-    ap.add_argument("table", nargs="?", type=Path, default=default_table)
+    ap.add_argument("table", nargs="?", type=Path, default=nb201.default_table_path())
     ap.add_argument("--budget", type=int, default=200)
     ap.add_argument("--at", type=int, action="append", default=[],
                     help="also score each search at this smaller budget (repeatable)")

@@ -9,16 +9,22 @@ landscape is a real one.
 
 Settings: every device column x the paper's soft and hard reward x T at the 25th, 50th and 75th
 latency percentile of that column (24 settings). For each strategy, setting and seed one search of
-the largest budget runs (`mnas.search.nb201.run_search`) in batches of 16 asked at once and told
-back shuffled, as results could arrive from parallel workers (`mnas search` asks `budget.batch_size`,
-8 by default, and tells a batch in trial-id order); its repeat rules are those of `mnas search`:
-a repeated architecture is answered from the results already known, is told like any other trial
-and does not count against the budget (repeats are free); a search that only repeats itself for
-REPEAT_PATIENCE asks in a row stops early. The best reward among the first
-50/100/200/500 evaluated cells is compared across 20 seeds with a one-sided Mann-Whitney U test.
+the largest budget runs through the real search loop (`mnas.search.nb201.search`: `start_search`
+with the table's accuracy and latency models behind their seams and a real store in a temporary
+folder), in batches of 16 (`budget.batch_size`) told in trial-id order; budget, repeats and
+patience are the loop's own: a repeated architecture is answered from the results already known,
+is told like any other trial and does not count against the budget (repeats are free); a search
+that only repeats itself for REPEAT_PATIENCE asks in a row stops early. The best reward among the
+first 50/100/200/500 evaluated cells is compared across 20 seeds with a one-sided Mann-Whitney U
+test.
 
     python benchmarks/search_strategies.py [TABLE.csv.gz] [--seeds 20] [--workers 2]
         [--settings pixel3/hard] [--strategy LABEL=NAME:knob=value,...] [--raw FILE.json]
+
+Cost: the full run is about 1,060 searches; PPO and TPE take 4-5 s per search of 500 evaluations
+(mostly their own ask and tell; the loop and its store add well under a second), so about 1 h of
+one core (2 workers: about 30 min). Fewer seeds run proportionally faster: `--seeds 3` (all 24
+settings) took 9 min with one worker, `--seeds 2 --settings pixel3/hard` about 1 min.
 
 TABLE defaults to $MNAS_DATA/nb201_hw.csv.gz. `--strategy` (repeatable) replaces the default
 lineup (random, evolution, ppo, tpe, nsga2 at their default knobs), e.g. for tuning:
@@ -46,6 +52,7 @@ import torch
 
 from mnas.errors import UserError
 from mnas.reward import hypervolume_points
+from mnas.search.loop import REPEAT_PATIENCE
 from mnas.search.nb201 import (
     ALPHA,
     BATCH,
@@ -54,11 +61,12 @@ from mnas.search.nb201 import (
     NB201Space,
     Setting,
     Table,
+    default_table_path,
     load_table,
     make_settings,
     p_greater,
     problem,
-    run_search,
+    search,
     use_table,
 )
 from mnas.strategies import make_strategy
@@ -106,7 +114,7 @@ def summarise(run: dict[str, Any], setting: Setting, table: Table, ref_lat: floa
 
 def _job(args: tuple[str, str, dict[str, Any], int, Setting, int]) -> dict[str, Any]:
     label, name, knobs, seed, setting, budget = args
-    return run_search(label, name, knobs, seed, setting, budget)
+    return search(label, name, knobs, seed, setting, budget)
 
 
 # -- analysis --------------------------------------------------------------------------------------
@@ -180,11 +188,12 @@ def render(a: Analysis, args: argparse.Namespace, png: Path, elapsed: float) -> 
         "  rescales every reward by one factor, so the three soft settings of a device are the same",
         "  problem for any strategy that only compares rewards (all here do); the hard reward's T moves",
         "  the optimum.",
-        f"- **Protocol**: batches of {BATCH} asked at once and told back shuffled (`mnas search` asks 8 by default",
-        "  and tells in trial-id order); as in `mnas search`, a repeated",
-        "  architecture gets the known result, is told like any other trial and does not count against",
-        "  the budget (repeats are free); the budget counts evaluated cells. "
-        f"{a.seeds} seeds (0..{a.seeds - 1}) per strategy and setting;",
+        "- **Protocol**: each search is a real `mnas search` loop (`mnas.search.nb201.search`: `start_search`",
+        "  with the table's accuracy and latency models behind their seams, a real store in a temporary folder),",
+        f"  batches of {BATCH} (`budget.batch_size`; `mnas search` asks 8 by default) told in trial-id order; a",
+        "  repeated architecture gets the known result, is told like any other trial and does not count against",
+        f"  the budget (repeats are free); the budget counts evaluated cells; {REPEAT_PATIENCE} asks in a row with",
+        f"  nothing new stop a search. {a.seeds} seeds (0..{a.seeds - 1}) per strategy and setting;",
         f"  best reward among the first {', '.join(map(str, BUDGETS))} evaluated cells.",
         "- **Shared searches**: a search that is provably the same under several settings runs once and is",
         "  scored under each: random search ignores results (one search per seed), NSGA-II reads accuracy and",
@@ -281,7 +290,7 @@ def render(a: Analysis, args: argparse.Namespace, png: Path, elapsed: float) -> 
             cells.append(f"{statistics.mean(gaps):.2f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "## Cost", "",
-              f"| strategy | seconds per search of {max(BUDGETS)} evaluations (ask + tell only, mean) "
+              f"| strategy | seconds per search of {max(BUDGETS)} evaluations (the whole loop, mean) "
               "| repeated proposals per search (mean) |",
               "|---|---:|---:|"]
     for label in labels:
@@ -348,9 +357,8 @@ def parse_run(text: str) -> tuple[str, str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    default_table = Path(os.environ.get("MNAS_DATA", str(Path.home() / ".cache" / "mnas" / "data"))) / "nb201_hw.csv.gz"
-    parser.add_argument("table", nargs="?", type=Path, default=default_table)
-    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("table", nargs="?", type=Path, default=default_table_path())
+    parser.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 (fewer for a quicker, weaker run)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--settings", action="append", help="keep settings whose label contains this text")
     parser.add_argument("--strategy", action="append", dest="strategies", help="LABEL=NAME[:knob=value,...]")

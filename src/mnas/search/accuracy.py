@@ -9,6 +9,10 @@ config's `proxy.kind` into a model:
   candidate continues from the checkpoint its previous rung left at the `state` path.
 - `SupernetAccuracy` (kind `supernet`): the weights a candidate inherits from a trained supernet,
   BatchNorm re-estimated; one rung, no state.
+- `PredictedAccuracy` (the `predictor` section, off by default): either of the above with a free
+  rung 0 in front, a regressor fitted on the search's own results (`mnas.search.predictor`).
+- `mnas.search.nb201.TableAccuracy`: a lookup in the NAS-Bench-201 table (benchmarks and tests
+  hand it to the loop; it needs no data and trains nothing).
 
 A model never raises for a bad candidate: `RungResult.error` says what went wrong, so the search
 goes on. `parallel` says whether candidates may be scored in separate worker processes (training,
@@ -21,16 +25,16 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from mnas.architecture import Architecture
 from mnas.data import DatasetSplits, load_dataset
 from mnas.errors import UserError
-from mnas.search.config import DataConfig, SearchConfig
+from mnas.search.config import DataConfig, PredictorConfig, SearchConfig
+from mnas.search.predictor import Predictor
 from mnas.space import SearchSpace
 from mnas.train.engine import resolve_device
 from mnas.train.proxy import TrainResult, proxy_rungs, train_rung
@@ -57,12 +61,21 @@ class RungResult:
 
 
 class AccuracyModel(ABC):
-    """How accurate an architecture is, at what cost, at rung `rung` of the model's fidelities."""
+    """How accurate an architecture is, at what cost, at rung `rung` of the model's fidelities.
 
-    kind: ClassVar[str]
-    phase: ClassVar[str]  # what the progress display says while a candidate is scored
-    parallel: ClassVar[bool] = False  # may run in worker processes (one thread each)
-    scores_any_architecture: ClassVar[bool] = True  # False: only the space's own (a supernet)
+    An architecture is one of the search's space (`mnas.search.trial`): an `Architecture` in the
+    MnasNet spaces."""
+
+    kind: str
+    phase: str  # what the progress display says while a candidate is scored
+    parallel: bool = False  # may run in worker processes (one thread each)
+    scores_any_architecture: bool = True  # False: only the space's own (a supernet, a table)
+    needs_data: bool = True  # scores on the search's dataset (False: a table; the loop loads no data)
+    #: The lowest rungs that are predictions, not measurements (free: they cost nothing). Successive
+    #: halving decides them among the candidates that got a prediction; one the model cannot predict
+    #: yet starts above them (`first_rung`).
+    free_rungs: int = 0
+    learns: bool = False  # `observe` wants the search's results (a predictor)
 
     def __init__(self, config: SearchConfig) -> None:
         self.config = config
@@ -81,18 +94,34 @@ class AccuracyModel(ABC):
         """The index of the top rung."""
         return len(self.rungs) - 1
 
-    def trained_model(self, arch: Architecture, num_classes: int) -> Any:
+    def trained_model(self, arch: Any, num_classes: int) -> Any:
         """`arch` with the weights this model scored it with, where it keeps any (a supernet's);
         None: the architecture is exported untrained."""
         return None
 
-    def check(self, data: DatasetSplits, space: SearchSpace) -> None:  # noqa: B027 - optional
-        """Everything the model needs before the first trial (one `UserError` line otherwise)."""
+    def check(self, data: DatasetSplits | None, space: Any) -> None:  # noqa: B027 - optional
+        """Everything the model needs before the first trial (one `UserError` line otherwise).
+        `data`: the search's dataset (None where `needs_data` is False); `space`: the search's."""
 
     @abstractmethod
-    def evaluate(self, arch: Architecture, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
+    def evaluate(self, arch: Any, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
         """Score `arch` at `rung` (continuing from `state`, the previous rung's checkpoint, where the
         model keeps one)."""
+
+    def first_rung(self, arch: Any) -> int:
+        """The rung a new candidate starts at: 0, or above the free rungs for one the model cannot
+        predict yet."""
+        return 0
+
+    def observe(self, results: Sequence[tuple[Any, int, float]]) -> None:  # noqa: B027 - optional
+        """Finished rungs (architecture, rung, accuracy) of the search's candidates, as the search
+        tells them to its strategy (a batch at a time; all told ones again on a resume). Only
+        models that `learn` are handed them."""
+
+    def in_driver(self, rung: int) -> bool:
+        """True: `rung` runs in the search's own process, never in a worker (it uses what the model
+        learned there)."""
+        return False
 
     @abstractmethod
     def describe(self) -> str:
@@ -122,7 +151,8 @@ class TrainedAccuracy(AccuracyModel):
     def top(self) -> int:
         return len(self.proxy.steps) - 1 if self.proxy.steps is not None else 0  # without loading the data
 
-    def check(self, data: DatasetSplits, space: SearchSpace) -> None:
+    def check(self, data: DatasetSplits | None, space: Any) -> None:
+        assert data is not None
         p = self.proxy
         if self.config.executor.name == "local":
             resolve_device(p.device)
@@ -141,7 +171,7 @@ class TrainedAccuracy(AccuracyModel):
             result.status if not result.ok else f"error: came back as {result.val_acc}")[:ERROR_CHARS]
         return RungResult(accuracy, error, time.time() - start, self.rungs[rung], rung=rung)
 
-    def evaluate(self, arch: Architecture, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
+    def evaluate(self, arch: Any, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
         start = time.time()
         result = train_rung(arch, dataset(self.config.data), self.proxy, rung=rung, seed=seed, state=state)
         return self._result(result, start, rung)
@@ -171,9 +201,10 @@ class SupernetAccuracy(AccuracyModel):
     def unit(self) -> str:
         return "images"
 
-    def check(self, data: DatasetSplits, space: SearchSpace) -> None:
+    def check(self, data: DatasetSplits | None, space: Any) -> None:
         from mnas.supernet import load_supernet, supernet_path
 
+        assert data is not None
         p = self.config.proxy
         if self.config.executor.name == "local":
             resolve_device(p.device)
@@ -182,7 +213,7 @@ class SupernetAccuracy(AccuracyModel):
             train_supernet_for(self.config, data)
         load_supernet(p.path, space=space, resolution=data.resolution, num_classes=data.num_classes)
 
-    def evaluate(self, arch: Architecture, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
+    def evaluate(self, arch: Any, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
         from mnas.supernet import score_one
 
         start = time.time()
@@ -194,7 +225,7 @@ class SupernetAccuracy(AccuracyModel):
             accuracy, error = None, "accuracy: " + short_error(exc)
         return RungResult(accuracy if error is None else None, error, time.time() - start, self.rungs[rung], rung=rung)
 
-    def trained_model(self, arch: Architecture, num_classes: int) -> Any:
+    def trained_model(self, arch: Any, num_classes: int) -> Any:
         from mnas.supernet import extract, load_supernet
 
         assert self.config.proxy.path is not None
@@ -206,6 +237,79 @@ class SupernetAccuracy(AccuracyModel):
                 f"{p.score_images} held-out images)")
 
 
+class PredictedAccuracy(AccuracyModel):
+    """`inner` with a learned, free rung 0 in front (`mnas.search.predictor`): rung 0 predicts the
+    candidate's accuracy from what this search measured so far; rung k >= 1 is `inner`'s rung k - 1."""
+
+    kind = "predicted"
+    learns = True
+    free_rungs = 1
+
+    def __init__(self, inner: AccuracyModel, settings: PredictorConfig, space: Any = None) -> None:
+        super().__init__(inner.config)
+        self.inner, self.settings = inner, settings
+        self.phase = inner.phase
+        self.parallel = inner.parallel  # its rungs; rung 0 runs in the driver (`in_driver`)
+        self.needs_data = inner.needs_data
+        self.scores_any_architecture = inner.scores_any_architecture
+        self.predictor = Predictor(settings, inner.top + 1 if settings.fit_on == "top" else 1, space)
+
+    @property
+    def rungs(self) -> list[int]:
+        return [0, *self.inner.rungs]
+
+    @property
+    def unit(self) -> str:
+        return self.inner.unit
+
+    @property
+    def top(self) -> int:
+        return self.inner.top + 1
+
+    def can_continue(self) -> bool:
+        return self.inner.can_continue()
+
+    def in_driver(self, rung: int) -> bool:
+        return rung == 0 or self.inner.in_driver(rung - 1)
+
+    def check(self, data: DatasetSplits | None, space: Any) -> None:
+        self.predictor.space = space
+        self.inner.check(data, space)
+
+    def trained_model(self, arch: Any, num_classes: int) -> Any:
+        return self.inner.trained_model(arch, num_classes)
+
+    def first_rung(self, arch: Any) -> int:
+        return 0 if self.predictor.ready and self.predictor.tokens(arch) is not None else 1
+
+    def observe(self, results: Sequence[tuple[Any, int, float]]) -> None:
+        self.predictor.observe(results)
+
+    def evaluate(self, arch: Any, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
+        if rung > 0:
+            result = self.inner.evaluate(arch, rung - 1, seed=seed, state=state)
+            result.rung = rung
+            return result
+        start = time.time()
+        value = self.predictor.predict(arch)
+        if value is None:  # a worker's copy, or a candidate `first_rung` sends above rung 0
+            why = "it has not learned from enough results" if not self.predictor.ready else "not in its space"
+            return RungResult(None, f"accuracy: no prediction for {arch.id} ({why})", time.time() - start, 0)
+        return RungResult(value, None, time.time() - start, 0)
+
+    def describe(self) -> str:
+        s = self.settings
+        tau, n = self.predictor.quality()
+        rung = "top" if s.fit_on == "top" else "first trained"
+        quality = (f"prediction vs trained accuracy: Kendall tau {tau:.2f} over the {n} candidates trained after "
+                   "a prediction (promoted ones only)" if tau is not None else
+                   "its Kendall tau against the trained accuracy: the 'rung 0 vs rung 1' line of the report")
+        return (f"{self.inner.describe()}; before it a learned rung 0: ridge regression (alpha {s.alpha:g}) on the "
+                f"one-hot decisions, refitted before each batch on this search's accuracies at the {rung} rung once "
+                f"{s.min_results} candidates have one, predicts each new candidate for free, and successive halving "
+                f"trains only the best {_fraction(self.config.proxy.keep)} of the predicted; {quality}")
+
+
 MODELS: dict[str, Callable[[SearchConfig], AccuracyModel]] = {
     TrainedAccuracy.kind: TrainedAccuracy,
     SupernetAccuracy.kind: SupernetAccuracy,
@@ -213,11 +317,15 @@ MODELS: dict[str, Callable[[SearchConfig], AccuracyModel]] = {
 
 
 def make_accuracy_model(config: SearchConfig) -> AccuracyModel:
-    """The accuracy model the config's `proxy.kind` names: the one place that reads the kind."""
+    """The accuracy model the config's `proxy.kind` names: the one place that reads the kind;
+    behind the learned rung 0 of the `predictor` section where the config has one."""
     try:
-        return MODELS[config.proxy.kind](config)
+        model = MODELS[config.proxy.kind](config)
     except KeyError:
         raise UserError(f"proxy.kind {config.proxy.kind!r} is unknown; choose one of: {', '.join(MODELS)}") from None
+    if config.predictor is not None:
+        model = PredictedAccuracy(model, config.predictor)
+    return model
 
 
 def short_error(exc: BaseException) -> str:

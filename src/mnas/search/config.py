@@ -39,6 +39,7 @@ __all__ = [
     "DataConfig",
     "ExecutorConfig",
     "LatencyConfig",
+    "PredictorConfig",
     "ReferencesConfig",
     "RewardConfig",
     "SearchConfig",
@@ -261,6 +262,19 @@ class ExecutorConfig(StrictModel):
         return {"name": value} if isinstance(value, str) else value
 
 
+class PredictorConfig(StrictModel):
+    """A learned, free rung 0 in front of the proxy (`mnas.search.predictor`; off unless the YAML
+    has a `predictor` section, `{}` for these defaults): once `min_results` of the search's
+    candidates have a trained accuracy at the `fit_on` rung (the proxy's first, or its top), a
+    ridge regression (penalty `alpha`) on their one-hot decisions, refitted before every batch,
+    predicts each new candidate's accuracy, and successive halving trains only the best-predicted
+    (`proxy.keep` of them, by reward)."""
+
+    min_results: int = Field(default=16, ge=4, le=100_000)
+    fit_on: Literal["first", "top"] = "first"
+    alpha: float = Field(default=1.0, gt=0, le=1e6)
+
+
 class SearchConfig(StrictModel):
     """The whole search YAML."""
 
@@ -274,6 +288,7 @@ class SearchConfig(StrictModel):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     references: ReferencesConfig = Field(default_factory=ReferencesConfig)
+    predictor: PredictorConfig | None = None  # None: no learned rung 0
 
     @field_validator("latency", mode="before")
     @classmethod

@@ -177,7 +177,11 @@ def evaluate_batch(trials: Sequence[Trial], config: SearchConfig, hooks: Hooks, 
             finish(trial, stored)
         else:
             starts.append((trial, start))
-    climb(starts, submit=submit or in_process, decide=decide, finish=finish, workers=workers)
+
+    def run_rung(trial: Trial, rung: int) -> Future[RungResult]:  # a rung the model keeps here runs here
+        return submit(trial, rung) if submit is not None and not model.in_driver(rung) else in_process(trial, rung)
+
+    climb(starts, submit=run_rung, decide=decide, finish=finish, workers=workers)
     return list(trials)
 
 

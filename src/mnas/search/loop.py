@@ -13,6 +13,11 @@ proposal of the same batch will evaluate) is stored as a repeat of that trial, g
 without training or timing anything, and is told to the strategy like any other trial. The trial
 budget counts evaluations, not repeats; a strategy that proposes nothing new for REPEAT_PATIENCE
 asks in a row has exhausted what it can find, and the search stops ("repeats").
+
+The space is MnasNet's (`config.space`) unless `start_search` is handed another one: anything with
+the strategies' `decision_sizes` / `decode` / `encode` whose architectures have an `id` and
+`to_json()`, read back through the space's `arch_from_json` (`mnas.search.trial`), e.g. the
+NAS-Bench-201 table's cells (`mnas.search.nb201`) with its table accuracy and latency models.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from mnas.search.local import Executor, LocalExecutor
 from mnas.search.progress import SearchProgress
 from mnas.search.rungs import RungScheduler
 from mnas.search.store import DB_NAME, RungRecord, Store, dump_state, load_state
-from mnas.search.trial import Trial
+from mnas.search.trial import Trial, arch_reader
 from mnas.space import SearchSpace
 from mnas.strategies import make_strategy
 
@@ -83,13 +88,14 @@ def make_search_strategy(config: SearchConfig, space: Any) -> Any:
 @dataclass(frozen=True)
 class SearchParts:
     """What one search is made of, built once by `prepare` and handed to `SearchRun`: the config
-    with what it left implicit resolved, the space, the strategy (fresh: a resume loads its
-    state), the reward, one latency model per target (the first: the reward's) and the accuracy
-    model. `stand_ins`: `latency` / `accuracy` were given in place of the config's (a test's or a
-    benchmark's models); executors then run them in this process."""
+    with what it left implicit resolved, the space (a `SearchSpace`, or the one handed to
+    `prepare`), the strategy (fresh: a resume loads its state), the reward, one latency model per
+    target (the first: the reward's) and the accuracy model. `stand_ins`: `latency` / `accuracy`
+    were given in place of the config's (a test's or a benchmark's models); executors then run them
+    in this process."""
 
     config: SearchConfig
-    space: SearchSpace
+    space: Any
     strategy: Any
     reward: Reward
     latency: list[LatencyModel]
@@ -98,7 +104,7 @@ class SearchParts:
 
 
 def prepare(config: SearchConfig, *, latency: Sequence[LatencyModel] | None = None,
-            accuracy: AccuracyModel | None = None) -> SearchParts:
+            accuracy: AccuracyModel | None = None, space: Any = None) -> SearchParts:
     """Build every part a trial needs before the first one runs, and pin what was left implicit.
 
     Loads the space, the dataset, the lookup tables or the supernet, builds the strategy, the
@@ -107,11 +113,12 @@ def prepare(config: SearchConfig, *, latency: Sequence[LatencyModel] | None = No
     target's resolution and class count resolved (from the dataset, or from its table) and the
     reward's T in ms (resolved once from "F x reference"), which is what the store records and a
     resume reuses. `latency` and `accuracy` replace the models the config names (a test's or a
-    benchmark's stand-ins).
+    benchmark's stand-ins), `space` the config's space; no dataset is loaded for an accuracy model
+    that needs none (a table).
     """
-    space = SearchSpace.load(config.space)
+    space = space if space is not None else SearchSpace.load(config.space)
     strategy = make_search_strategy(config, space)
-    data = ev.dataset(config)
+    data = ev.dataset(config) if accuracy is None or accuracy.needs_data else None
     config = config.model_copy(update={"latency": [_resolve_target(t, data) for t in config.latency]})
     models = list(latency) if latency is not None else ev.latency_models(config)  # validates backends, tables
     check_tables(config, models, space)
@@ -127,7 +134,7 @@ def prepare(config: SearchConfig, *, latency: Sequence[LatencyModel] | None = No
                        stand_ins=latency is not None or accuracy is not None)
 
 
-def check_tables(config: SearchConfig, models: Sequence[LatencyModel], space: SearchSpace) -> None:
+def check_tables(config: SearchConfig, models: Sequence[LatencyModel], space: Any) -> None:
     """Every lookup table among the latency models covers every layer the space can produce."""
     for t, model in zip(config.latency, models, strict=True):
         table = getattr(model, "table", None)
@@ -149,9 +156,9 @@ def pin_scale(t: LatencyConfig, model: LatencyModel) -> LatencyConfig:
     return t.model_copy(update={"reference_ms": model.scale_ms()})
 
 
-def _resolve_target(t: LatencyConfig, data: DatasetSplits) -> LatencyConfig:
+def _resolve_target(t: LatencyConfig, data: DatasetSplits | None) -> LatencyConfig:
     """A target with resolution and classes filled in: a table's own target for what the config
-    leaves out (what it states must match the table), else the dataset's."""
+    leaves out (what it states must match the table), else the dataset's (left out without one)."""
     updates: dict[str, Any] = {}
     if t.lut:
         if not Path(t.lut).is_file():
@@ -160,14 +167,14 @@ def _resolve_target(t: LatencyConfig, data: DatasetSplits) -> LatencyConfig:
         for key in ("backend", "threads", "resolution", "batch", "num_classes", "precision", "device"):
             if key not in t.model_fields_set:
                 updates[key] = getattr(own, key)
-    if t.resolution is None and "resolution" not in updates:
+    if t.resolution is None and "resolution" not in updates and data is not None:
         updates["resolution"] = int(data.resolution)
-    if t.num_classes is None and "num_classes" not in updates:
+    if t.num_classes is None and "num_classes" not in updates and data is not None:
         updates["num_classes"] = int(data.num_classes)
     return t.model_copy(update=updates)
 
 
-def reference_trials(config: SearchConfig, space: SearchSpace, model: AccuracyModel) -> list[Trial]:
+def reference_trials(config: SearchConfig, space: Any, model: AccuracyModel) -> list[Trial]:
     """The run's reference networks (`references`), at the middle of the space's width range; the
     first once per seed (their spread is the noise floor). None where the accuracy model scores
     only the space's own architectures (a supernet)."""
@@ -194,13 +201,14 @@ def make_executor(config: SearchConfig) -> Executor:
 
 def start_search(config: SearchConfig, run_dir: str | Path, *, executor: Executor | None = None,
                  show_progress: bool = True, config_path: str | None = None,
-                 latency: Sequence[LatencyModel] | None = None, accuracy: AccuracyModel | None = None) -> SearchOutcome:
+                 latency: Sequence[LatencyModel] | None = None, accuracy: AccuracyModel | None = None,
+                 space: Any = None) -> SearchOutcome:
     """A new run in `run_dir` (which must not hold one). `latency` / `accuracy`: stand-in models
-    instead of the config's (they run in this process)."""
+    instead of the config's (they run in this process); `space`: another space than the config's."""
     if (Path(run_dir) / DB_NAME).exists():  # before any slow preparation
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")
-    parts = prepare(config, latency=latency, accuracy=accuracy)
+    parts = prepare(config, latency=latency, accuracy=accuracy, space=space)
     own_executor = executor is None
     executor = executor or make_executor(parts.config)  # before the store: a bad cluster leaves no run
     try:
@@ -218,14 +226,15 @@ def start_search(config: SearchConfig, run_dir: str | Path, *, executor: Executo
 def resume_search(run_dir: str | Path, *, executor: Executor | None = None,
                   executor_name: str | None = None, ray_address: str | None = None,
                   show_progress: bool = True, latency: Sequence[LatencyModel] | None = None,
-                  accuracy: AccuracyModel | None = None) -> SearchOutcome:
-    """Continue the run in `run_dir` from its store, with its stored config."""
+                  accuracy: AccuracyModel | None = None, space: Any = None) -> SearchOutcome:
+    """Continue the run in `run_dir` from its store, with its stored config (and the models and
+    space it was started with, where they were not the config's)."""
     store = Store.open(run_dir, writer=True)
     try:
         config = parse_config(store.config, source=f"{Path(run_dir) / DB_NAME} (stored config)")
         config = override_executor(config, executor_name, ray_address)
         # The stored config is the resolved one; `prepare` builds the parts (and would pin nothing new).
-        parts = prepare(config, latency=latency, accuracy=accuracy)
+        parts = prepare(config, latency=latency, accuracy=accuracy, space=space)
         parts = replace(parts, config=config)
         own_executor = executor is None
         executor = executor or make_executor(config)
@@ -258,6 +267,7 @@ class SearchRun:
         config = parts.config
         self.store, self.config, self.executor, self.parts = store, config, executor, parts
         self.space, self.strategy, self.reward, self.model = parts.space, parts.strategy, parts.reward, parts.accuracy
+        store.read_arch = arch_reader(self.space)
         checkpoint = store.checkpoint()
         if checkpoint is not None:
             self.strategy.load_state_dict(load_state(checkpoint.state))
@@ -266,9 +276,18 @@ class SearchRun:
                             "`mnas store recover`?); `mnas report` and `mnas best` read it, but it cannot be "
                             "resumed: start a new search")
         self.top = len(self.model.rungs) - 1
-        self.scheduler = RungScheduler(self.model.rungs, config.proxy.keep)
+        # Successive halving over the measured rungs; over the free (predicted) ones, a study of
+        # their own among the candidates that got a prediction (see `schedule`).
+        self.free = self.model.free_rungs
+        self.scheduler = RungScheduler(self.model.rungs[self.free:], config.proxy.keep)
+        self.screen = RungScheduler(self.model.rungs[:self.free + 1], config.proxy.keep) if self.free else None
         references = {t.trial_id for t in store.references()}
-        self.scheduler.replay([r for r in store.rungs() if r.trial_id not in references])
+        for r in store.rungs():  # a resumed search decides on as the first session did
+            if r.trial_id not in references:
+                self.schedule(r.trial_id, r.rung, r.reward)
+        if self.model.learns:  # what the search had told before this session (a predictor learns from it)
+            untold = {t.trial_id for t in store.untold()}
+            self.learn([t for t in store.trials() if t.trial_id not in untold])
         if not store.get_meta("references_added", False):
             store.add_references(reference_trials(config, self.space, self.model))
             store.set_meta("references_added", True)
@@ -376,6 +395,16 @@ class SearchRun:
             raise RuntimeError(f"executor returned without finishing trials {unfinished}")
         self.strategy.tell([self.ranked(t) for t in told])
         self.store.commit_tell([t.trial_id for t in told], dump_state(self.strategy.state_dict()), told[0].step)
+        self.learn(told)
+
+    def learn(self, told: Sequence[Trial]) -> None:
+        """Hand an accuracy model that learns (a predictor) the finished rungs of told candidates."""
+        if not self.model.learns:
+            return
+        archs = {t.trial_id: t.arch for t in told if not t.is_repeat and not t.is_reference}
+        if archs:
+            self.model.observe([(archs[r.trial_id], r.rung, r.accuracy) for r in self.store.rungs()
+                                if r.trial_id in archs])
 
     # -- fidelity ------------------------------------------------------------------------------
     def at_top(self, trial: Trial) -> bool:
@@ -412,7 +441,7 @@ class SearchRun:
         if trial.is_reference:
             promoted = rung < self.top
         else:
-            promoted = self.scheduler.decide(trial.trial_id, rung, value)
+            promoted = self.schedule(trial.trial_id, rung, value)
         self.store.add_rung(RungRecord(trial.trial_id, rung, result.budget, float(result.accuracy), value,
                                        result.seconds, promoted))
         if rung < self.top:
@@ -421,18 +450,29 @@ class SearchRun:
                                f"{result.accuracy:.3f}, {verdict}")
         return promoted
 
+    def schedule(self, trial_id: int, rung: int, reward: float) -> bool:
+        """Successive halving's verdict on a candidate's finished rung: Optuna's pruner, over the
+        measured rungs among every candidate, over the free rungs (a prediction) among those that
+        got one. Two studies, because a candidate the model could not predict yet starts at the
+        first measured rung, and one study cannot skip a rung (with no free rungs: one study)."""
+        if rung < self.free:
+            assert self.screen is not None
+            return self.screen.decide(trial_id, rung, reward)
+        return self.scheduler.decide(trial_id, rung - self.free, reward)
+
     def start_rung(self, trial: Trial) -> tuple[int, RungResult | None]:
-        """Where a (resumed) trial starts: after its last promoted rung, whose state must exist;
-        or, when its last stored rung was final, that rung's result."""
+        """Where a (resumed) trial starts: at the model's first rung for it (a reference: above the
+        free ones), or after its last promoted rung, whose state must exist; or, when its last
+        stored rung was final, that rung's result."""
         records = self.store.rungs(trial.trial_id)
         if not records:
-            return 0, None
+            return (self.free if trial.is_reference else self.model.first_rung(trial.arch)), None
         last = records[-1]
         if not last.promoted:
             return last.rung, RungResult(last.accuracy, None, 0.0, last.budget, rung=last.rung)
         state = self.state_path(trial)
-        if self.model.can_continue() and (state is None or not state.is_file()):
-            return 0, None  # its state is gone: train it again from scratch
+        if self.model.can_continue() and last.rung >= self.free and (state is None or not state.is_file()):
+            return self.free, None  # its state is gone: train it again from scratch
         return last.rung + 1, None
 
     def state_path(self, trial: Trial) -> Path | None:

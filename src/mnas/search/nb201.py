@@ -1,19 +1,26 @@
-"""NAS-Bench-201 as a search problem for the strategies: real accuracy and device latency of
-every cell, read from a table, so strategies can be compared over many seeds in minutes.
+"""NAS-Bench-201 as a search problem: real accuracy and device latency of every cell, read from a
+table, so the real search loop runs over it in seconds and strategies can be compared over many
+seeds.
 
 The table (`nb201_hw.csv.gz`: 15,625 cells, 6 edges x 5 ops) holds each cell's CIFAR-10 test
-accuracy after 200 epochs (NATS-Bench) and its latency on four devices (HW-NAS-Bench). A setting
-is a device, the paper's soft or hard reward and a latency target T. `run_search` runs one
-strategy on one setting with the loop's rules for repeats (`mnas.search.loop`), in batches of
-`BATCH` asked at once and told back shuffled. benchmarks/search_strategies.py and
-benchmarks/ppo_tuning.py use this module (docs/benchmarks/search.md, search_ppo_tuning.md).
+accuracy after 200 epochs (NATS-Bench) and its latency on four devices (HW-NAS-Bench). The space
+is `NB201Space` (6 decisions of 5 ops; its architectures are `Cell`s), accuracy comes through the
+accuracy seam (`TableAccuracy`: one rung, 200 epochs, nothing trained) and latency through the
+latency seam (`DeviceLatency`: one device column, nothing measured). A setting is a device, the
+paper's soft or hard reward and a latency target T; `search` runs one strategy on one setting
+through `mnas.search.loop.start_search` (its budget, batches, repeats and patience, its store, in
+a temporary folder), optionally with the learned rung 0 in front (`predictor`).
+benchmarks/search_strategies.py and benchmarks/ppo_tuning.py use this module
+(docs/benchmarks/search.md, search_ppo_tuning.md).
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
-import random
+import json
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,9 +32,14 @@ import torch
 from scipy.stats import mannwhitneyu
 
 from mnas.errors import UserError
+from mnas.latency.measure.result import ReferenceLatency
+from mnas.latency.model import Estimate
+from mnas.latency.target import Target
 from mnas.reward import Reward
-from mnas.search.loop import REPEAT_PATIENCE
-from mnas.strategies import make_strategy
+from mnas.search.accuracy import AccuracyModel, PredictedAccuracy, RungResult
+from mnas.search.config import PredictorConfig, SearchConfig, parse_config
+from mnas.search.loop import start_search
+from mnas.search.store import Store
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 DEVICES = ("pixel3", "raspi4", "eyeriss", "fpga")
@@ -37,44 +49,52 @@ BATCH = 16
 ALPHA = 0.05  # the significance level of `p_greater` comparisons
 
 
+EDGES = 6
+EPOCHS = 200  # the training the table's accuracies come from: its one rung
+
+
 @dataclass(frozen=True)
 class Cell:
     """One NB201 cell: its op on each of the 6 edges; `id` is its NB201 string."""
 
     ops: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        if len(self.ops) != EDGES or not all(isinstance(o, int) and 0 <= o < len(OPS) for o in self.ops):
+            raise ValueError(f"an NB201 cell has {EDGES} ops among 0..{len(OPS) - 1}, not {list(self.ops)}")
+
     @property
     def id(self) -> str:
         e = [OPS[o] for o in self.ops]
         return f"|{e[0]}~0|+|{e[1]}~0|{e[2]}~1|+|{e[3]}~0|{e[4]}~1|{e[5]}~2|"
 
+    def to_json(self) -> str:
+        return json.dumps({"nb201": list(self.ops)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Cell:
+        return cls(tuple(int(o) for o in json.loads(text)["nb201"]))
+
 
 class NB201Space:
-    """The categorical-space adapter a strategy needs: 6 decisions of 5 ops each."""
+    """The space adapter the strategies and the loop need: 6 decisions of 5 ops each; a stored
+    cell is read back with `arch_from_json`."""
+
+    name = "nb201"
 
     def decision_sizes(self) -> list[int]:
-        return [len(OPS)] * 6
+        return [len(OPS)] * EDGES
 
     def decode(self, tokens: Sequence[int]) -> Cell:
         return Cell(tuple(int(t) for t in tokens))
 
     def encode(self, arch: Cell) -> list[int]:
+        if not isinstance(arch, Cell):
+            raise ValueError(f"not an NB201 cell: {type(arch).__name__}")
         return list(arch.ops)
 
-
-@dataclass
-class Result:
-    """The trial record a strategy is told (the fields `tell` reads), as `mnas search` stores it."""
-
-    trial_id: int
-    arch: Cell
-    tokens: list[int]
-    logp: float | None
-    status: str
-    accuracy: float
-    latency_ms: float
-    reward: float
-    repeat_of: int | None = None
+    def arch_from_json(self, text: str) -> Cell:
+        return Cell.from_json(text)
 
 
 @dataclass(frozen=True)
@@ -111,6 +131,11 @@ def load_table(path: Path) -> Table:
     return table
 
 
+def default_table_path() -> Path:
+    """$MNAS_DATA/nb201_hw.csv.gz (else under ~/.cache/mnas/data)."""
+    return Path(os.environ.get("MNAS_DATA", str(Path.home() / ".cache" / "mnas" / "data"))) / "nb201_hw.csv.gz"
+
+
 def make_settings(table: Table) -> list[Setting]:
     out = []
     for device in DEVICES:
@@ -121,52 +146,140 @@ def make_settings(table: Table) -> list[Setting]:
     return out
 
 
+# -- the two seams over the table -----------------------------------------------------------------
+def _entry(table: Table, arch: Any) -> tuple[float, dict[str, float]] | None:
+    ops = getattr(arch, "ops", None)
+    return table.get(ops) if isinstance(ops, tuple) else None
+
+
+class TableAccuracy(AccuracyModel):
+    """Accuracy by lookup: a cell's CIFAR-10 test accuracy after 200 epochs (a fraction, like the
+    proxy's). One rung, no data, nothing trained, never fails for a cell of the table."""
+
+    kind = "table"
+    phase = "lookup"
+    needs_data = False
+    scores_any_architecture = False  # the table's cells only: no reference networks
+
+    def __init__(self, config: SearchConfig, table: Table) -> None:
+        super().__init__(config)
+        self.table = table
+
+    @property
+    def rungs(self) -> list[int]:
+        return [EPOCHS]
+
+    @property
+    def unit(self) -> str:
+        return "epochs"
+
+    def check(self, data: Any, space: Any) -> None:
+        if not isinstance(space, NB201Space):
+            raise UserError(f"the NB201 table scores NB201 cells only, not the architectures of space "
+                            f"{getattr(space, 'name', type(space).__name__)!r}")
+
+    def evaluate(self, arch: Any, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
+        start = time.perf_counter()
+        entry = _entry(self.table, arch)
+        if entry is None:
+            return RungResult(None, f"accuracy: {getattr(arch, 'id', arch)} is not in the NB201 table", 0.0,
+                              EPOCHS, rung=rung)
+        return RungResult(entry[0], None, time.perf_counter() - start, EPOCHS, rung=rung)
+
+    def describe(self) -> str:
+        return "NAS-Bench-201 table: CIFAR-10 test accuracy after 200 epochs (NATS-Bench), looked up"
+
+
+class DeviceLatency:
+    """Latency by lookup: one device column of the table (HW-NAS-Bench), in ms; no reference
+    network (a search gives `reward.target_ms`)."""
+
+    def __init__(self, table: Table, device: str) -> None:
+        if device not in DEVICES:
+            raise UserError(f"unknown NB201 device {device!r}; choose one of {', '.join(DEVICES)}")
+        self.cells, self.device = table, device  # not `table`: the loop checks a LatencyTable's coverage
+        self.target = Target(backend="litert", resolution=32, num_classes=10)  # the CIFAR-10 network, TFLite
+
+    def estimate(self, arch: Any) -> Estimate:
+        entry = _entry(self.cells, arch)
+        if entry is None:
+            raise UserError(f"{getattr(arch, 'id', arch)} is not in the NB201 table")
+        return Estimate(entry[1][self.device], None, "lut")
+
+    def estimate_many(self, archs: Sequence[Any]) -> list[Estimate]:
+        return [self.estimate(a) for a in archs]
+
+    def latency_ms(self, arch: Any) -> float:
+        return self.estimate(arch).ms
+
+    def reference_latency(self, name: str | None = None) -> ReferenceLatency:
+        raise UserError("the NB201 table has no reference network; give reward.target_ms")
+
+
 # -- one search ----------------------------------------------------------------------------------
 _TABLE: Table = {}
 
 
 def use_table(table: Table) -> None:
-    """A worker process's table (a pool's initializer): `run_search` reads it when given none."""
+    """A worker process's table (a pool's initializer): `search` reads it when given none."""
     global _TABLE
     _TABLE = table
     torch.set_num_threads(1)
 
 
-def run_search(label: str, name: str, knobs: dict[str, Any], seed: int, setting: Setting,
-               budget: int, table: Table | None = None) -> dict[str, Any]:
-    """One search of `budget` evaluations under `setting`'s reward; the cells evaluated, in order."""
+def search_config(name: str, knobs: dict[str, Any], seed: int, setting: Setting, budget: int,
+                  batch: int = BATCH, predictor: PredictorConfig | None = None) -> SearchConfig:
+    """The search config of one search over the table: the setting's reward and device, the
+    strategy, `budget` evaluations in batches of `batch`, no reference networks."""
+    data: dict[str, Any] = {
+        "space": NB201Space.name,
+        "seed": seed,
+        "latency": {"name": setting.device},
+        "reward": {"target_ms": setting.target_ms, "preset": setting.preset},
+        "strategy": {"name": name, "knobs": knobs},
+        "budget": {"trials": budget, "batch_size": batch},
+        "references": {"models": []},
+    }
+    if predictor is not None:
+        data["predictor"] = predictor.model_dump()
+    return parse_config(data, source=f"nb201 search ({name})")
+
+
+def search(label: str, name: str, knobs: dict[str, Any], seed: int, setting: Setting, budget: int,
+           table: Table | None = None, *, batch: int = BATCH, predictor: PredictorConfig | None = None,
+           run_dir: str | Path | None = None) -> dict[str, Any]:
+    """One search of `budget` evaluations under `setting`'s reward through the real loop
+    (`start_search` with the table's accuracy and latency models), its store in `run_dir` (default:
+    a temporary folder, in memory where /dev/shm exists, removed after). Returns the cells whose
+    accuracy was looked up, in trial order (with a predictor: those it promoted), the asks, the
+    repeated proposals, the predicted-only cells and the seconds the search took."""
     table = table if table is not None else _TABLE
-    reward = setting.reward()
-    strategy = make_strategy(name, NB201Space(), seed, knobs)
-    shuffle = random.Random(f"{label}|{seed}")
-    evaluated: list[tuple[int, ...]] = []
-    first_of: dict[tuple[int, ...], Result] = {}  # cell -> the result of its first evaluation
-    asks = repeats = idle = 0
-    t0 = time.perf_counter()
-    while len(evaluated) < budget and idle < REPEAT_PATIENCE:
-        proposals = strategy.ask(min(BATCH, budget - len(evaluated)))
-        asks += 1
-        batch, new = [], 0
-        for p in proposals:
-            ops = p.arch.ops
-            acc, lats = table[ops]
-            lat = lats[setting.device]
-            known = first_of.get(ops)
-            if known is not None:  # a repeat: the known result, for free
-                repeats += 1
-                batch.append(Result(p.trial_id, p.arch, list(p.tokens), p.logp, "done", acc, lat, known.reward,
-                                    repeat_of=known.trial_id))
-            else:
-                new += 1
-                result = Result(p.trial_id, p.arch, list(p.tokens), p.logp, "done", acc, lat, reward(acc, lat))
-                first_of[ops] = result
-                batch.append(result)
-                evaluated.append(ops)
-        idle = 0 if new else idle + 1
-        shuffle.shuffle(batch)  # results come back in any order
-        strategy.tell(batch)
-    return {"label": label, "seed": seed, "cells": evaluated, "asks": asks, "repeats": repeats,
-            "seconds": time.perf_counter() - t0}
+    config = search_config(name, knobs, seed, setting, budget, batch, predictor)
+    model: AccuracyModel = TableAccuracy(config, table)
+    if config.predictor is not None:
+        model = PredictedAccuracy(model, config.predictor)
+    with tempfile.TemporaryDirectory(prefix="nb201-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
+        out = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
+        t0 = time.perf_counter()
+        outcome = start_search(config, out, show_progress=False, latency=[DeviceLatency(table, setting.device)],
+                               accuracy=model, space=NB201Space())
+        seconds = time.perf_counter() - t0
+        with Store.open(out) as store:
+            store.read_arch = NB201Space().arch_from_json
+            trials = store.trials()
+    evaluated = [t for t in trials if not t.is_repeat and t.ok]
+    top = model.top
+    result: dict[str, Any] = {
+        "label": label, "seed": seed,
+        "cells": [list(t.arch.ops) for t in evaluated if t.rung == top],
+        "predicted_only": sum(t.rung is not None and t.rung < top for t in evaluated),
+        "asks": len({t.step for t in trials}), "repeats": outcome.repeats, "stopped": outcome.stopped,
+        "seconds": seconds,
+    }
+    if isinstance(model, PredictedAccuracy):
+        tau, n = model.predictor.quality()
+        result["predictor"] = {"tau": tau, "pairs": n, "fits": model.predictor.fits}
+    return result
 
 
 #: What a strategy's proposals depend on besides its seed: random search ignores every result;

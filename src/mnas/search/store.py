@@ -29,7 +29,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +204,9 @@ class Store:
         self._conn = conn
         self._lock_fd = lock_fd
         self.schema_version = SCHEMA_VERSION
+        #: Reads a stored architecture back (`mnas.search.trial.arch_reader`): MnasNet's unless a
+        #: search over another space sets its space's.
+        self.read_arch: Callable[[str], Any] = Architecture.from_json
 
     # -- opening and closing -------------------------------------------------------------------
     @classmethod
@@ -512,7 +515,7 @@ class Store:
 
     def _row_to_trial(self, row: sqlite3.Row) -> Trial:
         try:
-            return row_to_trial(row)
+            return row_to_trial(row, self.read_arch)
         except UserError as exc:
             raise DamagedStoreError(damage_message(self.path, f"trial {row['trial_id']!r}: {exc}")) from None
 
@@ -526,13 +529,15 @@ class Store:
                                    [row[c] for c in names])
 
 
-def row_to_trial(row: sqlite3.Row | dict[str, Any]) -> Trial:
-    """A trial from a row of the trials table (schema 1 rows have no logp / repeat_of)."""
+def row_to_trial(row: sqlite3.Row | dict[str, Any],
+                 read_arch: Callable[[str], Any] = Architecture.from_json) -> Trial:
+    """A trial from a row of the trials table (schema 1 rows have no logp / repeat_of); its
+    architecture read with `read_arch` (the search's space's reader)."""
     check_row(row)
     keys = row.keys()
     return Trial(
         trial_id=row["trial_id"],
-        arch=Architecture.from_json(row["arch"]),
+        arch=read_arch(row["arch"]),
         step=row["step"],
         strategy=row["strategy"],
         tokens=json.loads(row["tokens"]),

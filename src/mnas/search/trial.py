@@ -5,21 +5,36 @@ It also keeps what its strategy needs back on `tell`: the id the strategy gave t
 (`trial_id`), the proposal's `tokens` and, for PPO, their log-probability (`logp`). A trial whose
 architecture the run had already evaluated is a repeat (`repeat_of` = that trial's id): it carries
 the same result and cost nothing.
+
+The loop, the store and the strategies ask two things of an architecture, whatever the space: `id`
+(its identity: repeats are found by it) and `to_json()` (its stored form). A search over a space
+other than MnasNet's (`mnas.search.nb201`'s table of cells) reads its stored architectures back
+with the space's own `arch_from_json` (`arch_reader`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mnas.architecture import Architecture
 
 STATUSES = ("pending", "running", "done", "failed")
 
 
+def arch_reader(space: object) -> Callable[[str], Any]:
+    """How the architectures of a search over `space` are read back from their JSON: the space's
+    `arch_from_json` where it has one (NB201's cells), else `Architecture.from_json` (the MnasNet
+    spaces, and every reader that knows no space: reports, salvage)."""
+    reader = getattr(space, "arch_from_json", None)
+    return reader if callable(reader) else Architecture.from_json
+
+
 @dataclass
 class Trial:
     trial_id: int
-    arch: Architecture
+    arch: Any  # an `Architecture` in the MnasNet spaces; another space's (see the module doc) elsewhere
     step: int = 0
     strategy: str = ""
     tokens: list[int] = field(default_factory=list)
