@@ -90,7 +90,7 @@ def test_export_replaces_an_existing_file_only_with_force(trained_run: Path, tmp
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--out", ""], "--out is empty"),
+    (["--out", ""], "--out was given an empty value"),
     (["--out", "{tmp}"], "is a folder"),
 ])
 def test_export_refuses_an_empty_or_folder_path(trained_run: Path, tmp_path: Path, argv: list[str], needle: str) -> None:
@@ -150,7 +150,7 @@ def test_best_export_refuses_existing_files_and_links_then_force_replaces(tmp_pa
     line = one_line(mnas("best", str(run), "--export", str(out)))
     assert "arch.json already exists" in line and "--force" in line
     assert sorted(p.name for p in out.iterdir()) == ["arch.json"]
-    assert "--export is empty" in one_line(mnas("best", str(run), "--export", ""))
+    assert "--export was given an empty value" in one_line(mnas("best", str(run), "--export", ""))
     assert "--force" in one_line(mnas("best", str(run), "--force"))
 
     precious = tmp_path / "precious.onnx"

@@ -30,7 +30,7 @@ from mnas.cli import app as cli
 from mnas.cli import store as cli_store
 from mnas.errors import UserError
 from mnas.search.config import parse_config
-from mnas.search.loop import make_reward
+from mnas.search.loop import make_reward, make_search_strategy
 from mnas.search.salvage import recover_store, salvage
 from mnas.search.store import DB_NAME, DamagedStoreError, Store, dump_state
 from mnas.search.trial import Trial
@@ -49,13 +49,13 @@ def _make_run(run_dir: Path) -> list[Trial]:
     reward = make_reward(config)
     space = SearchSpace.cifar()
     rng = random.Random(0)
+    # the config's strategy asks and is told, as in a search: its state matches the trials
+    strategy = make_search_strategy(config, space)
     with Store.create(run_dir, config.model_dump(mode="json"), mnas_version="test") as store:
         for step in range(10):
-            batch = []
-            for _ in range(TRIALS // 10):
-                arch = space.sample(rng)
-                batch.append(Trial(-1, arch, strategy="random", tokens=space.encode(arch)))
-            store.add_trials(batch, dump_state({"asked": 6 * (step + 1), "told": 6 * step}), step)
+            batch = [Trial(p.trial_id, p.arch, strategy=strategy.name, tokens=list(p.tokens), logp=p.logp)
+                     for p in strategy.ask(TRIALS // 10)]
+            store.add_trials(batch, dump_state(strategy.state_dict()), step)
             for t in batch:
                 if t.trial_id % 7 == 3:
                     t.status, t.error = "failed", "training: diverged"
@@ -64,7 +64,8 @@ def _make_run(run_dir: Path) -> list[Trial]:
                     t.reward = reward(t.accuracy, t.latency_ms)
                 t.seconds, t.finished_at = 1.0, 1000.0 + t.trial_id
                 store.save_result(t)
-            store.commit_tell([t.trial_id for t in batch], dump_state({"asked": 6 * (step + 1), "told": 6 * (step + 1)}), step)
+            strategy.tell(batch)
+            store.commit_tell([t.trial_id for t in batch], dump_state(strategy.state_dict()), step)
         return store.trials()
 
 
@@ -78,7 +79,8 @@ def _leaf_page(db: Path, table: str, index: int) -> int:
 def _rows_on_leaves(db: Path, table: str, keep: Callable[[int], bool]) -> int:
     """How many rows of `table` sit on leaf pages whose number passes `keep` (SQLite's dbstat)."""
     with sqlite3.connect(db) as conn:
-        assert not conn.execute("SELECT COUNT(*) FROM dbstat WHERE pagetype = 'overflow'").fetchone()[0]
+        assert not conn.execute("SELECT COUNT(*) FROM dbstat WHERE name = ? AND pagetype = 'overflow'",
+                                (table,)).fetchone()[0]
         leaves = conn.execute("SELECT pageno, ncell FROM dbstat WHERE name = ? AND pagetype = 'leaf'", (table,)).fetchall()
     return sum(ncell for page, ncell in leaves if keep(page))
 
@@ -325,7 +327,7 @@ def test_recover_checks_its_output_folder_first(intact, tmp_path, capsys) -> Non
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     (tmp_path / "a-file").write_text("mine")
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    for out, needle in (("", "--out is empty"), (str(tmp_path / "busy"), "is not empty"),
+    for out, needle in (("", "--out was given an empty value"), (str(tmp_path / "busy"), "is not empty"),
                         (str(tmp_path / "a-file"), "is a file"), (str(tmp_path / "link"), "symbolic link"),
                         (str(run_dir), "not the damaged run itself")):
         line = _one_line(*_mnas(["store", "recover", str(run_dir), "--out", out], capsys), expect_code=2)
@@ -429,3 +431,12 @@ def test_recover_killed_part_way_leaves_no_run(intact, tmp_path, capsys) -> None
     assert not partial.exists() and sorted(p.name for p in tmp_path.iterdir() if "stalled" not in p.name) == ["run", "saved"]
     code, out, err = _mnas(["store", "check", str(new_run)], capsys)
     assert code == 0 and "intact" in out and f"{TRIALS} trial(s) readable" in out
+
+
+def test_check_calls_a_state_of_another_strategy_damaged(intact, tmp_path) -> None:
+    """What a resume refuses: a strategy state that loads but is not the config's strategy's."""
+    run_dir = _copy(intact, tmp_path, "other_state")
+    with Store.open(run_dir, writer=True) as store:
+        store.commit_tell([], dump_state({"asked": 6, "told": 6}), 10)
+    code, out = _store_cli(["store", "check", str(run_dir)])
+    assert code == 1 and "DAMAGED" in out and "does not fit the" in out, out

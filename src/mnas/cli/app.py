@@ -72,6 +72,19 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _empty_value(args: list[str]) -> str | None:
+    """One rule for every command: no value is empty (`--out ""` or `--out=`). A path option would
+    read "" as the current folder (typer makes it `Path(".")`) and write there; no name, string or
+    number of mnas is empty either."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and arg.endswith("="):
+            return f"{arg[:-1]} was given an empty value; give a value (an empty path would mean the current folder)"
+        if arg == "":
+            where = f"{args[i - 1]} was given" if i and args[i - 1].startswith("-") else f"argument {i + 1} is"
+            return f"{where} an empty value; give a value (an empty path would mean the current folder)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every mistake is one line on stderr and exit code 2, never a traceback.
 
@@ -82,6 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     # SIGTERM unwinds like Ctrl-C (stores close, children are stopped, the resume hint is printed);
     # long-running loops that checkpoint between steps install their own handlers on top.
     signal.signal(signal.SIGTERM, _terminate)
+    empty = _empty_value(sys.argv[1:] if argv is None else argv)
+    if empty:
+        print(f"error: {empty}", file=sys.stderr)
+        sys.exit(2)
     try:
         result = app(args=argv, prog_name="mnas", standalone_mode=False)
     except UserError as exc:

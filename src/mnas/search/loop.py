@@ -288,9 +288,6 @@ class SearchRun:
         if self.model.learns:  # what the search had told before this session (a predictor learns from it)
             untold = {t.trial_id for t in store.untold()}
             self.learn([t for t in store.trials() if t.trial_id not in untold])
-        if not store.get_meta("references_added", False):
-            store.add_references(reference_trials(config, self.space, self.model))
-            store.set_meta("references_added", True)
 
         self.session_start = time.time()
         self.elapsed_before = float(store.get_meta("elapsed_s", 0.0))
@@ -302,6 +299,9 @@ class SearchRun:
         self.last_step = max((t.step for t in everything), default=-1)
         self.first_of = store.first_of()  # arch id -> the trial that evaluated it
         self.idle = _idle_steps(everything)
+        if not store.get_meta("references_added", False):  # after every row was read: a store a reader
+            store.add_references(reference_trials(config, self.space, self.model))  # refuses stays as it was
+            store.set_meta("references_added", True)
         self.first_checked = False  # check_first_failures has seen its FAIL_FAST trials
         self.progress = SearchProgress(config.budget.trials, len(finished), enabled=show_progress)
         self.hooks = Hooks(self.on_start, self.on_phase, self.on_result, decide=self.decide,

@@ -6,8 +6,8 @@ is `mnas.search.store`.
 `mnas store check` calls a store damaged whenever a reader (`mnas report`, `mnas best`,
 `mnas search --resume`) would refuse it, because it runs the readers' own validation on every row
 it reads: `row_to_trial` on each trial, `row_to_rung` on each rung, `parse_config` on the stored
-config, `load_state` on the strategy state (that it loads; whether it fits the strategy needs the
-strategy built, which the resume does), and the readers' schema versions. What it finds is kept
+config, `load_state` on the strategy state and the stored config's strategy loading it, as a resume
+does, and the readers' schema versions. What it finds is kept
 per kind (`Salvage.refused`: the first problem of each kind, naming the trial or rung row).
 """
 
@@ -36,6 +36,7 @@ from mnas.search.store import (
     row_to_trial,
 )
 from mnas.space import SearchSpace
+from mnas.strategies import make_strategy
 from mnas.tempdirs import building_dir, private_tempdir
 
 #: How far past the last id a salvage looks for trials when a scan of the table breaks off.
@@ -168,10 +169,28 @@ def _load_state(out: Salvage) -> dict[str, Any] | None:
     if out.checkpoint is None:
         return None
     try:
-        return load_state(bytes(out.checkpoint["state"]))
+        state = load_state(bytes(out.checkpoint["state"]))
     except (UserError, TypeError, ValueError) as exc:
         out.refuse("state", f"the strategy state does not load: {exc}")
         return None
+    _check_state_fits(out, state)
+    return state
+
+
+def _check_state_fits(out: Salvage, state: dict[str, Any]) -> None:
+    """The state loads into the strategy the stored config names, as a resume does. Where the
+    config or its space cannot be loaded here (said elsewhere, or a space file moved), nothing is
+    judged: that is not damage of the store."""
+    try:
+        config = parse_config(out.meta.get("config"), source=f"{out.path} (stored config)")
+        strategy = make_strategy(config.strategy.name, SearchSpace.load(config.space), config.seed,
+                                 config.strategy.knobs)
+    except (UserError, OSError, TypeError, ValueError):
+        return
+    try:
+        strategy.load_state_dict(state)
+    except (UserError, TypeError, ValueError, KeyError) as exc:
+        out.refuse("state", f"the strategy state does not fit the {config.strategy.name} strategy: {exc}")
 
 
 def _try_row(conn: sqlite3.Connection, query: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
