@@ -380,3 +380,17 @@ def test_architecture_file_that_is_not_utf8(tmp_path, capsys):
     f = tmp_path / "arch.yaml"
     f.write_bytes(("# caf\u00e9\n" + ",".join(A1)).encode("latin-1"))
     assert "is not UTF-8 text" in one_line_error(["arch", "show", str(f)], capsys)
+
+
+@pytest.mark.parametrize("suffix", ["yaml", "json"])
+def test_deeply_nested_config_and_space_files_are_one_line(suffix, tmp_path, capsys):
+    deep = "[" * 100_000 + "]" * 100_000
+    config = tmp_path / f"search.{suffix}"
+    config.write_text(f'{{"space": "mnasnet_cifar", "reward": {{"target_ms": 2}}, "proxy": {deep}}}')
+    line = one_line_error(["search", "-c", str(config), "--out", str(tmp_path / "run")], capsys)
+    assert "more than 32 levels deep" in line and str(config) in line
+    space = tmp_path / f"space.{suffix}"
+    space.write_text(f'{{"name": "deep", "ops": {deep}}}')
+    line = one_line_error(["space", "info", "--space", str(space)], capsys)
+    assert "more than 32 levels deep" in line
+    assert not (tmp_path / "run").exists()

@@ -148,7 +148,7 @@ def test_architecture_json_nested_without_bound(where, tmp_path):
     arch = tmp_path / "deep.json"
     arch.write_text(text)
     line = one_line(mnas("train", arch if where == "file" else text, "--out", tmp_path / "run"))
-    assert "architecture JSON nests arrays and objects more than 32 levels deep" in line
+    assert "architecture JSON nests lists and mappings more than 32 levels deep" in line
     assert not (tmp_path / "run").exists()
 
 

@@ -26,13 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from mnas.errors import UserError
-from mnas.textfiles import load_json
+from mnas.textfiles import check_json_depth, load_json
 
 OPS = ("conv", "ds", "mbconv")
 SKIPS = ("identity", "pool", "none")
@@ -49,11 +48,6 @@ MAX_EXPAND = 16
 MAX_PARAMS = 500_000_000  # 2 GB of fp32 weights (x4 with gradients and optimiser state)
 MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
 LOW_RESOLUTION_MAX = 64  # inputs up to this size get the CIFAR skeleton under "auto"
-#: Nesting an architecture's JSON may have ({"blocks": [{...}]} needs 3): Python's json parser
-#: recurses once per level, so 100,000 levels would end in a RecursionError, not a line.
-MAX_JSON_DEPTH = 32
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 def round_filters(filters: float, multiplier: float | None = 1.0, divisor: int = 8,
@@ -231,7 +225,7 @@ class Architecture:
 
     @classmethod
     def from_json(cls, text: str) -> Architecture:
-        check_json_depth(text, "architecture JSON")
+        check_json_depth(text, "architecture JSON", hint='an architecture needs 3: {"blocks": [{...}]}')
         return cls.from_dict(load_json(text, "architecture JSON"))
 
     @property
@@ -379,17 +373,6 @@ def real_number(value: Any, what: str, low: float, high: float) -> float:
     if not low <= value <= high:
         raise UserError(f"{what} must lie in [{low:g}, {high:g}] (got {value:g})")
     return float(value)
-
-
-def check_json_depth(text: str, what: str, limit: int = MAX_JSON_DEPTH) -> None:
-    """Refuse JSON nested deeper than `limit` arrays/objects before it is parsed (brackets inside
-    strings do not count); what is not JSON is left to the parser to report."""
-    depth = 0
-    for ch in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
-        depth += 1 if ch in "[{" else -1
-        if depth > limit:
-            raise UserError(f"{what} nests arrays and objects more than {limit} levels deep (an architecture "
-                            "needs 3: {\"blocks\": [{...}]}); check the file or the text")
 
 
 def check_resolution(resolution: Any) -> int:

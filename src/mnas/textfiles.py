@@ -56,8 +56,47 @@ _UniqueKeyLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
+#: How deep mnas's text files may nest lists and mappings (a config needs 4, an architecture 3): the
+#: parsers recurse once per level, so a file nested 100,000 deep would end in a RecursionError.
+MAX_DEPTH = 32
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _too_deep(what: str, limit: int, hint: str) -> UserError:
+    return UserError(f"{what} nests lists and mappings more than {limit} levels deep ({hint}); check the file or the text")
+
+
+def check_json_depth(text: str, what: str, limit: int = MAX_DEPTH, hint: str = "mnas's files need a few") -> None:
+    """Refuse JSON nested deeper than `limit` arrays/objects before it is parsed (brackets inside
+    strings do not count); what is not JSON is left to the parser to report."""
+    depth = 0
+    for ch in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if ch in "[{" else -1
+        if depth > limit:
+            raise _too_deep(what, limit, hint)
+
+
+def _check_yaml_depth(text: str, source: str) -> None:
+    """The same bound for YAML, from the parser's events (a loop, not a recursion); a syntax error
+    is left to the loader, which says where it is."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_UniqueKeyLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _too_deep(source, MAX_DEPTH, "mnas's files need a few")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.YAMLError:
+        return
+
+
 def load_yaml(text: str, source: str) -> Any:
-    """YAML (JSON included) as plain data, duplicate keys refused; problems name `source`."""
+    """YAML (JSON included) as plain data, duplicate keys refused, nesting bounded; problems name
+    `source`."""
+    _check_yaml_depth(text, source)
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: data only
     except yaml.YAMLError as exc:
@@ -81,7 +120,8 @@ def _no_constant(name: str) -> Any:
 
 
 def load_json(text: str, source: str) -> Any:
-    """JSON as plain data, duplicate keys refused; problems name `source`."""
+    """JSON as plain data, duplicate keys refused, nesting bounded; problems name `source`."""
+    check_json_depth(text, source)
     try:
         return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
