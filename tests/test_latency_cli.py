@@ -72,7 +72,7 @@ def table_file(tmp_path_factory) -> Path:
     (("build-lut", "-b", "onnxruntime", "--threads", str(CORES + 1), "--out", "{tmp}/t.json"),
      f"--threads {CORES + 1} is more than"),
     (("build-lut", "-b", "android", "--out", "{tmp}/t.json"), "latency tables cannot be built for the android backend"),
-    (("build-lut", "--out", "{tmp}"), "is a directory; name the table's file"),
+    (("build-lut", "--out", "{tmp}"), "is a folder; give a file name inside it"),
     (("build-lut", "--out", "{tmp}/file/t.json"), "is a file, not a folder"),
     (("build-lut", "--processes", "0", "--out", "{tmp}/t.json"), "--processes must lie in 1..64"),
     (("validate-lut", "{tmp}"), "is a directory, not a latency table"),

@@ -251,8 +251,10 @@ def test_the_space_is_tabled_as_it_runs_at_the_resolution() -> None:
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda d: d, "is a directory"),
+    (lambda d: d, "is a folder; give a file name"),
     (lambda d: (d / "t.json").write_text("{}") and d / "t.json", "already exists; pass --force"),
+    (lambda d: (d / "t.json").symlink_to(d / "elsewhere.json") or d / "t.json", "is a symbolic link"),
+    (lambda d: (d / "checkpoint.pt").write_text("x") and d / "checkpoint.pt", "is a file the run needs"),
     (lambda d: (d / "f").write_text("x") and d / "f" / "sub" / "t.json", "is a file, not a folder"),
 ])
 def test_bad_outputs_are_refused_before_measuring(tmp_path, make, message) -> None:

@@ -45,7 +45,9 @@ def writable_dir(path: str | Path, what: str, *, create: bool = True) -> Path:
     parent = p
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if not parent.is_dir():
+        raise UserError(f"{what} {p} cannot be made: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{what} {p} cannot be written ({parent} is not writable); choose a folder you can write to")
     if not create:
         return p
@@ -54,6 +56,18 @@ def writable_dir(path: str | Path, what: str, *, create: bool = True) -> Path:
     except OSError as exc:
         raise UserError(f"{what} {p} cannot be created ({exc.strerror or exc}); choose another folder") from None
     return p
+
+
+def new_dir(path: str | Path, what: str, *, create: bool = True) -> Path:
+    """A folder for a new run: writable (as `writable_dir`) and new or empty, so a run never mixes
+    its files with what a folder already holds (a typo of --out should not fill ~/Documents)."""
+    p = writable_dir(path, what, create=False)
+    if p.is_dir():
+        held = sorted(c.name for c in p.iterdir())
+        if held:
+            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+            raise UserError(f"{what} {p} is not empty (it holds {shown}); a new run needs a new or empty folder")
+    return writable_dir(p, what) if create else p
 
 
 def output_file(path: str | Path, what: str, *, force: bool = False, inputs: Iterable[str | Path] = (),

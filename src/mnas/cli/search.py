@@ -12,7 +12,7 @@ from rich.console import Console
 
 from mnas.arch_strings import to_timm_string
 from mnas.errors import UserError, keeps
-from mnas.paths import output_file, writable_dir, write_text
+from mnas.paths import new_dir, output_file, writable_dir, write_text
 from mnas.search.config import SearchConfig
 from mnas.search.trial import Trial
 
@@ -47,7 +47,9 @@ def search(
             raise UserError("give --config FILE.yaml (a new search) or --resume RUN_DIR")
         cfg = override_executor(load_config(config), executor, ray_address)
         run_dir = out or Path("runs") / f"{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        writable_dir(run_dir, "run folder (--out)", create=False)
+        if (run_dir / "trials.sqlite").exists():
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+        new_dir(run_dir, "run folder (--out)", create=False)
     def what_is_kept() -> str:
         if (run_dir / "trials.sqlite").exists():
             return f"finished trials are stored in {run_dir}; free some space, then continue with: mnas search --resume {run_dir}"

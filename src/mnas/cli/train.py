@@ -11,7 +11,7 @@ import typer
 from mnas import zoo
 from mnas.architecture import Architecture
 from mnas.errors import Terminated, UserError
-from mnas.paths import output_file, writable_dir
+from mnas.paths import new_dir, output_file, writable_dir
 from mnas.run_options import DEFAULT_DEVICE, RunOptions
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite", "torchscript": ".pt"}
@@ -96,7 +96,7 @@ def _train(arch: str | None, data: str | None, epochs: int | None, recipe: str |
             raise UserError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
         wm = 1.0 if width_mult is None else width_mult
         arch_obj, name = zoo.resolve(arch, wm)
-        out = writable_dir(out, "run folder")
+        out = new_dir(out, "run folder")
         config = FitConfig(arch_name=name, width_mult=wm, compile=compile_model, **opts.new_run())
     dataset = load_dataset(config.data, data_root=config.data_root, val_size=config.val_size,
                            train_subset=config.train_subset, seed=config.seed)

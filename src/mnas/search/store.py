@@ -188,11 +188,11 @@ def inspect_file(path: Path) -> list[str]:
         problems.append(str(exc))
     finally:
         # A read-only open of a WAL file may create empty -wal/-shm files next to it; remove the
-        # ones this check created when the file is not a store, so a damaged run stays as found.
-        if problems:
-            for sidecar, was_there in zip(sidecars, existed, strict=True):
-                if not was_there and sidecar.exists() and (sidecar.suffix != "-wal" or sidecar.stat().st_size == 0):
-                    sidecar.unlink(missing_ok=True)
+        # ones this check created, so a run folder a command then refuses stays as found (a writer
+        # using the store had them already: those are left alone).
+        for sidecar, was_there in zip(sidecars, existed, strict=True):
+            if not was_there and sidecar.exists() and (not sidecar.name.endswith("-wal") or sidecar.stat().st_size == 0):
+                sidecar.unlink(missing_ok=True)
     return problems
 
 

@@ -41,6 +41,7 @@ from mnas.latency.tables.calibration import apply, fit_calibration
 from mnas.latency.tables.predict import LatencyTable, add_processes, pool_entry
 from mnas.latency.tables.units import Unit, space_units, unit_from_dict, unit_to_dict
 from mnas.latency.target import Target
+from mnas.paths import output_file
 from mnas.space import SearchSpace
 from mnas.tempdirs import private_tempdir
 
@@ -74,20 +75,9 @@ def check_tables(backend_name: str) -> Backend:
 
 
 def check_output(out: Path, force: bool) -> None:
-    """Before any measuring: `out` must be a writable file path, and a finished table there is
-    only replaced with `force`."""
-    if out.is_dir():
-        raise UserError(f"--out {out} is a directory; name the table's file, e.g. {out / 'lut.json'}")
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it, or choose another --out")
-    folder = out.parent
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"cannot write {out}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {out}: {probe} is not writable")
+    """Before any measuring: `out` may be written as the table (`mnas.paths.output_file`: not a
+    folder, a link or a file a run needs; a finished table there only replaced with `force`)."""
+    output_file(out, "--out", force=force, create_folder=False)
 
 
 def _partial_key(out: Path, target: Target, space: dict[str, Any], reference: ReferenceLatency) -> dict[str, Any]:
