@@ -153,10 +153,10 @@ def test_architecture_json_nested_without_bound(where, tmp_path):
 
 
 # ---- run files ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("planted,needle", [
-    ("metrics_folder", "metrics.jsonl is a folder where the run writes its metrics.jsonl"),
-    ("summary_link", "summary.json is a symbolic link"),
-    ("checkpoint_link", "checkpoint.pt is a symbolic link"),
+@pytest.mark.parametrize("planted,needle", [  # a new run needs a new or empty folder: found before any file check
+    ("metrics_folder", "is not empty (it holds metrics.jsonl)"),
+    ("summary_link", "is not empty (it holds summary.json)"),
+    ("checkpoint_link", "is not empty (it holds checkpoint.pt)"),
 ])
 def test_run_files_that_cannot_be_written_are_found_before_training(planted, needle, tmp_path, data_root):
     out = tmp_path / "run"

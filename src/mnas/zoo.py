@@ -167,4 +167,11 @@ def _arch_from_file(path: Path) -> Architecture:
         if not isinstance(data, dict):
             raise UserError(f"{path} must hold an architecture mapping or string")
         return Architecture.from_dict(data)
-    return parse_arch(text)
+    try:  # what went wrong names the file
+        if path.suffix == ".json" or text.lstrip().startswith("["):
+            if not text.lstrip().startswith("{"):
+                raise UserError('it must hold one JSON object like {"blocks": [...]}')
+            return Architecture.from_json(text.strip())
+        return parse_arch(text)
+    except UserError as exc:
+        raise UserError(f"architecture file {path}: {exc}") from None
