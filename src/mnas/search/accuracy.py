@@ -94,6 +94,12 @@ class AccuracyModel(ABC):
         """The index of the top rung."""
         return len(self.rungs) - 1
 
+    def phase_text(self, rung: int) -> str:
+        """What the progress display says while a candidate is scored at `rung`."""
+        if rung < self.free_rungs:
+            return f"predicting rung {rung} (free)"
+        return f"{self.phase} to rung {rung} ({self.rungs[rung]} {self.unit})"
+
     def trained_model(self, arch: Any, num_classes: int) -> Any:
         """`arch` with the weights this model scored it with, where it keeps any (a supernet's);
         None: the architecture is exported untrained."""

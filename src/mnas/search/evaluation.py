@@ -147,7 +147,7 @@ def evaluate_batch(trials: Sequence[Trial], config: SearchConfig, hooks: Hooks, 
         trial.latency_ms = lat[trial.trial_id]["latency_ms"]
 
     def in_process(trial: Trial, rung: int) -> Future[RungResult]:
-        hooks.on_phase(trial, f"{model.phase} to rung {rung} ({model.rungs[rung]} {model.unit})")
+        hooks.on_phase(trial, model.phase_text(rung))
         state = hooks.state_path(trial)
         if config.proxy.threads is not None:
             torch.set_num_threads(config.proxy.threads)

@@ -97,7 +97,7 @@ class LocalExecutor:
         config_json = config.model_dump_json()
 
         def submit(trial: Trial, rung: int) -> Future[RungResult]:
-            hooks.on_phase(trial, f"{model.phase} to rung {rung} ({model.rungs[rung]} {model.unit})")
+            hooks.on_phase(trial, model.phase_text(rung))
             state = hooks.state_path(trial)
             return pool.submit(rung_part, config_json, trial.arch.to_json(), rung, seed_of(trial, config),
                                str(state) if state else None, threads)
