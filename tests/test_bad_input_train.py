@@ -8,41 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cli_helpers import mnas, one_line, snapshot
 from mnas import zoo
 from mnas.model import build_model
 
 TINY = "stem_k3_s1_c8_nre,ds_r1_k3_s1_e1_c8,ir_r1_k3_s2_e3_c16,head_c32"
-
-
-def mnas(*args: str | Path, timeout: float = 300, limit_file_bytes: int | None = None) -> subprocess.CompletedProcess:
-    def limit() -> None:  # a "full disk": writes past this size fail with EFBIG (Python ignores SIGXFSZ)
-        if limit_file_bytes is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "mnas", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, preexec_fn=limit if limit_file_bytes is not None else None)
-
-
-def one_line(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

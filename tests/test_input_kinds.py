@@ -8,58 +8,28 @@ count a user sizes. Each list names the commands; each case is one bad value of 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from contextlib import closing
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from mnas import zoo
-from mnas.model import build_model
-from mnas.search.config import parse_config
-from mnas.search.store import Store, dump_state
-from mnas.search.trial import Trial
-from mnas.space import SearchSpace
+from cli_helpers import SEARCH_CONFIG, mnas, one_line, search_run, snapshot, trained_run
 
 pytestmark = pytest.mark.slow  # a fresh interpreter per case (about 3 s each)
 
 QUICK_S = 60  # "before any work": far less than training or measuring would take on a busy machine
 
 
-def mnas(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnas", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd, env={**os.environ, "MNAS_DEBUG": ""})
-
-
-def one_line(argv: list[str], cwd: Path, code: int = 2) -> str:
-    """Run in `cwd` (the test's folder, whose digest is compared), so a stray write is seen."""
+def refused(argv: list[str], cwd: Path) -> str:
+    """The one line `argv` is refused with, before any work; run in `cwd` (the test's folder,
+    whose snapshot is compared), so a stray write is seen."""
     t0 = time.monotonic()
-    r = mnas(*argv, cwd=cwd)
-    assert r.returncode == code, (argv, r.returncode, r.stdout[-500:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr + r.stdout, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), (argv, r.stderr)
+    line = one_line(mnas(*argv, cwd=cwd))
     assert time.monotonic() - t0 < QUICK_S, f"{argv} took {time.monotonic() - t0:.0f} s: not before work"
-    return lines[0]
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """Every file (and link) below `folder` with a hash of its content: proves nothing changed."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        key = str(p.relative_to(folder))
-        if p.is_symlink():
-            out[key] = "-> " + os.readlink(p)
-        elif p.is_file():
-            out[key] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
+    return line
 
 
 def fill(argv: list[str], **values: str) -> list[str]:
@@ -67,39 +37,12 @@ def fill(argv: list[str], **values: str) -> list[str]:
 
 
 # ---- fixtures: a trained run, a search run, a search config ---------------------------------------
-def make_trained_run(folder: Path) -> Path:
-    arch = zoo.get("mnasnet_small").for_resolution(32)
-    folder.mkdir(parents=True)
-    torch.save({"arch": arch.to_dict(), "num_classes": 10, "resolution": 32,
-                "model": build_model(arch, num_classes=10).state_dict()}, folder / "checkpoint.pt")
-    (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')
-    return folder
-
-
-CONFIG = {"space": "mnasnet_cifar", "reward": {"target_ms": 5.0, "preset": "hard"},
-          "data": {"dataset": "cifar10_subset"},
-          "latency": {"backend": "onnxruntime", "threads": 1, "resolution": 32, "num_classes": 10, "processes": 1}}
-
-
-def make_search_run(folder: Path) -> Path:
-    space = SearchSpace.cifar()
-    config = parse_config(CONFIG).model_dump(mode="json")
-    with Store.create(folder, config) as store:
-        batch = [Trial(-1, space.sample(i), strategy="random", tokens=space.encode(space.sample(i))) for i in (0, 1)]
-        store.add_trials(batch, dump_state({}), 0)
-        for t in batch:
-            t.status, t.accuracy, t.latency_ms, t.reward, t.seconds = "done", 0.3 + t.trial_id / 10, 4.0, 0.3, 1.0
-            store.save_result(t)
-        store.commit_tell([t.trial_id for t in batch], dump_state({}), 0)
-    return folder
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> dict[str, str]:
-    """Everything a command may need, in one folder whose digest is compared after each case."""
-    make_trained_run(tmp_path / "trained")
-    make_search_run(tmp_path / "run")
-    (tmp_path / "search.yaml").write_text(yaml.safe_dump(CONFIG))
+    """Everything a command may need, in one folder whose snapshot is compared after each case."""
+    trained_run(tmp_path / "trained")
+    search_run(tmp_path / "run")
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(SEARCH_CONFIG))
     (tmp_path / "existing.file").write_text("keep me")
     (tmp_path / "link").symlink_to(tmp_path / "existing.file")
     (tmp_path / "full_folder").mkdir()
@@ -131,11 +74,11 @@ def test_an_architecture_is_checked_by_every_command_that_takes_one(command: str
     (tmp_path / "deep.json").write_text('{"blocks": ' + "[" * 100_000 + "]" * 100_000 + "}")
     (tmp_path / "list.json").write_text("[1, 2, 3]")
     (tmp_path / "latin1.json").write_bytes('{"name": "caf\u00e9"}'.encode("latin-1"))
-    before = digest(tmp_path)
+    before = snapshot(tmp_path)
     text, needle = BAD_ARCHS[bad]
-    line = one_line(fill(TAKES_AN_ARCH[command], arch=text.format(**world), **world), tmp_path)
+    line = refused(fill(TAKES_AN_ARCH[command], arch=text.format(**world), **world), tmp_path)
     assert needle.format(**world) in line, line
-    assert digest(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 # ---- kind 2: an output path ---------------------------------------------------------------------------
@@ -166,16 +109,16 @@ BAD_OUTPUTS = {  # path, then what each shape says ("a|b": either); None: accept
 def test_an_output_path_is_checked_by_every_command_that_writes(command: str, bad: str, world, tmp_path) -> None:
     argv, shape = WRITES[command]
     path, says = BAD_OUTPUTS[bad]
-    before = digest(tmp_path)
+    before = snapshot(tmp_path)
     if says[shape] is None:  # accepted: the named files are added, nothing there before changes
         r = mnas(*fill(argv, out=path.format(**world), **world), cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-2000:]
-        after = digest(tmp_path)
+        after = snapshot(tmp_path)
         assert {k: v for k, v in after.items() if k in before} == before
         return
-    line = one_line(fill(argv, out=path.format(**world), **world), tmp_path)
+    line = refused(fill(argv, out=path.format(**world), **world), tmp_path)
     assert any(n in line for n in says[shape].split("|")), line
-    assert digest(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 # ---- kind 3: a search config ----------------------------------------------------------------------------
@@ -200,10 +143,10 @@ def test_a_config_is_checked_by_every_command_that_reads_one(command: str, bad: 
     cfg = tmp_path / "bad.yaml"
     head = b"space: mnasnet_cifar\nreward: {target_ms: 2}\n"
     cfg.write_bytes(head + (text if isinstance(text, bytes) else text.encode()))
-    before = digest(tmp_path)
-    line = one_line(fill(READS_A_CONFIG[command], cfg=str(cfg), **world), tmp_path)
+    before = snapshot(tmp_path)
+    line = refused(fill(READS_A_CONFIG[command], cfg=str(cfg), **world), tmp_path)
     assert needle in line and str(cfg) in line, line
-    assert digest(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 # ---- kind 4: a run store --------------------------------------------------------------------------------
@@ -240,12 +183,12 @@ def test_a_store_is_checked_by_every_command_that_reads_one(command: str, bad: s
     if damage is None:
         store.mkdir()
     else:
-        make_search_run(store)
+        search_run(store)
         damage(store)
-    before = digest(tmp_path)
-    line = one_line(fill(READS_A_STORE[command], store=str(store), **world), tmp_path)
+    before = snapshot(tmp_path)
+    line = refused(fill(READS_A_STORE[command], store=str(store), **world), tmp_path)
     assert needle in line, line
-    assert digest(tmp_path) == before
+    assert snapshot(tmp_path) == before
     if damage is not None:  # and the store's own check agrees that it cannot be read as it is
         r = mnas("store", "check", str(store))
         assert r.returncode in (1, 2) and "Traceback" not in r.stderr, r.stderr
@@ -272,7 +215,7 @@ COUNTS = {
 @pytest.mark.parametrize("case", list(COUNTS))
 def test_every_count_is_bounded(case: str, world, tmp_path) -> None:
     argv, needle = COUNTS[case]
-    before = digest(tmp_path)
-    line = one_line(fill(argv, **world), tmp_path)
+    before = snapshot(tmp_path)
+    line = refused(fill(argv, **world), tmp_path)
     assert needle in line, line
-    assert digest(tmp_path) == before
+    assert snapshot(tmp_path) == before

@@ -7,7 +7,6 @@ long latency target names, SIGTERM in supernet training. Real CLI in a subproces
 from __future__ import annotations
 
 import json
-import resource
 import signal
 import sqlite3
 import subprocess
@@ -18,48 +17,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnas import zoo
+from cli_helpers import SEARCH_CONFIG, mnas, one_line, search_run, snapshot
+from cli_helpers import trained_run as make_trained_run
 from mnas.errors import UserError
-from mnas.model import build_model
 from mnas.paths import output_file, write_text
 from mnas.search.config import parse_config
-from mnas.search.store import Store, dump_state
-from mnas.search.trial import Trial
+from mnas.search.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def mnas(*args: str, timeout: float = 300, limit_file_bytes: int | None = None) -> subprocess.CompletedProcess:
-    def limit() -> None:  # a "full disk": writes past this size fail with EFBIG (Python ignores SIGXFSZ)
-        if limit_file_bytes is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
-
-    return subprocess.run([sys.executable, "-m", "mnas", *args], capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=limit if limit_file_bytes is not None else None)
-
-
-def one_line(r: subprocess.CompletedProcess, code: int = 2) -> str:
-    assert r.returncode == code, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
-    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture
 def trained_run(tmp_path: Path) -> Path:
-    """A run folder with a real checkpoint (what `mnas train` writes, minus the optimiser state)."""
-    arch = zoo.get("mnasnet_small").for_resolution(32)
-    run = tmp_path / "run"
-    run.mkdir()
-    torch.save({"arch": arch.to_dict(), "num_classes": 10, "resolution": 32,
-                "model": build_model(arch, num_classes=10).state_dict()}, run / "checkpoint.pt")
-    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
-    return run
+    return make_trained_run(tmp_path / "run")
 
 
 # ---- mnas export ---------------------------------------------------------------------------------
@@ -123,27 +93,8 @@ def test_export_on_a_full_disk_keeps_the_previous_file(trained_run: Path, tmp_pa
 
 
 # ---- mnas best --export and mnas report ----------------------------------------------------------------
-CONFIG = {"space": "mnasnet_cifar", "reward": {"target_ms": 5.0, "preset": "hard"},
-          "data": {"dataset": "cifar10_subset"},
-          "latency": {"backend": "onnxruntime", "threads": 1, "resolution": 32, "num_classes": 10, "processes": 1}}
-
-
-def _search_run(folder: Path, config: dict | None = None, trial_ids: tuple[int, ...] = (0, 1)) -> Path:
-    from mnas.space import SearchSpace
-
-    space = SearchSpace.cifar()
-    with Store.create(folder, config or CONFIG) as store:
-        batch = [Trial(-1, space.sample(i), strategy="random", tokens=space.encode(space.sample(i))) for i in trial_ids]
-        store.add_trials(batch, dump_state({}), 0)
-        for t in batch:
-            t.status, t.accuracy, t.latency_ms, t.reward, t.seconds = "done", 0.3 + t.trial_id / 10, 4.0, 0.3, 1.0
-            store.save_result(t)
-        store.commit_tell([t.trial_id for t in batch], dump_state({}), 0)
-    return folder
-
-
 def test_best_export_refuses_existing_files_and_links_then_force_replaces(tmp_path: Path) -> None:
-    run = _search_run(tmp_path / "run")
+    run = search_run(tmp_path / "run")
     out = tmp_path / "out"
     out.mkdir()
     (out / "arch.json").write_text("my own arch.json")
@@ -169,7 +120,7 @@ def test_best_export_refuses_existing_files_and_links_then_force_replaces(tmp_pa
 
 
 def test_report_never_writes_through_a_planted_link(tmp_path: Path) -> None:
-    run = _search_run(tmp_path / "run")
+    run = search_run(tmp_path / "run")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for name in ("report.md", "pareto.png"):
@@ -193,11 +144,11 @@ def test_report_never_writes_through_a_planted_link(tmp_path: Path) -> None:
 def test_a_long_target_name_is_refused_at_once(tmp_path: Path) -> None:
     long_name = "x" * 200_000
     with pytest.raises(UserError, match="at most 64"):
-        parse_config({**CONFIG, "latency": {**CONFIG["latency"], "name": long_name}})
+        parse_config({**SEARCH_CONFIG, "latency": {**SEARCH_CONFIG["latency"], "name": long_name}})
     with pytest.raises(UserError, match="one printable line"):
-        parse_config({**CONFIG, "latency": {**CONFIG["latency"], "name": "a\nb"}})
-    assert parse_config({**CONFIG, "latency": {**CONFIG["latency"], "name": "p" * 64}}).primary.label == "p" * 64
-    run = _search_run(tmp_path / "run", {**CONFIG, "latency": {**CONFIG["latency"], "name": long_name}})
+        parse_config({**SEARCH_CONFIG, "latency": {**SEARCH_CONFIG["latency"], "name": "a\nb"}})
+    assert parse_config({**SEARCH_CONFIG, "latency": {**SEARCH_CONFIG["latency"], "name": "p" * 64}}).primary.label == "p" * 64
+    run = search_run(tmp_path / "run", {**SEARCH_CONFIG, "latency": {**SEARCH_CONFIG["latency"], "name": long_name}})
     t0 = time.monotonic()
     line = one_line(mnas("report", str(run), "--no-zoo"))
     assert "at most 64" in line and len(line) < 400 and time.monotonic() - t0 < 60
@@ -226,7 +177,7 @@ def test_output_file_checks(tmp_path: Path) -> None:
 
 # ---- bounds instead of hangs ---------------------------------------------------------------------------
 def test_store_check_with_a_huge_trial_id_answers_at_once(tmp_path: Path) -> None:
-    run = _search_run(tmp_path / "run", trial_ids=(0, 1))
+    run = search_run(tmp_path / "run", trial_ids=(0, 1))
     with sqlite3.connect(run / "trials.sqlite") as db:
         db.execute("UPDATE trials SET trial_id = ? WHERE trial_id = 1", (10**12,))
     t0 = time.monotonic()

@@ -103,9 +103,7 @@ def train_cmd(
               [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas supernet train --resume {run_dir}"])
         raise typer.Exit(exc.exit_code) from None
     except RunWriteFailed as exc:
-        then = (f"then continue with: mnas supernet train --resume {run_dir}" if exc.kept is not None
-                else "then run the same command again")
-        raise UserError(f"{exc}: free some space or make the folder writable, {then}") from None
+        raise exc.with_way_on(f"mnas supernet train --resume {run_dir}") from None
     if summary.get("signalled"):  # the signal came while the last epoch was scored: training is complete
         _emit({"status": "interrupted", **summary}, as_json,
               [f"interrupted while scoring the last epoch; every epoch is trained and saved in {summary['supernet']} "

@@ -117,9 +117,7 @@ def _train(arch: str | None, data: str | None, epochs: int | None, recipe: str |
                   [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas train --resume {out}"])
         raise typer.Exit(exc.exit_code) from None
     except RunWriteFailed as exc:
-        then = (f"then continue with: mnas train --resume {out}" if exc.kept is not None
-                else "then run the same command again")
-        raise UserError(f"{exc}: free some space or make the folder writable, {then}") from None
+        raise exc.with_way_on(f"mnas train --resume {out}") from None
     return summary, dataset.name, out
 
 

@@ -90,6 +90,11 @@ class RunWriteFailed(UserError):
             saved = "no checkpoint was written yet"
         super().__init__(f"could not write {path} ({why}); {saved}")
 
+    def with_way_on(self, resume_command: str) -> UserError:
+        """The CLI's one line: what was kept, and `resume_command` where a checkpoint was kept."""
+        then = f"then continue with: {resume_command}" if self.kept is not None else "then run the same command again"
+        return UserError(f"{self}: free some space or make the folder writable, {then}")
+
 
 def _why(exc: BaseException, path: Path) -> str:
     """The reason of a failed write: an OSError's text, or the one `mnas.paths` put in its line
