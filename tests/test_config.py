@@ -38,7 +38,7 @@ def test_examples_fit_their_purpose():
     assert quick.references.models == ["mobilenet_v2", "mnasnet_a1"] and quick.references.seeds == 2
     headline = load_config(EXAMPLES / "headline.yaml")  # the make-run search, longer and fully timed
     assert headline.proxy == quick.proxy and headline.space == quick.space and headline.references == quick.references
-    assert headline.budget.max_seconds == 7200 and headline.primary.processes == 3
+    assert headline.budget.max_seconds <= 7200 and headline.primary.processes == 3  # at most 2 hours
     assert quick.reward.target_ms is None and quick.reward.target  # a multiple: holds on any machine
     assert big.executor.name == "ray" and big.primary.lut and big.budget.trials >= 100
     assert Path(big.primary.lut).is_absolute()  # resolved against the YAML's folder
