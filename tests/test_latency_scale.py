@@ -61,8 +61,11 @@ def test_the_scale_is_pinned_once_and_kept_when_the_reference_changes(cache) -> 
 
 def test_prepare_pins_the_scale_it_resolved_t_with(cache) -> None:
     _put_reference(cache, 2.0)
+    # a target of its own name: the search's latency models are built once per process and config
+    # (an earlier test's model, pinned to another cache, would be reused for the same target)
     config = parse_config({"space": "mnasnet_cifar", "data": {"dataset": "cifar10_subset"},
-                           "reward": {"target": "0.5 x mobilenet_v2", "preset": "hard"}, "latency": TARGET})
+                           "reward": {"target": "0.5 x mobilenet_v2", "preset": "hard"},
+                           "latency": {**TARGET, "name": "scale-test"}})
     parts = prepare(config)
     assert parts.config.reward.target_ms == pytest.approx(1.0)
     assert parts.config.primary.reference_ms == pytest.approx(2.0)
