@@ -76,6 +76,26 @@ def target(config: SearchConfig) -> LatencyConfig:
     return config.primary.model_copy(update={"processes": 3})
 
 
+def search_summary() -> dict[str, Any]:
+    """What the search did, for the page: candidates per rung, its best at the top rung and the
+    references trained in the same run (held-out accuracy at the proxy's top rung)."""
+    from mnas.search.report import load_run
+    from mnas.search.store import Store
+
+    run = load_run(RUN)
+    with Store.open(RUN) as store:
+        seconds = float(store.get_meta("elapsed_s", 0.0))
+    reached = [sum(1 for t in run.trials if t.rung is not None and t.rung >= k) for k in range(run.top + 1)]
+    best = max(run.done, key=lambda t: float(t.reward or 0.0))
+    refs: dict[str, list[float]] = {}
+    for t in run.references:
+        if t.accuracy is not None:
+            refs.setdefault(f"{t.reference} ({t.latency_ms:.3f} ms)", []).append(round(float(t.accuracy), 4))
+    return {"candidates": len(run.trials), "reached": reached, "seconds": round(seconds),
+            "best": {"trial": best.trial_id, "accuracy": best.accuracy, "latency_ms": best.latency_ms},
+            "references": refs}
+
+
 def stage_pick() -> None:
     from mnas.search.report import load_run
 
@@ -119,7 +139,7 @@ def stage_pick() -> None:
     matched = min(randoms, key=lambda a: abs(lat[a.id] / goal - 1))
     add("random (latency-matched to searched #1)", matched, "random")
     results.update({"networks": picked, "runs": results.get("runs", {}), "target": target(config).label,
-                    "picked_at": time.strftime("%Y-%m-%d %H:%M")})
+                    "picked_at": time.strftime("%Y-%m-%d %H:%M"), "search": search_summary()})
     save(results)
     for p in picked:
         print(f"{p['name']:40s} {p['latency_ms']:.3f} ms", flush=True)
@@ -167,6 +187,17 @@ def stage_train(workers: int, steps: int) -> None:
     write_doc(results)
 
 
+def search_lines(search: dict[str, Any] | None) -> list[str]:
+    if not search:
+        return []
+    b = search["best"]
+    refs = "; ".join(f"{name}: {', '.join(f'{a:.3f}' for a in accs)}" for name, accs in search["references"].items())
+    return [f"The search: {search['candidates']} candidates in {search['seconds'] / 60:.0f} min, "
+            f"{' -> '.join(map(str, search['reached']))} of them at rungs 0, 1, 2 (successive halving); its best at "
+            f"the top rung (240 steps, held-out split): trial {b['trial']}, {b['accuracy']:.3f} at {b['latency_ms']:.3f} ms; "
+            f"the references trained in the same run: {refs}.", ""]
+
+
 def write_doc(results: dict[str, Any]) -> None:
     nets = results["networks"]
     rows, stats = [], {}
@@ -212,6 +243,7 @@ def write_doc(results: dict[str, Any]) -> None:
         f"trained with one recipe ({results.get('steps')} steps of 64 images, the proxy's settings) on the 50,000 "
         f"CIFAR-10 training images and scored on the 10,000 test images, seeds {', '.join(map(str, SEEDS))}.",
         "",
+        *search_lines(results.get("search")),
         f"The bar: a searched network beats both families at matched latency (within {MATCH:.0%}) by more than "
         f"twice the seed standard deviation, or matches their accuracy at 1.2x lower latency: {status}.",
         "",
@@ -240,7 +272,11 @@ def main() -> None:
     if args.stage in ("train", "all"):
         stage_train(args.workers, args.steps)
     if args.stage == "doc":
-        write_doc(load())
+        results = load()
+        if "search" not in results and RUN.exists():  # picked before the page said what the search did
+            results["search"] = search_summary()
+            save(results)
+        write_doc(results)
 
 
 if __name__ == "__main__":
