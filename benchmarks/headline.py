@@ -172,8 +172,10 @@ def stage_train(workers: int, steps: int) -> None:
         raise SystemExit(f"{RESULTS} was trained with --steps {results['steps']}; keep one recipe for every network")
     # every network's first seed before any second one, and the best searched network and the
     # families first, so a partial table already holds a comparison
+    goal = next(n["latency_ms"] for n in results["networks"] if n["name"].startswith("searched #1"))
     nets = sorted(results["networks"], key=lambda n: (0 if n["name"].startswith("searched #1") else
-                                                      1 if n["role"] in ("mobilenet_v2", "mnasnet_a1") else 2))
+                                                      1 if n["role"] in ("mobilenet_v2", "mnasnet_a1") else 2,
+                                                      abs(n["latency_ms"] / goal - 1)))  # the closest first
     jobs = [(net, seed) for seed in SEEDS for net in nets if f"{net['id']}/{seed}" not in results["runs"]]
     print(f"{len(jobs)} trainings to go", flush=True)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
