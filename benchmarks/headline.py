@@ -33,12 +33,15 @@ import statistics
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnas import zoo
 from mnas.architecture import Architecture
 from mnas.search.config import LatencyConfig, SearchConfig, load_config
 from mnas.space import SearchSpace
+
+if TYPE_CHECKING:
+    from mnas.search.report import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples/headline.yaml"
@@ -76,14 +79,12 @@ def target(config: SearchConfig) -> LatencyConfig:
     return config.primary.model_copy(update={"processes": 3})
 
 
-def search_summary() -> dict[str, Any]:
-    """What the search did, for the page: candidates per rung, its best at the top rung and the
-    references trained in the same run (held-out accuracy at the proxy's top rung)."""
-    from mnas.search.report import load_run
+def search_summary(run: Run) -> dict[str, Any]:
+    """What the search did (`run`, loaded), for the page: candidates per rung, its best at the top
+    rung and the references trained in the same run (held-out accuracy at the proxy's top rung)."""
     from mnas.search.store import Store
 
-    run = load_run(RUN)
-    with Store.open(RUN) as store:
+    with Store.open(run.run_dir) as store:
         seconds = float(store.get_meta("elapsed_s", 0.0))
     reached = [sum(1 for t in run.trials if t.rung is not None and t.rung >= k) for k in range(run.top + 1)]
     best = max(run.done, key=lambda t: float(t.reward or 0.0))
@@ -139,7 +140,7 @@ def stage_pick() -> None:
     matched = min(randoms, key=lambda a: abs(lat[a.id] / goal - 1))
     add("random (latency-matched to searched #1)", matched, "random")
     results.update({"networks": picked, "runs": results.get("runs", {}), "target": target(config).label,
-                    "picked_at": time.strftime("%Y-%m-%d %H:%M"), "search": search_summary()})
+                    "picked_at": time.strftime("%Y-%m-%d %H:%M"), "search": search_summary(run)})
     save(results)
     for p in picked:
         print(f"{p['name']:40s} {p['latency_ms']:.3f} ms", flush=True)
@@ -230,7 +231,7 @@ def write_doc(results: dict[str, Any]) -> None:
         rows.append(f"| {net['name']} | {net['role']} | {net['latency_ms']:.3f} | "
                     + " | ".join("-" if a is None else f"{a:.4f}" for a in accs)
                     + f" | {'-' if mean is None else f'{mean:.4f}'} | {'-' if std is None else f'{std:.4f}'} |")
-    verdicts = []
+    verdicts: list[tuple[bool, str, str]] = []
     complete = all(stats[n["id"]][2] == len(SEEDS) for n in nets)
     for s in (n for n in nets if n["role"] == "searched"):
         ms, ss, _ = stats[s["id"]]
@@ -245,22 +246,21 @@ def write_doc(results: dict[str, Any]) -> None:
                 noise = 2 * max(x for x in (ss, sr, 0.0) if x is not None)
                 if abs(ratio - 1) <= MATCH:
                     ok = ms - mr > noise
-                    verdicts.append((ok, f"{s['name']} vs {r['name']} at matched latency ({ratio:.2f}x): "
+                    verdicts.append((ok, family, f"{s['name']} vs {r['name']} at matched latency ({ratio:.2f}x): "
                                          f"{ms - mr:+.4f} (2x seed std {noise:.4f}): {'beats' if ok else 'does not beat'}"))
                 elif ratio <= 1 / 1.2:
                     ok = ms >= mr - noise
-                    verdicts.append((ok, f"{s['name']} vs {r['name']} at {1 / ratio:.2f}x lower latency: "
+                    verdicts.append((ok, family, f"{s['name']} vs {r['name']} at {1 / ratio:.2f}x lower latency: "
                                          f"{ms - mr:+.4f}: {'matches or beats' if ok else 'less accurate'}"))
             bracket = _bracket(s, [n for n in nets if n["role"] == family and stats[n["id"]][0] is not None], stats)
             if bracket is not None:  # the family's accuracy at this latency, between the widths around it
                 (lo, hi), acc, noise_f = bracket
                 noise = 2 * max(x for x in (ss, noise_f, 0.0) if x is not None)
                 ok = ms - acc > noise
-                verdicts.append((ok, f"{s['name']} vs {family} interpolated between {lo['name']} and {hi['name']} "
+                verdicts.append((ok, family, f"{s['name']} vs {family} interpolated between {lo['name']} and {hi['name']} "
                                      f"at its latency: {ms - acc:+.4f} (2x seed std {noise:.4f}): "
                                      f"{'beats' if ok else 'does not beat'}"))
-    beaten = {fam: any(ok and text.split(" vs ")[1].startswith(fam) for ok, text in verdicts)
-              for fam in ("mobilenet_v2", "mnasnet_a1")}
+    beaten = {fam: any(ok and of == fam for ok, of, _ in verdicts) for fam in ("mobilenet_v2", "mnasnet_a1")}
     met = complete and all(beaten.values())
     status = ("**met**" if met else "**not met**") if complete else "pending (not every training has finished)"
     lines = [
@@ -282,7 +282,7 @@ def write_doc(results: dict[str, Any]) -> None:
         "",
         "## Comparisons",
         "",
-        *[f"- {text}" for _, text in verdicts],
+        *[f"- {text}" for _, _, text in verdicts],
         "",
     ]
     DOC.write_text("\n".join(lines))
@@ -301,9 +301,11 @@ def main() -> None:
     if args.stage in ("train", "all"):
         stage_train(args.workers, args.steps)
     if args.stage == "doc":
+        from mnas.search.report import load_run
+
         results = load()
         if "search" not in results and RUN.exists():  # picked before the page said what the search did
-            results["search"] = search_summary()
+            results["search"] = search_summary(load_run(RUN))
             save(results)
         write_doc(results)
 

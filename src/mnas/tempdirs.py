@@ -35,7 +35,7 @@ from mnas.errors import UserError
 #: What mnas makes temporary folders for: salvage copies of stores, latency workers' job folders,
 #: model files for measuring, lookup-table builds, scoring exports.
 KINDS = ("salvage", "lat", "models", "lut", "score")
-_NAME = re.compile(r"mnas-(" + "|".join(KINDS) + r")-([1-9][0-9]{0,9})-[0-9a-f]{8}")
+_NAME = re.compile(r"mnas-(" + "|".join(KINDS) + r")-(?P<pid>[1-9][0-9]{0,9})-[0-9a-f]{8}")
 _cleaned_in: int | None = None  # the pid that has run `clean_stale` (a forked child runs it again)
 
 
@@ -85,23 +85,23 @@ def remove_if_stale(path: Path, pid: int) -> bool:
     return not path.exists()
 
 
-def clean_stale(kind: str | None = None, folder: str | Path | None = None) -> list[Path]:
-    """Remove the temporary folders (`kind`'s, or every kind's) that processes which no longer
-    run left in `folder` (default: the system temp folder). One listdir; returns what went."""
-    where = Path(folder) if folder is not None else Path(tempfile.gettempdir())
+def _remove_stale(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """Remove the folders in `folder` named as `pattern` says (its group `pid`: the process that
+    made one) whose process is gone (`remove_if_stale`). One listdir, and a folder that cannot be
+    read is left as it is; returns what went."""
     removed: list[Path] = []
-    try:
-        entries = list(os.scandir(where))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _NAME.fullmatch(entry.name)
-        if match is None or (kind is not None and match[1] != kind):
-            continue
-        path = Path(entry.path)
-        if remove_if_stale(path, int(match[2])):
-            removed.append(path)
+    with contextlib.suppress(OSError):
+        for entry in list(os.scandir(folder)):
+            match = pattern.fullmatch(entry.name)
+            if match is not None and remove_if_stale(Path(entry.path), int(match["pid"])):
+                removed.append(Path(entry.path))
     return removed
+
+
+def clean_stale(folder: str | Path | None = None) -> list[Path]:
+    """Remove the temporary folders that processes which no longer run left in `folder` (default:
+    the system temp folder); returns what went."""
+    return _remove_stale(Path(folder) if folder is not None else Path(tempfile.gettempdir()), _NAME)
 
 
 def _clean_once() -> None:
@@ -126,13 +126,23 @@ def private_tempdir(kind: str) -> Iterator[Path]:
             break
         except FileExistsError:
             continue
+    with _held(path):
+        yield path
+
+
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """Hold the lock of the folder `path`, just made by this process, while the block runs, and
+    remove the folder when it ends however it ends (unless the block renamed it away). A forked
+    child leaving the block does not remove its parent's folder."""
+    owner = os.getpid()
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         _lock(fd, wait=True)
-        yield path
+        yield
     finally:
         try:
-            if os.getpid() == owner:  # a forked child leaving the block does not remove its parent's folder
+            if os.getpid() == owner and os.path.lexists(path):
                 shutil.rmtree(path, ignore_errors=True)
         finally:
             os.close(fd)
@@ -144,14 +154,7 @@ def _partial_name(final: Path, pid: int) -> Path:
 
 def clean_partials(final: Path) -> list[Path]:
     """Remove the `.NAME.partial-<pid>` folders beside `final` of processes that are gone."""
-    pattern = re.compile(re.escape(f".{final.name}.partial-") + r"([1-9][0-9]{0,9})")
-    removed: list[Path] = []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(final.parent):
-            match = pattern.fullmatch(entry.name)
-            if match is not None and remove_if_stale(Path(entry.path), int(match[1])):
-                removed.append(Path(entry.path))
-    return removed
+    return _remove_stale(final.parent, re.compile(re.escape(f".{final.name}.partial-") + r"(?P<pid>[1-9][0-9]{0,9})"))
 
 
 @contextlib.contextmanager
@@ -161,16 +164,14 @@ def building_dir(final: str | Path, what: str = "the output folder") -> Iterator
     process is killed, `final` is not made. The caller checks `final` first (mnas.paths)."""
     final = Path(final)
     clean_partials(final)
-    partial, owner = _partial_name(final, os.getpid()), os.getpid()
+    partial = _partial_name(final, os.getpid())
     if partial.is_dir() and not partial.is_symlink():  # this pid's, from an earlier process that had it
         shutil.rmtree(partial, ignore_errors=True)
     try:
         os.mkdir(partial)
     except OSError as exc:
         raise UserError(f"cannot create {partial} ({exc.strerror or exc}); choose another folder for {what}") from None
-    fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        _lock(fd, wait=True)
+    with _held(partial):
         yield partial
         try:
             os.rename(partial, final)  # atomic; replaces only an empty folder, never a link's target
@@ -183,9 +184,3 @@ def building_dir(final: str | Path, what: str = "the output folder") -> Iterator
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-    finally:
-        try:
-            if os.getpid() == owner and os.path.lexists(partial):
-                shutil.rmtree(partial, ignore_errors=True)
-        finally:
-            os.close(fd)

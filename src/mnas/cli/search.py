@@ -33,6 +33,7 @@ def search(
     """Search architectures: ask -> evaluate (latency + proxy accuracy) -> reward -> store -> tell."""
     from mnas.search.config import load_config  # lazy: torch (see mnas.cli)
     from mnas.search.loop import override_executor, resume_search, start_search
+    from mnas.search.store import DB_NAME, refuse_existing_run
 
     if executor is not None and executor not in ("local", "ray"):
         raise UserError(f"--executor {executor!r}: choose local or ray")
@@ -40,18 +41,22 @@ def search(
         if config is not None or out is not None:
             raise UserError("--resume continues a run with its stored config; drop --config/--out")
         run_dir = resume
-        if (run_dir / "trials.sqlite").is_file():
+        if (run_dir / DB_NAME).is_file():
             writable_dir(run_dir, "run folder", create=False)
     else:
         if config is None:
             raise UserError("give --config FILE.yaml (a new search) or --resume RUN_DIR")
         cfg = override_executor(load_config(config), executor, ray_address)
         run_dir = out or Path("runs") / f"{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (run_dir / "trials.sqlite").exists():
-            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+        refuse_existing_run(run_dir)
         new_dir(run_dir, "run folder (--out)", create=False)
+
+    def stored() -> bool:
+        """The run's store exists (what a --resume continues)."""
+        return (run_dir / DB_NAME).exists()
+
     def what_is_kept() -> str:
-        if (run_dir / "trials.sqlite").exists():
+        if stored():
             return f"finished trials are stored in {run_dir}; free some space, then continue with: mnas search --resume {run_dir}"
         return "nothing was stored yet; free some space and start the search again"
 
@@ -63,7 +68,7 @@ def search(
             else:
                 outcome = start_search(cfg, run_dir, show_progress=not quiet, config_path=str(config))
     except KeyboardInterrupt:
-        if (run_dir / "trials.sqlite").exists():
+        if stored():
             console.print(f"stopped; finished trials are stored. Continue with: "
                           f"mnas search --resume {run_dir}", highlight=False)
         raise
@@ -93,8 +98,9 @@ def report(
 ) -> None:
     """Write pareto.png, latency_hist.png, reward_curve.png and report.md into RUN_DIR."""
     from mnas.search.report import pareto_json, write_report  # lazy: torch (see mnas.cli)
+    from mnas.search.store import DB_NAME
 
-    if (run_dir / "trials.sqlite").is_file():
+    if (run_dir / DB_NAME).is_file():
         writable_dir(run_dir, "run folder (the report is written into it)", create=False)
         for name in REPORT_FILES:  # the report's own files are redrawn; a link or a folder there is refused
             output_file(run_dir / name, "report file", force=True, create_folder=False)

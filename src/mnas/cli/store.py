@@ -43,8 +43,7 @@ def check(run_dir: Path = typer.Argument(..., help="A search run directory.")) -
 @store_app.command("recover")
 def recover(
     run_dir: Path = typer.Argument(..., help="The run whose store is damaged (it is only read)."),
-    out: str | None = typer.Option(None, "--out", "-o", help="New run directory (default RUN-recovered).",
-                                   show_default=False),  # a str: an empty --out is refused, not taken as "."
+    out: Path | None = typer.Option(None, "--out", "-o", help="New run directory (default RUN-recovered)."),
     config: Path | None = typer.Option(None, "--config", "-c",
                                        help="The search YAML, used only when the stored config is unreadable "
                                             "(refused if it searches another space than the stored one)."),

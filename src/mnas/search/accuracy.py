@@ -329,9 +329,12 @@ def make_accuracy_model(config: SearchConfig) -> AccuracyModel:
         model = MODELS[config.proxy.kind](config)
     except KeyError:
         raise UserError(f"proxy.kind {config.proxy.kind!r} is unknown; choose one of: {', '.join(MODELS)}") from None
-    if config.predictor is not None:
-        model = PredictedAccuracy(model, config.predictor)
-    return model
+    return with_predictor(model, config)
+
+
+def with_predictor(model: AccuracyModel, config: SearchConfig) -> AccuracyModel:
+    """`model` behind the learned rung 0 of the config's `predictor` section, where it has one."""
+    return PredictedAccuracy(model, config.predictor) if config.predictor is not None else model
 
 
 def short_error(exc: BaseException) -> str:

@@ -44,7 +44,7 @@ from mnas.search.hooks import Hooks
 from mnas.search.local import Executor, LocalExecutor
 from mnas.search.progress import SearchProgress
 from mnas.search.rungs import RungScheduler
-from mnas.search.store import DB_NAME, RungRecord, Store, dump_state, load_state
+from mnas.search.store import DB_NAME, RungRecord, Store, dump_state, load_state, refuse_existing_run
 from mnas.search.trial import Trial, arch_reader
 from mnas.space import SearchSpace
 from mnas.strategies import make_strategy
@@ -205,9 +205,7 @@ def start_search(config: SearchConfig, run_dir: str | Path, *, executor: Executo
                  space: Any = None) -> SearchOutcome:
     """A new run in `run_dir` (which must not hold one). `latency` / `accuracy`: stand-in models
     instead of the config's (they run in this process); `space`: another space than the config's."""
-    if (Path(run_dir) / DB_NAME).exists():  # before any slow preparation
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                        "or choose another --out")
+    refuse_existing_run(run_dir)  # before any slow preparation
     parts = prepare(config, latency=latency, accuracy=accuracy, space=space)
     own_executor = executor is None
     executor = executor or make_executor(parts.config)  # before the store: a bad cluster leaves no run
@@ -282,20 +280,21 @@ class SearchRun:
         self.scheduler = RungScheduler(self.model.rungs[self.free:], config.proxy.keep)
         self.screen = RungScheduler(self.model.rungs[:self.free + 1], config.proxy.keep) if self.free else None
         references = {t.trial_id for t in store.references()}
-        for r in store.rungs():  # a resumed search decides on as the first session did
+        rungs = store.rungs()
+        everything = store.trials()
+        for r in rungs:  # a resumed search decides on as the first session did
             if r.trial_id not in references:
                 self.schedule(r.trial_id, r.rung, r.reward)
         if self.model.learns:  # what the search had told before this session (a predictor learns from it)
             untold = {t.trial_id for t in store.untold()}
-            self.learn([t for t in store.trials() if t.trial_id not in untold])
+            self.learn([t for t in everything if t.trial_id not in untold], rungs)
 
         self.session_start = time.time()
         self.elapsed_before = float(store.get_meta("elapsed_s", 0.0))
-        finished = [t for t in store.trials(("done", "failed")) if not t.is_repeat]
+        finished = [t for t in everything if t.status in ("done", "failed") and not t.is_repeat]
         self.done = [t for t in finished if t.ok and self.at_top(t)]  # the front is recomputed per result
         self.best = max((t.reward for t in self.done if t.reward is not None), default=None)
         self.pareto_size = len(pareto_front(self.done))
-        everything = store.trials()
         self.last_step = max((t.step for t in everything), default=-1)
         self.first_of = store.first_of()  # arch id -> the trial that evaluated it
         self.idle = _idle_steps(everything)
@@ -397,14 +396,15 @@ class SearchRun:
         self.store.commit_tell([t.trial_id for t in told], dump_state(self.strategy.state_dict()), told[0].step)
         self.learn(told)
 
-    def learn(self, told: Sequence[Trial]) -> None:
-        """Hand an accuracy model that learns (a predictor) the finished rungs of told candidates."""
+    def learn(self, told: Sequence[Trial], rungs: Sequence[RungRecord] | None = None) -> None:
+        """Hand an accuracy model that learns (a predictor) the finished rungs of told candidates
+        (`rungs`: the run's rungs, already read; else those of `told` are read)."""
         if not self.model.learns:
             return
         archs = {t.trial_id: t.arch for t in told if not t.is_repeat and not t.is_reference}
         if archs:
-            self.model.observe([(archs[r.trial_id], r.rung, r.accuracy) for r in self.store.rungs()
-                                if r.trial_id in archs])
+            records = rungs if rungs is not None else self.store.rungs(archs)
+            self.model.observe([(archs[r.trial_id], r.rung, r.accuracy) for r in records if r.trial_id in archs])
 
     # -- fidelity ------------------------------------------------------------------------------
     def at_top(self, trial: Trial) -> bool:

@@ -16,6 +16,7 @@ benchmarks/search_strategies.py and benchmarks/ppo_tuning.py use this module
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import json
@@ -36,10 +37,11 @@ from mnas.latency.measure.result import ReferenceLatency
 from mnas.latency.model import Estimate
 from mnas.latency.target import Target
 from mnas.reward import Reward
-from mnas.search.accuracy import AccuracyModel, PredictedAccuracy, RungResult
+from mnas.search.accuracy import AccuracyModel, PredictedAccuracy, RungResult, with_predictor
 from mnas.search.config import PredictorConfig, SearchConfig, parse_config
 from mnas.search.loop import start_search
 from mnas.search.store import Store
+from mnas.search.trial import arch_reader
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 DEVICES = ("pixel3", "raspi4", "eyeriss", "fpga")
@@ -255,17 +257,20 @@ def search(label: str, name: str, knobs: dict[str, Any], seed: int, setting: Set
     repeated proposals, the predicted-only cells and the seconds the search took."""
     table = table if table is not None else _TABLE
     config = search_config(name, knobs, seed, setting, budget, batch, predictor)
-    model: AccuracyModel = TableAccuracy(config, table)
-    if config.predictor is not None:
-        model = PredictedAccuracy(model, config.predictor)
-    with tempfile.TemporaryDirectory(prefix="nb201-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
-        out = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
+    model = with_predictor(TableAccuracy(config, table), config)
+    space = NB201Space()
+    with contextlib.ExitStack() as stack:
+        if run_dir is not None:
+            out = Path(run_dir)
+        else:
+            shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nb201-", dir=shm))) / "run"
         t0 = time.perf_counter()
         outcome = start_search(config, out, show_progress=False, latency=[DeviceLatency(table, setting.device)],
-                               accuracy=model, space=NB201Space())
+                               accuracy=model, space=space)
         seconds = time.perf_counter() - t0
         with Store.open(out) as store:
-            store.read_arch = NB201Space().arch_from_json
+            store.read_arch = arch_reader(space)
             trials = store.trials()
     evaluated = [t for t in trials if not t.is_repeat and t.ok]
     top = model.top

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from mnas.errors import UserError
-from mnas.paths import writable_dir
-from mnas.search.config import parse_config
+from mnas.paths import new_dir, writable_dir
+from mnas.search.config import SearchConfig, parse_config
 from mnas.search.store import (
     DB_NAME,
     READABLE_SCHEMAS,
@@ -59,6 +59,7 @@ class Salvage:
     unreadable: list[int] = field(default_factory=list)  # ids seen in a scan but not readable
     gaps: list[int] = field(default_factory=list)  # ids missing between readable ones (the first MAX_LISTED_GAPS)
     gap_count: int = 0  # how many ids are missing between readable ones (listed in `gaps` or not)
+    config: SearchConfig | None = None  # the stored config, parsed, when the readers accept it
     checkpoint: dict[str, Any] | None = None
     state: dict[str, Any] | None = None  # the strategy state, when it loads as the resume loads it
     rungs: list[dict[str, Any]] = field(default_factory=list)  # readable, valid rungs rows, by seq
@@ -159,7 +160,7 @@ def _check_meta(out: Salvage) -> None:
         out.refuse("config", "no readable config in the meta table")
         return
     try:
-        parse_config(config, source=f"{out.path} (stored config)")
+        out.config = parse_config(config, source=f"{out.path} (stored config)")
     except UserError as exc:
         out.refuse("config", str(exc))
 
@@ -181,8 +182,10 @@ def _check_state_fits(out: Salvage, state: dict[str, Any]) -> None:
     """The state loads into the strategy the stored config names, as a resume does. Where the
     config or its space cannot be loaded here (said elsewhere, or a space file moved), nothing is
     judged: that is not damage of the store."""
+    config = out.config
+    if config is None:
+        return
     try:
-        config = parse_config(out.meta.get("config"), source=f"{out.path} (stored config)")
         strategy = make_strategy(config.strategy.name, SearchSpace.load(config.space), config.seed,
                                  config.strategy.knobs)
     except (UserError, OSError, TypeError, ValueError):
@@ -384,7 +387,7 @@ def recover_store(run_dir: str | Path, out_dir: str | Path | None = None,
 def _new_run_folder(run_dir: Path, out_dir: str | Path | None) -> Path:
     """Where the recovered run goes, checked before anything is read: a new folder (or an empty
     one), not a link, not the damaged run, in a folder this process may write."""
-    if out_dir is not None and str(out_dir) == "":
+    if out_dir is not None and str(out_dir) == "":  # before Path("") is judged as the current folder
         raise UserError("--out is empty; give a new folder name")
     target = (Path(out_dir).expanduser() if out_dir is not None
               else run_dir.resolve().with_name(run_dir.resolve().name + "-recovered"))
@@ -392,15 +395,9 @@ def _new_run_folder(run_dir: Path, out_dir: str | Path | None) -> Path:
         raise UserError(f"--out {target} is a symbolic link; mnas does not write through links: choose a new folder")
     if target.resolve() == run_dir.resolve():
         raise UserError("--out must be a new run folder, not the damaged run itself")
-    if target.exists():
-        if not target.is_dir():
-            raise UserError(f"--out {target} is a file, not a folder; choose a new folder")
-        if (target / DB_NAME).exists():
-            raise UserError(f"{target} already holds a run; choose another --out")
-        if any(target.iterdir()):
-            raise UserError(f"--out {target} is a folder that is not empty; choose a new folder for the recovered run")
-    writable_dir(target.parent, "the folder of --out", create=False)
-    return target
+    if (target / DB_NAME).exists():
+        raise UserError(f"{target} already holds a run; choose another --out")
+    return new_dir(target, "--out", create=False)  # a folder, new or empty, in a folder this process may write
 
 
 def _same_space(given: Any, stored: Any) -> bool:
@@ -415,8 +412,7 @@ def _same_space(given: Any, stored: Any) -> bool:
 
 def _valid_config(found: Salvage) -> dict[str, Any] | None:
     """The stored config when the readers would accept it (it validates), else None."""
-    stored = found.meta.get("config")
-    return stored if isinstance(stored, dict) and "config" not in found.refused else None
+    return found.meta["config"] if found.config is not None else None
 
 
 def _state_matches(found: Salvage) -> bool:

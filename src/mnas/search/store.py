@@ -47,6 +47,8 @@ LOCK_NAME = ".writer.lock"
 SCHEMA_VERSION = 3
 READABLE_SCHEMAS = (1, 2, 3)
 TABLES = ("meta", "trials", "checkpoint", "rungs")
+#: The most ids one `IN (...)` query is given (older SQLite allows 999 parameters).
+MAX_PARAMS = 500
 
 #: Every rung a candidate finished (successive halving): its accuracy, reward and cost, and the
 #: decision taken on it, in the order the decisions were taken (`seq`), so a resume replays them.
@@ -150,6 +152,13 @@ def load_state(blob: bytes) -> dict:
     return load_tensors(blob, "the strategy state in the run store")
 
 
+def refuse_existing_run(run_dir: str | Path) -> None:
+    """A new run does not go into a folder that already holds one (UserError naming --resume)."""
+    if (Path(run_dir) / DB_NAME).exists():
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                        "or choose another --out")
+
+
 def damage_message(path: Path, why: str) -> str:
     return (f"{path} is damaged ({why}); it was left untouched. See what is readable with "
             f"`mnas store check {path.parent}` and salvage it with `mnas store recover {path.parent}`")
@@ -213,9 +222,7 @@ class Store:
     def create(cls, run_dir: str | Path, config: dict[str, Any], **meta: Any) -> Store:
         """Start a new run in `run_dir`; refuses a directory that already holds one."""
         run_dir = Path(run_dir)
-        if (run_dir / DB_NAME).exists():
-            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                            "or choose another --out")
+        refuse_existing_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         store = cls._connect(run_dir, writer=True)
         store._conn.executescript(SCHEMA)
@@ -408,12 +415,19 @@ class Store:
                 (record.trial_id, record.rung, record.budget, record.accuracy, record.reward, record.seconds,
                  int(record.promoted)))
 
-    def rungs(self, trial_id: int | None = None) -> list[RungRecord]:
-        """Finished rungs in decision order (of one trial, or of the whole run)."""
+    def rungs(self, trial_id: int | Iterable[int] | None = None) -> list[RungRecord]:
+        """Finished rungs in decision order (of one trial, of some trials, or of the whole run)."""
         if self.schema_version < 3:
             return []
-        where, params = ("WHERE trial_id = ?", (trial_id,)) if trial_id is not None else ("", ())
-        rows = self._rows(f"SELECT * FROM rungs {where} ORDER BY seq", params)
+        if trial_id is None:
+            rows = self._rows("SELECT * FROM rungs ORDER BY seq")
+        else:
+            ids = [trial_id] if isinstance(trial_id, int) else sorted(set(trial_id))
+            rows = []
+            for i in range(0, len(ids), MAX_PARAMS):  # within SQLite's limit on a query's parameters
+                chunk = ids[i:i + MAX_PARAMS]
+                rows += self._rows(f"SELECT * FROM rungs WHERE trial_id IN ({', '.join('?' * len(chunk))})", chunk)
+            rows.sort(key=lambda row: row["seq"])
         try:
             return [row_to_rung(r) for r in rows]
         except UserError as exc:
@@ -533,14 +547,14 @@ def row_to_trial(row: sqlite3.Row | dict[str, Any],
                  read_arch: Callable[[str], Any] = Architecture.from_json) -> Trial:
     """A trial from a row of the trials table (schema 1 rows have no logp / repeat_of); its
     architecture read with `read_arch` (the search's space's reader)."""
-    check_row(row)
+    tokens, latencies = check_row(row)
     keys = row.keys()
     return Trial(
         trial_id=row["trial_id"],
         arch=read_arch(row["arch"]),
         step=row["step"],
         strategy=row["strategy"],
-        tokens=json.loads(row["tokens"]),
+        tokens=tokens,
         status=row["status"],
         accuracy=row["accuracy"],
         latency_ms=row["latency_ms"],
@@ -552,7 +566,7 @@ def row_to_trial(row: sqlite3.Row | dict[str, Any],
         finished_at=row["finished_at"],
         logp=row["logp"] if "logp" in keys else None,
         repeat_of=row["repeat_of"] if "repeat_of" in keys else None,
-        latencies=json.loads(row["latencies"]) if "latencies" in keys and row["latencies"] else None,
+        latencies=latencies,
         relative=row["relative"] if "relative" in keys else None,
         rung=row["rung"] if "rung" in keys else None,
         budget=row["budget"] if "budget" in keys else None,
@@ -584,9 +598,10 @@ def _json(text: str, name: str) -> Any:
         raise UserError(f"{name} {text[:80]!r} are not JSON ({exc})") from None
 
 
-def check_row(row: sqlite3.Row | dict[str, Any]) -> None:
+def check_row(row: sqlite3.Row | dict[str, Any]) -> tuple[list[int], dict[str, float] | None]:
     """Refuse a trials row that does not read back as a trial, in one line (UserError): a value of
     the wrong type, tokens or latencies that are not the JSON they should be, an unknown status.
+    Returns the row's tokens and latencies (None when it has none), parsed.
     SQLite stores whatever a column is given; this is what every reader of a store (`row_to_trial`)
     and `mnas store check` run on every row, so the check calls damaged exactly what the readers
     refuse. The architecture is checked by the reader of the run's space (`row_to_trial`)."""
@@ -605,10 +620,12 @@ def check_row(row: sqlite3.Row | dict[str, Any]) -> None:
     tokens = _json(row["tokens"], "tokens")
     if not isinstance(tokens, list) or any(_type_problem("token", t, "integer") for t in tokens):
         raise UserError(f"tokens {row['tokens'][:80]!r} are not a list of integers")
+    latencies = None
     if "latencies" in keys and row["latencies"]:
         latencies = _json(row["latencies"], "latencies")
         if not isinstance(latencies, dict) or any(_type_problem("latency", v, "number") for v in latencies.values()):
             raise UserError(f"latencies {row['latencies'][:80]!r} are not a mapping of target names to numbers")
+    return tokens, latencies
 
 
 def row_to_rung(row: sqlite3.Row | dict[str, Any]) -> RungRecord:
