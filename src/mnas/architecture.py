@@ -31,7 +31,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from mnas.errors import UserError
-from mnas.textfiles import check_json_depth, load_json
+from mnas.textfiles import load_json
 
 OPS = ("conv", "ds", "mbconv")
 SKIPS = ("identity", "pool", "none")
@@ -225,8 +225,7 @@ class Architecture:
 
     @classmethod
     def from_json(cls, text: str) -> Architecture:
-        check_json_depth(text, "architecture JSON", hint='an architecture needs 3: {"blocks": [{...}]}')
-        return cls.from_dict(load_json(text, "architecture JSON"))
+        return cls.from_dict(load_json(text, "architecture JSON", hint='an architecture needs 3: {"blocks": [{...}]}'))
 
     @property
     def id(self) -> str:

@@ -61,13 +61,14 @@ _UniqueKeyLoader.add_implicit_resolver(
 MAX_DEPTH = 32
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_FEW = "mnas's files need a few"  # the hint of a file nested too deep, unless the caller knows better
 
 
 def _too_deep(what: str, limit: int, hint: str) -> UserError:
     return UserError(f"{what} nests lists and mappings more than {limit} levels deep ({hint}); check the file or the text")
 
 
-def check_json_depth(text: str, what: str, limit: int = MAX_DEPTH, hint: str = "mnas's files need a few") -> None:
+def check_json_depth(text: str, what: str, limit: int = MAX_DEPTH, hint: str = _FEW) -> None:
     """Refuse JSON nested deeper than `limit` arrays/objects before it is parsed (brackets inside
     strings do not count); what is not JSON is left to the parser to report."""
     depth = 0
@@ -86,7 +87,7 @@ def _check_yaml_depth(text: str, source: str) -> None:
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    raise _too_deep(source, MAX_DEPTH, "mnas's files need a few")
+                    raise _too_deep(source, MAX_DEPTH, _FEW)
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
     except yaml.YAMLError:
@@ -119,9 +120,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows; give a finite number")
 
 
-def load_json(text: str, source: str) -> Any:
-    """JSON as plain data, duplicate keys refused, nesting bounded; problems name `source`."""
-    check_json_depth(text, source)
+def load_json(text: str, source: str, *, hint: str = _FEW) -> Any:
+    """JSON as plain data, duplicate keys refused, nesting bounded; problems name `source`. `hint`:
+    how deep such a file needs to go, said when one nests too deep."""
+    check_json_depth(text, source, hint=hint)
     try:
         return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
