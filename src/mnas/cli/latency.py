@@ -25,7 +25,7 @@ from mnas.latency.measure.lifetime import terminate_as_exit
 from mnas.latency.measure.measuring import check_threads, measure_many, reference_latency
 from mnas.latency.measure.protocol import DEFAULT_REFERENCE, PROCESSES, Protocol, check_processes
 from mnas.latency.measure.result import LatencyResult, ReferenceLatency
-from mnas.latency.tables.build import build_lut, check_output, check_sizes, check_tables, refine_lut
+from mnas.latency.tables.build import MAX_COUNT, build_lut, check_output, check_sizes, check_tables, partial_path, refine_lut
 from mnas.latency.tables.plot import scatter
 from mnas.latency.tables.predict import LatencyTable
 from mnas.latency.tables.validate import validate_lut
@@ -61,11 +61,8 @@ def _target(backend: str, threads: int, resolution: int, force_threads: bool, nu
                   device=device, channels_last=channels_last, serial=serial, benchmark_binary=binary)
 
 
-#: Counts a user sizes, bounded so a typo is one line instead of hours of measuring.
-MAX_COUNT = 10_000
-
-
 def _count(value: int, flag: str, low: int) -> int:
+    """A count a user sizes, bounded as a table build's are, so a typo is one line, not hours of measuring."""
     return whole_number(value, flag, low, MAX_COUNT)
 
 
@@ -247,7 +244,7 @@ def build_lut_cmd(
     tgt = _target(target, threads, _resolution(resolution, sp.resolution), force_threads, num_classes=num_classes)
 
     def what_is_kept() -> str:
-        partial = out.with_name(out.name + ".partial")
+        partial = partial_path(out)
         kept = f"the packs measured before are kept in {partial}" if partial.is_file() else "no pack was finished"
         return f"{kept}; free some space and run the same command again: it goes on where it stopped"
 

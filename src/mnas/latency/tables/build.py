@@ -80,6 +80,11 @@ def check_output(out: Path, force: bool) -> None:
     output_file(out, "--out", force=force, create_folder=False)
 
 
+def partial_path(out: Path) -> Path:
+    """Where a build of `out` keeps the packs measured so far (`OUT.partial`), until it finishes."""
+    return out.with_name(out.name + ".partial")
+
+
 def _partial_key(out: Path, target: Target, space: dict[str, Any], reference: ReferenceLatency) -> dict[str, Any]:
     return {"out": str(out.resolve()), "fingerprint": target.fingerprint, "space": space,
             "reference_id": reference.arch_id}
@@ -133,7 +138,7 @@ def build_lut(space: SearchSpace, target: Target, out: str | os.PathLike[str], *
     ref = reference_latency(target, ref_arch, cache=db, protocol=protocol, name=ref_name)
     all_units = list(units) if units is not None else space_units(space, target.resolution, target.num_classes)
     table = LatencyTable(target=target, entries={}, space=space.to_dict(), reference=ref)
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_path(out)
     key = _partial_key(out, target, table.space or {}, ref)
     table.entries, spent = _resume(partial, key)
     todo = [u for u in all_units if u.key not in table.entries]
