@@ -235,8 +235,9 @@ class _Boundary:
         self.cuda_rng = torch.cuda.get_rng_state(self.device) if self.device is not None else None
 
     def take(self) -> None:
-        if self.buffers:
-            torch._foreach_copy_(self.saved, [b.detach() for b in self.buffers])
+        with torch.no_grad():
+            if self.buffers:
+                torch._foreach_copy_(self.saved, self.buffers)
         self.rng = torch.get_rng_state()
         if self.device is not None:
             self.cuda_rng = torch.cuda.get_rng_state(self.device)
