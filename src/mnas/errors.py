@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -17,13 +18,15 @@ class UserError(Exception):
 
 
 class WriteFailed(UserError):
-    """An output could not be written (a full disk, a vanished folder). `short` says which file
-    and what became of it; the message adds the generic way on, which the CLI replaces with what
-    the command keeps and how to go on where the command says it (`keeps`)."""
+    """An output could not be written (a full disk, a vanished folder). `path`: the file; `why`:
+    the reason; `short` says which file, why and what became of it (`kept`); the message adds the
+    generic way on, which the CLI replaces with what the command keeps and how to go on where the
+    command says it (`keeps`)."""
 
-    def __init__(self, short: str) -> None:
-        super().__init__(f"{short}: free some space or choose another folder, then run again")
-        self.short = short
+    def __init__(self, path: Path, why: str, kept: str) -> None:
+        self.path, self.why = path, why
+        self.short = f"could not write {path} ({why}); {kept}"
+        super().__init__(f"{self.short}: free some space or choose another folder, then run again")
 
 
 class Terminated(KeyboardInterrupt):

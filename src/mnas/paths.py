@@ -115,7 +115,7 @@ def _refuse_link(p: Path) -> None:
 def _write_failed(p: Path, exc: OSError, existed: bool) -> WriteFailed:
     why = exc.strerror or str(exc) or type(exc).__name__
     kept = "the previous file was kept" if existed else "nothing was written"
-    return WriteFailed(f"could not write {p} ({why}); {kept}")
+    return WriteFailed(p, why, kept)
 
 
 def _tmp_name(p: Path) -> Path:

@@ -32,7 +32,7 @@ from torch import nn
 
 from mnas.architecture import Architecture
 from mnas.data import DatasetSplits, check_fits
-from mnas.errors import Terminated, UserError
+from mnas.errors import Terminated, UserError, WriteFailed
 from mnas.paths import writable_dir, write_text
 from mnas.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from mnas.train.distributed import Distributed, from_environment
@@ -97,14 +97,13 @@ class RunWriteFailed(UserError):
 
 
 def _why(exc: BaseException, path: Path) -> str:
-    """The reason of a failed write: an OSError's text, or the one `mnas.paths` put in its line
-    ("could not write PATH (WHY); ...")."""
+    """The reason of a failed write of `path`: an OSError's text, or the one `mnas.paths` gave
+    (`WriteFailed.why`); any other error's whole text."""
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or type(exc).__name__
-    text, prefix = str(exc), f"could not write {path} ("
-    if text.startswith(prefix) and ");" in text[len(prefix):]:
-        return text[len(prefix):text.index(");", len(prefix))]
-    return text or type(exc).__name__
+    if isinstance(exc, WriteFailed) and exc.path == path:
+        return exc.why
+    return str(exc) or type(exc).__name__
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -412,7 +411,8 @@ def fit_trainee(
             check_run_files(out)
         aborting = abort_steps and dist is None
         with fork_rng(dev), (stop_on_signals(abort=True) if aborting else contextlib.nullcontext()) as guard:
-            with guard.abortable() if guard is not None else contextlib.nullcontext():  # nothing written yet
+            abortable = guard.abortable if guard is not None else contextlib.nullcontext
+            with abortable():  # nothing written yet
                 run = _Run(trainee, data, config, out, recipe, dev, speed or SpeedOptions(compile=config.compile), dist,
                            ckpt)
             epoch, batch_in_epoch, carry = 0, 0, EpochStats()
@@ -432,7 +432,7 @@ def fit_trainee(
             run.write_summary(summary)  # before the test evaluation: a signal during it loses nothing trained
             if evaluate_test:
                 try:
-                    with guard.abortable() if guard is not None else contextlib.nullcontext():
+                    with abortable():
                         summary["test_acc"], summary["test_loss"] = run.engine.evaluate(
                             data.test, use_ema=run.engine.ema is not None)
                 except KeyboardInterrupt:
@@ -484,7 +484,7 @@ def _train_epochs(run: _Run, epoch: int, batch_in_epoch: int, carry: EpochStats,
     def on_readout(ep: int, batch: int, st: EpochStats) -> None:
         bar.update(engine.step, ep, epochs, st, st.seen / st.seconds if st.seconds else None)
 
-    aborting = guard is not None and guard.abort
+    aborting = guard is not None
     try:
         with contextlib.nullcontext(guard) if guard is not None else stop_on_signals() as signals:
             assert signals is not None
