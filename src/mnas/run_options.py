@@ -3,7 +3,8 @@ they combine with a checkpoint on `--resume` (contradictions refused, allowed ch
 
 The one home of the training defaults that several places use (the dataset, the validation share,
 epochs, seed, device, the supernet's BN batches and scoring images) and of the one device check
-(`check_device`): the training configs (`mnas.train.settings`), the engine and the CLI import them.
+(`check_device`) and seed check (`check_seed`): the training configs (`mnas.train.settings`), the
+engine and the CLI import them.
 Plain data and checks only (no torch), so the CLI validates them before loading anything heavy.
 """
 
@@ -33,6 +34,9 @@ SUPERNET_RULES = ("sandwich", "spos")
 #: Random paths per sandwich step at most: each is one more forward and backward per step
 #: (BigNAS and Once-for-All use 2 to 4).
 MAX_NUM_RANDOM = 16
+#: Seeds are 0..2**32-1: numpy's SeedSequence refuses negative ones and `mnas.data.mix_seed` keeps
+#: 32 bits, so a larger seed would silently draw the same numbers as a smaller one.
+MAX_SEED = 2**32 - 1
 #: Candidates `mnas supernet eval` scores in one call at most ('sample:N' included); each takes
 #: about a second, so more is a job for `mnas search`.
 MAX_EVAL_CANDIDATES = 10_000
@@ -45,6 +49,12 @@ def check_device(device: str) -> str:
                                                        and device[5:].isdigit()):
         raise UserError(f"unknown device {device!r}; choose {DEVICES_HELP}")
     return device
+
+
+def check_seed(seed: int | None, what: str = "--seed") -> None:
+    """A seed mnas can use as given (None: the default), else one line with the valid range."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise UserError(f"{what} {seed} is out of range; use a whole number from 0 to {MAX_SEED}")
 
 
 def check_num_random(value: int | None) -> None:
@@ -94,6 +104,7 @@ class RunOptions:
             raise UserError(f"unknown recipe {self.recipe!r}; choose one of: {', '.join(recipes)}")
         if self.device is not None:
             check_device(self.device)
+        check_seed(self.seed)
 
     def given(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

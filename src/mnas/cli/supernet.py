@@ -53,13 +53,12 @@ def train_cmd(
     from mnas.train.checkpoint import read_checkpoint
     from mnas.train.fit import RunWriteFailed, TrainingInterrupted
     from mnas.train.recipes import RECIPES
-    from mnas.train.settings import FitConfig, SupernetSettings, check_seed
+    from mnas.train.settings import FitConfig, SupernetSettings
 
     opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
                       seed, None, device)
     opts.check(tuple(RECIPES))
     check_num_random(num_random)
-    check_seed(seed)
     notes: list[str] = []
     if resume is not None:
         if space is not None or out is not None:
@@ -68,20 +67,20 @@ def train_cmd(
         if not ckpt_file.is_file():
             raise UserError(f"nothing to resume: {ckpt_file} does not exist")
         ckpt = read_checkpoint(ckpt_file)
-        saved = dict(ckpt.get("config") or {})
-        run = dict(saved.get("supernet") or saved.get("extra") or {})  # "extra": checkpoints before FitConfig.supernet
         if "supernet" not in ckpt:
             raise UserError(f"{resume} is a `mnas train` run (one network), not a supernet run; continue it with "
                             f"`mnas train --resume {resume}`, or start a supernet with `mnas supernet train --out DIR`")
-        if not isinstance(run.get("space"), dict):
+        saved = dict(ckpt.get("config") or {})
+        run = FitConfig.from_saved(saved).supernet  # older checkpoints' "extra" included
+        if run is None or run.space is None:
             raise UserError(f"{ckpt_file} does not record the space its supernet was trained on; it is damaged: "
                             "start the supernet again with --out DIR")
         for name, value in (("rule", rule), ("num_random", num_random)):
-            if value is not None and value != run.get(name):
-                raise UserError(f"--{name.replace('_', '-')} {value} contradicts the run's {run.get(name)}; drop it")
+            if value is not None and value != getattr(run, name):
+                raise UserError(f"--{name.replace('_', '-')} {value} contradicts the run's {getattr(run, name)}; drop it")
         settings, notes = opts.resumed(saved, str(Path(resume) / "checkpoint.pt"))
         config = FitConfig.from_saved(settings)
-        sp = SearchSpace.from_dict(run["space"], source=f"{resume}/checkpoint.pt")
+        sp = SearchSpace.from_dict(run.space, source=f"{resume}/checkpoint.pt")
         run_dir = writable_dir(resume, "supernet folder")
     else:
         if out is None:

@@ -48,77 +48,64 @@ def train_cmd(
 ) -> None:
     """Train a network fully with checkpoints every epoch; --resume continues exactly."""
     try:
-        summary, dataset, run_dir = _train(arch, data, epochs, recipe, out, train_subset, val_size, batch_size, data_root,
-                                           resume, seed, width_mult, skeleton, device, init_from_supernet, compile_model,
-                                           test, as_json)
+        from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
+        from mnas.train.checkpoint import checkpoint_path, read_checkpoint
+        from mnas.train.fit import RunWriteFailed, TrainingInterrupted, fit
+        from mnas.train.recipes import RECIPES
+        from mnas.train.settings import FitConfig
+
+        opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
+                          seed, skeleton, device)
+        opts.check(tuple(RECIPES))
+        notes: list[str] = []
+        if resume is not None:
+            if arch is not None or width_mult is not None or init_from_supernet is not None:
+                raise UserError("--resume continues the network stored in the checkpoint; drop ARCH, --width-mult and "
+                                "--init-from-supernet")
+            path = checkpoint_path(resume)
+            saved, notes = opts.resumed(dict(read_checkpoint(path).get("config") or {}), str(path))
+            config = FitConfig.from_saved({k: v for k, v in saved.items() if k not in ("extra", "supernet")})
+            out = writable_dir(out or path.parent, "run folder")
+            arch_obj = zoo.resolve(str(path))[0]
+        else:
+            if arch is None:
+                raise UserError("give an architecture (e.g. mnasnet_a1) or --resume RUN_DIR")
+            if out is None:
+                raise UserError("--out DIR is required: the folder for checkpoint.pt and metrics.jsonl")
+            if (out / "checkpoint.pt").exists():
+                raise UserError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
+            wm = 1.0 if width_mult is None else width_mult
+            arch_obj, name = zoo.resolve(arch, wm)
+            out = new_dir(out, "run folder")
+            config = FitConfig(arch_name=name, width_mult=wm, compile=compile_model, **opts.new_run())
+        dataset = load_dataset(config.data, data_root=config.data_root, val_size=config.val_size,
+                               train_subset=config.train_subset, seed=config.seed)
+        init_state = _inherited_weights(init_from_supernet, arch_obj, dataset.resolution, dataset.num_classes,
+                                        config.skeleton) if init_from_supernet else None
+        for note in notes:
+            typer.echo(f"resume: {note}", err=True)
+        try:
+            summary = fit(arch_obj, dataset, config, out, resume=resume is not None, progress=not as_json, evaluate_test=test,
+                          init_state=init_state)
+        except TrainingInterrupted as exc:  # (a Terminated from before the first step: below)
+            if exc.finished:
+                _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step, "trained": True},
+                      as_json, [f"interrupted during the test evaluation; every epoch is trained and saved in "
+                                f"{exc.checkpoint}: score it with mnas eval {out}"])
+            else:
+                _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step}, as_json,
+                      [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas train --resume {out}"])
+            raise typer.Exit(exc.exit_code) from None
+        except RunWriteFailed as exc:
+            raise exc.with_way_on(f"mnas train --resume {out}") from None
     except Terminated:  # SIGTERM before training started (from then on `fit` saves and says so)
         typer.echo("terminated before training started; no checkpoint was written or changed", err=True)
         raise typer.Exit(TERMINATED_EXIT) from None
-    _report(summary, dataset, run_dir, as_json)
+    _report(summary, dataset.name, out, as_json)
 
 
 #: 128 + SIGTERM, as a shell reports a process ended by it (Ctrl-C: 130).
 TERMINATED_EXIT = 143
-
-
-def _train(arch: str | None, data: str | None, epochs: int | None, recipe: str | None, out: Path | None,
-           train_subset: int | None, val_size: float | None, batch_size: int | None, data_root: Path | None,
-           resume: Path | None, seed: int | None, width_mult: float | None, skeleton: str | None, device: str | None,
-           init_from_supernet: Path | None, compile_model: bool, test: bool,
-           as_json: bool) -> tuple[dict[str, Any], str, Path]:
-    """Check everything, load the data, train: (summary, dataset name, run folder)."""
-    from mnas.data import load_dataset  # lazy: torch (see mnas.cli)
-    from mnas.train.checkpoint import checkpoint_path, read_checkpoint
-    from mnas.train.fit import RunWriteFailed, TrainingInterrupted, fit
-    from mnas.train.recipes import RECIPES
-    from mnas.train.settings import FitConfig, check_seed
-
-    opts = RunOptions(data, str(data_root) if data_root else None, epochs, recipe, train_subset, val_size, batch_size,
-                      seed, skeleton, device)
-    opts.check(tuple(RECIPES))
-    check_seed(seed)
-    notes: list[str] = []
-    if resume is not None:
-        if arch is not None or width_mult is not None or init_from_supernet is not None:
-            raise UserError("--resume continues the network stored in the checkpoint; drop ARCH, --width-mult and "
-                            "--init-from-supernet")
-        path = checkpoint_path(resume)
-        saved, notes = opts.resumed(dict(read_checkpoint(path).get("config") or {}), str(path))
-        config = FitConfig.from_saved({k: v for k, v in saved.items() if k not in ("extra", "supernet")})
-        out = writable_dir(out or path.parent, "run folder")
-        arch_obj = zoo.resolve(str(path))[0]
-    else:
-        if arch is None:
-            raise UserError("give an architecture (e.g. mnasnet_a1) or --resume RUN_DIR")
-        if out is None:
-            raise UserError("--out DIR is required: the folder for checkpoint.pt and metrics.jsonl")
-        if (out / "checkpoint.pt").exists():
-            raise UserError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
-        wm = 1.0 if width_mult is None else width_mult
-        arch_obj, name = zoo.resolve(arch, wm)
-        out = new_dir(out, "run folder")
-        config = FitConfig(arch_name=name, width_mult=wm, compile=compile_model, **opts.new_run())
-    dataset = load_dataset(config.data, data_root=config.data_root, val_size=config.val_size,
-                           train_subset=config.train_subset, seed=config.seed)
-    init_state = _inherited_weights(init_from_supernet, arch_obj, dataset.resolution, dataset.num_classes,
-                                    config.skeleton) if init_from_supernet else None
-    for note in notes:
-        typer.echo(f"resume: {note}", err=True)
-    try:
-        summary = fit(arch_obj, dataset, config, out, resume=resume is not None, progress=not as_json, evaluate_test=test,
-                      init_state=init_state)
-    except TrainingInterrupted as exc:  # (a Terminated from before the first step goes up to train_cmd)
-        if exc.finished:
-            _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step, "trained": True},
-                  as_json, [f"interrupted during the test evaluation; every epoch is trained and saved in "
-                            f"{exc.checkpoint}: score it with mnas eval {out}"])
-        else:
-            _emit({"status": "interrupted", "checkpoint": str(exc.checkpoint), "step": exc.step}, as_json,
-                  [f"interrupted at step {exc.step}; checkpoint saved. Continue with: mnas train --resume {out}"])
-        raise typer.Exit(exc.exit_code) from None
-    except RunWriteFailed as exc:
-        raise exc.with_way_on(f"mnas train --resume {out}") from None
-    return summary, dataset.name, out
 
 
 def _report(summary: dict[str, Any], dataset: str, out: Path, as_json: bool) -> None:

@@ -28,18 +28,10 @@ from mnas.run_options import (
     MAX_NUM_RANDOM,
     SUPERNET_RULES,
     check_device,
+    check_seed,
 )
 
 MAX_PROXY_STEPS = 1_000_000  # a proxy rung above this is a typo, not a budget
-#: Seeds are 0..2**32-1: numpy's SeedSequence refuses negative ones and `mnas.data.mix_seed` keeps
-#: 32 bits, so a larger seed would silently draw the same numbers as a smaller one.
-MAX_SEED = 2**32 - 1
-
-
-def check_seed(seed: int | None, what: str = "--seed") -> None:
-    """A seed mnas can use as given (None: the default), else one line with the valid range."""
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
-        raise UserError(f"{what} {seed} is out of range; use a whole number from 0 to {MAX_SEED}")
 
 
 class StrictModel(BaseModel):
