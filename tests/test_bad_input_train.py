@@ -190,3 +190,14 @@ def test_a_full_disk_during_training_keeps_the_last_checkpoint(tmp_path, data_ro
     assert done.returncode == 0, done.stderr[-2000:]
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
+
+
+def test_a_supernet_checkpoint_whose_config_does_not_validate_is_one_line(tmp_path):
+    run = tmp_path / "sn"
+    run.mkdir()
+    torch.save({"supernet": {}, "model": {}, "num_classes": 10,
+                "config": {"arch_name": "supernet:x", "supernet": {"space": [1, 2]}}}, run / "checkpoint.pt")
+    before = snapshot(tmp_path)
+    line = one_line(mnas("supernet", "train", "--resume", run))
+    assert "records a config that does not validate (supernet.space" in line and "damaged" in line
+    assert snapshot(tmp_path) == before

@@ -71,7 +71,7 @@ def train_cmd(
             raise UserError(f"{resume} is a `mnas train` run (one network), not a supernet run; continue it with "
                             f"`mnas train --resume {resume}`, or start a supernet with `mnas supernet train --out DIR`")
         saved = dict(ckpt.get("config") or {})
-        run = FitConfig.from_saved(saved).supernet  # older checkpoints' "extra" included
+        run = FitConfig.from_saved(saved, str(ckpt_file)).supernet  # older checkpoints' "extra" included
         if run is None or run.space is None:
             raise UserError(f"{ckpt_file} does not record the space its supernet was trained on; it is damaged: "
                             "start the supernet again with --out DIR")

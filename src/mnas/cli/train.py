@@ -64,7 +64,7 @@ def train_cmd(
                                 "--init-from-supernet")
             path = checkpoint_path(resume)
             saved, notes = opts.resumed(dict(read_checkpoint(path).get("config") or {}), str(path))
-            config = FitConfig.from_saved({k: v for k, v in saved.items() if k not in ("extra", "supernet")})
+            config = FitConfig.from_saved({k: v for k, v in saved.items() if k not in ("extra", "supernet")}, str(path))
             out = writable_dir(out or path.parent, "run folder")
             arch_obj = zoo.resolve(str(path))[0]
         else:

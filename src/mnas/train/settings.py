@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mnas.errors import UserError
 from mnas.run_options import (
@@ -104,10 +104,17 @@ class FitConfig(StrictModel):
         return data
 
     @classmethod
-    def from_saved(cls, saved: dict[str, Any]) -> FitConfig:
+    def from_saved(cls, saved: dict[str, Any], source: str = "the checkpoint") -> FitConfig:
         """The config a checkpoint records (its "config", maybe with --resume's changes applied),
-        old ones included; keys that are no setting are left out."""
-        return cls.model_validate({k: v for k, v in saved.items() if k in cls.model_fields or k == _LEGACY_EXTRA})
+        old ones included; keys that are no setting are left out. One that does not validate is a
+        damaged checkpoint: one line naming `source`."""
+        try:
+            return cls.model_validate({k: v for k, v in saved.items() if k in cls.model_fields or k == _LEGACY_EXTRA})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "config"
+            raise UserError(f"{source} records a config that does not validate ({where}: {first['msg']}); it is "
+                            "damaged: start the run again with --out DIR") from None
 
     @field_validator("device")
     @classmethod
