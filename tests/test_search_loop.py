@@ -24,6 +24,7 @@ from mnas.search.rungs import RungScheduler, climb
 from mnas.search.store import Store
 from mnas.search.trial import Trial
 from mnas.strategies import STRATEGIES
+from mnas.train.proxy import state_at
 
 
 def _unit(arch_id: str, salt: str = "") -> float:
@@ -54,10 +55,11 @@ class StandInAccuracy(AccuracyModel):
         if arch.id in self.fail_ids:
             return RungResult(None, "accuracy: diverged", 0.0, self._rungs[rung])
         if rung > 0:
-            assert state is not None and state.is_file(), "a promotion continues from its state"
+            assert state is not None and state_at(state, self._rungs[rung - 1]).is_file(), \
+                "a promotion continues from its state"
         if state is not None and rung < len(self._rungs) - 1:
             state.parent.mkdir(parents=True, exist_ok=True)
-            state.write_text(f"{arch.id} {rung}")
+            state_at(state, self._rungs[rung]).write_text(f"{arch.id} {rung}")
         base = 0.2 + 0.5 * _unit(arch.id)
         return RungResult(base + 0.05 * rung, None, 0.0, self._rungs[rung])
 

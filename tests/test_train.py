@@ -380,3 +380,7 @@ def test_a_candidate_climbing_the_rungs_trains_exactly_as_one_run(tmp_path, data
     assert [r.steps for r in climbed] == [3, 7, 12] and all(r.ok for r in climbed)
     assert straight.steps == 12 and straight.val_acc == climbed[-1].val_acc
     assert straight.val_loss == pytest.approx(climbed[-1].val_loss, rel=1e-6)
+    # a rung run again (its record lost when the search was killed after the state was written)
+    # continues from the rung below, whose state the newer one did not replace
+    again = train_rung(arch, data, proxy, rung=1, seed=4, state=state)
+    assert again.ok and again.val_acc == climbed[1].val_acc

@@ -6,7 +6,7 @@ config's `proxy.kind` into a model:
 
 - `TrainedAccuracy` (kind `train`, the paper's proxy): each candidate trained on the training
   split and scored on a held-out split, rung by rung (`rungs` are training steps); a promoted
-  candidate continues from the checkpoint its previous rung left at the `state` path.
+  candidate continues from the checkpoint its previous rung left under the `state` path.
 - `SupernetAccuracy` (kind `supernet`): the weights a candidate inherits from a trained supernet,
   BatchNorm re-estimated; one rung, no state.
 - `PredictedAccuracy` (the `predictor` section, off by default): either of the above with a free
@@ -111,8 +111,9 @@ class AccuracyModel(ABC):
 
     @abstractmethod
     def evaluate(self, arch: Any, rung: int, *, seed: int, state: Path | None = None) -> RungResult:
-        """Score `arch` at `rung` (continuing from `state`, the previous rung's checkpoint, where the
-        model keeps one)."""
+        """Score `arch` at `rung`. A model that `can_continue` keeps the candidate's checkpoint after
+        each rung at `mnas.train.proxy.state_at(state, budget)` and continues from the previous
+        rung's; the search resumes a trial from the one its last stored rung names."""
 
     def first_rung(self, arch: Any) -> int:
         """The rung a new candidate starts at: 0, or above the free rungs for one the model cannot

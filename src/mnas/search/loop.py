@@ -48,6 +48,7 @@ from mnas.search.store import DB_NAME, RungRecord, Store, dump_state, load_state
 from mnas.search.trial import Trial, arch_reader
 from mnas.space import SearchSpace
 from mnas.strategies import make_strategy
+from mnas.train.proxy import state_at, states_of
 
 #: Asks in a row without a new architecture after which a search stops (see the module doc).
 REPEAT_PATIENCE = 20
@@ -444,6 +445,7 @@ class SearchRun:
             promoted = self.schedule(trial.trial_id, rung, value)
         self.store.add_rung(RungRecord(trial.trial_id, rung, result.budget, float(result.accuracy), value,
                                        result.seconds, promoted))
+        self.drop_states(trial, keep=result.budget if promoted else None)
         if rung < self.top:
             verdict = "promoted" if promoted else "stopped"
             self.progress.note(f"{_who(trial)} rung {rung} ({result.budget} {self.model.unit}): accuracy "
@@ -471,7 +473,8 @@ class SearchRun:
         if not last.promoted:
             return last.rung, RungResult(last.accuracy, None, 0.0, last.budget, rung=last.rung)
         state = self.state_path(trial)
-        if self.model.can_continue() and last.rung >= self.free and (state is None or not state.is_file()):
+        if self.model.can_continue() and last.rung >= self.free and (
+                state is None or not state_at(state, last.budget).is_file()):
             return self.free, None  # its state is gone: train it again from scratch
         return last.rung + 1, None
 
@@ -479,6 +482,16 @@ class SearchRun:
         if not self.model.can_continue() or self.top == 0:
             return None
         return self.store.run_dir / STATES_DIR / f"trial{trial.trial_id}.pt"
+
+    def drop_states(self, trial: Trial, keep: int | None = None) -> None:
+        """Remove the trial's states between rungs once they are stored past, except the one after
+        `keep` steps (the one its next rung continues from)."""
+        state = self.state_path(trial)
+        if state is None:
+            return
+        for path in states_of(state):
+            if keep is None or path != state_at(state, keep):
+                path.unlink(missing_ok=True)
 
     def on_result(self, trial: Trial) -> None:
         if trial.status == "done":
@@ -488,9 +501,7 @@ class SearchRun:
                 trial.status, trial.error, trial.reward = "failed", f"reward: {exc}", None
         self.store.save_result(trial)
         self.store.set_meta("elapsed_s", self.elapsed())
-        state = self.state_path(trial)
-        if state is not None:
-            state.unlink(missing_ok=True)
+        self.drop_states(trial)
         if trial.ok and trial.reward is not None and self.at_top(trial) and not trial.is_reference:
             self.done.append(trial)
             self.best = trial.reward if self.best is None else max(self.best, trial.reward)

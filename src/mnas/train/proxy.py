@@ -173,27 +173,42 @@ def describe_failure(exc: BaseException) -> str:
     return "error: " + f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
+def state_at(base: str | Path, steps: int) -> Path:
+    """Where a candidate whose states live at `base` keeps its state after `steps` steps. One file
+    per rung, so writing a rung's state never replaces the one the search's last stored rung
+    continues from: a search killed after the write but before it stored the rung resumes cleanly."""
+    base = Path(base)
+    return base.with_name(f"{base.stem}.step{steps}{base.suffix}")
+
+
+def states_of(base: str | Path) -> list[Path]:
+    """Every state file a candidate whose states live at `base` has written."""
+    base = Path(base)
+    return sorted(base.parent.glob(f"{base.stem}.step*{base.suffix}"))
+
+
 def train_rung(arch: Architecture, data: DatasetSplits, proxy: ProxyConfig, *, rung: int, seed: int = 0,
                state: str | Path | None = None) -> TrainResult:
-    """Rung `rung` of `arch`'s proxy: from `state` (the checkpoint of rung `rung - 1`) or from
-    scratch at rung 0; saves the new state to `state` unless this is the top rung. Never raises for
-    a bad candidate."""
+    """Rung `rung` of `arch`'s proxy: from the checkpoint rung `rung - 1` left under `state` (see
+    `state_at`) or from scratch at rung 0; saves the new state there unless this is the top rung.
+    Never raises for a bad candidate."""
     t_start = time.perf_counter()
     trainer: ProxyTrainer | None = None
     try:
         trainer = ProxyTrainer(arch, data, proxy, seed)
         if rung > 0:
-            if state is None or not Path(state).is_file():
-                return failed_result(f"error: rung {rung} needs the checkpoint of rung {rung - 1} ({state})",
+            previous = state_at(state, trainer.rungs[rung - 1]) if state is not None else None
+            if previous is None or not previous.is_file():
+                return failed_result(f"error: rung {rung} needs the checkpoint of rung {rung - 1} ({previous})",
                                      time.perf_counter() - t_start)
-            trainer.load(state)
+            trainer.load(previous)
             if trainer.step != trainer.rungs[rung - 1]:
-                return failed_result(f"error: checkpoint {state} is at step {trainer.step}, not at rung {rung - 1} "
-                                     f"({trainer.rungs[rung - 1]} steps)", time.perf_counter() - t_start)
+                return failed_result(f"error: checkpoint {previous} is at step {trainer.step}, not at rung "
+                                     f"{rung - 1} ({trainer.rungs[rung - 1]} steps)", time.perf_counter() - t_start)
         deadline = time.monotonic() + proxy.time_budget_s if proxy.time_budget_s is not None else None
         result = trainer.train_to(rung, deadline)
         if result.ok and state is not None and rung < len(trainer.rungs) - 1:
-            trainer.save(state)
+            trainer.save(state_at(state, trainer.rungs[rung]))
         return result
     except Exception as exc:  # never raise into the search loop
         steps = trainer.step if trainer is not None else 0
